@@ -1,0 +1,1 @@
+"""gischat: real-time chat rooms for GIS people, relayed live and never stored."""

@@ -1,0 +1,197 @@
+"""The FastAPI application: routes only, built by `create_app(settings)`.
+
+`gischat.app:app` (for `uvicorn gischat.app:app`) is built on first access through the
+module's `__getattr__`, so importing this module reads no setting: tests build as many
+apps with as many settings as they like in one process.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib.metadata import PackageNotFoundError, version
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, FastAPI, HTTPException, Path, Request, WebSocket
+from fastapi.responses import HTMLResponse, JSONResponse
+
+from gischat import page
+from gischat.broker import create_broker
+from gischat.chat import ChatService, NicknameTaken
+from gischat.models import TextMessage, Uncompliant
+from gischat.rooms import Hub
+from gischat.schemas import ErrorResponse, RoomStatus, RulesResponse, StatusResponse, VersionResponse
+from gischat.settings import Settings, SettingsError, load_settings
+
+logger = logging.getLogger("gischat")
+
+RoomName = Annotated[str, Path(description="Room name, percent-encoded in the URL", examples=["QGIS"])]
+
+TEXT_BODY_EXAMPLE = {"type": "text", "author": "curl-bot", "avatar": None, "text": "Deploy finished"}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorResponse, "description": "Unknown room"}}
+
+
+def package_version() -> str:
+    try:
+        return version("gischat")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "0+unknown"
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build an app for these settings (read from the environment when not given)."""
+    settings = settings if settings is not None else load_settings()
+    chat = ChatService(settings, Hub(settings, create_broker(settings.broker_url)))
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await chat.start()
+        logger.info("serving rooms %s (%s)", ", ".join(settings.rooms), settings.environment)
+        try:
+            yield
+        finally:
+            await chat.stop()
+
+    app = FastAPI(
+        title="gischat",
+        summary="Real-time chat for GIS people: text, images, layers, CRS and extents",
+        version=package_version(),
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.chat = chat
+    app.include_router(build_router(settings, chat))
+    return app
+
+
+def build_router(settings: Settings, chat: ChatService) -> APIRouter:
+    router = APIRouter()
+    current_version = package_version()
+
+    def require_room(room: str) -> None:
+        if room not in chat.hub.rooms:
+            raise HTTPException(status_code=404, detail=f"room {room!r} not found")
+
+    def room_counts() -> list[RoomStatus]:
+        return [
+            RoomStatus(name=r.name, nb_connected_users=len(r.connections)) for r in chat.hub.rooms.values()
+        ]
+
+    @router.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def home() -> HTMLResponse:
+        return HTMLResponse(page.render(settings, [(r.name, r.nb_connected_users) for r in room_counts()]))
+
+    @router.get(
+        "/rooms",
+        response_model=list[str],
+        responses={200: {"content": {"application/json": {"example": settings.rooms}}}},
+    )
+    async def rooms() -> list[str]:
+        """Names of the rooms of this instance, in the configured order."""
+        return list(settings.rooms)
+
+    @router.get("/rules", response_model=RulesResponse)
+    async def rules() -> RulesResponse:
+        """The rules every message is checked against."""
+        return RulesResponse(
+            rules=settings.rules,
+            main_lang=settings.main_lang,
+            min_author_length=settings.min_author_length,
+            max_author_length=settings.max_author_length,
+            max_message_length=settings.max_message_length,
+            max_image_size=settings.max_image_size,
+            max_geojson_features=settings.max_geojson_features,
+        )
+
+    @router.get("/status", response_model=StatusResponse)
+    async def status() -> StatusResponse:
+        """Health and the number of open websockets per room."""
+        return StatusResponse(status="ok", healthy=True, rooms=room_counts())
+
+    @router.get("/version", response_model=VersionResponse)
+    async def get_version() -> VersionResponse:
+        return VersionResponse(version=current_version)
+
+    @router.get(
+        "/room/{room}/users",
+        response_model=list[str],
+        responses={
+            **NOT_FOUND,
+            200: {"content": {"application/json": {"example": ["alice", "Bob", "carol"]}}},
+        },
+    )
+    async def room_users(room: RoomName) -> list[str]:
+        """Nicknames registered in the room, sorted case-insensitively."""
+        require_room(room)
+        return chat.hub.rooms[room].users()
+
+    @router.put(
+        "/room/{room}/text",
+        response_model=TextMessage,
+        responses={
+            **NOT_FOUND,
+            409: {"model": ErrorResponse, "description": "The author is a nickname registered in the room"},
+            413: {"model": ErrorResponse, "description": "Body above MAX_FRAME_SIZE"},
+            422: {"model": ErrorResponse, "description": "The message breaks a rule"},
+        },
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": TextMessage.model_json_schema(),
+                        "example": TEXT_BODY_EXAMPLE,
+                    }
+                },
+            }
+        },
+    )
+    async def put_text(room: RoomName, request: Request) -> Any:
+        """Send a text message to a room (bots, scripts, curl); it is echoed back as broadcast."""
+        require_room(room)
+        body = await read_json_body(request, settings.max_frame_size)
+        try:
+            message = await chat.post_text(room, body)
+        except Uncompliant as exc:
+            return JSONResponse(status_code=422, content={"detail": exc.reason})
+        except NicknameTaken as exc:
+            return JSONResponse(status_code=409, content={"detail": str(exc)})
+        return message
+
+    @router.websocket("/room/{room}/ws")
+    async def room_socket(websocket: WebSocket, room: str) -> None:
+        await chat.serve(websocket, room)
+
+    return router
+
+
+async def read_json_body(request: Request, limit: int) -> Any:
+    """Read at most `limit` bytes of JSON; a larger or broken body is the client's error."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise HTTPException(status_code=413, detail=f"body larger than {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HTTPException(status_code=413, detail=f"body larger than {limit} bytes")
+        chunks.append(chunk)
+    try:
+        return orjson.loads(b"".join(chunks))
+    except orjson.JSONDecodeError:
+        raise HTTPException(status_code=422, detail="body is not valid JSON") from None
+
+
+def __getattr__(name: str) -> FastAPI:
+    """Build `app` from the environment the first time someone asks for it."""
+    if name == "app":
+        try:
+            application = create_app()
+        except SettingsError as exc:
+            raise SystemExit(f"gischat: {exc}") from None
+        globals()["app"] = application
+        return application
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,64 @@
+"""Fan-out between server processes, behind one small interface.
+
+A room's messages are published to the broker and come back to every process that holds
+sockets of that room, which then hands them to its local sockets. With the default
+`memory://` broker there is one process and "coming back" is a plain function call, so a
+message reaches local sockets in the same event-loop step it was published in, and the
+order of one sender's messages is the order of its `publish` calls. A networked broker
+(Redis, in a later release) plugs in behind the same three methods, chosen by URL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """One serialised message for a room; `to` narrows delivery to one nickname (likes)."""
+
+    payload: str
+    to: str | None = None
+
+
+Deliver = Callable[[str, Envelope], None]
+
+
+class Broker(Protocol):
+    """Where a room's messages go to reach every process that serves the room."""
+
+    async def start(self, deliver: Deliver) -> None:
+        """Begin handing published envelopes to `deliver(room, envelope)`."""
+
+    async def stop(self) -> None:
+        """Release connections; nothing is delivered afterwards."""
+
+    async def publish(self, room: str, envelope: Envelope) -> None:
+        """Send an envelope to every process that serves `room`, this one included."""
+
+
+class MemoryBroker:
+    """Single-process broker: publishing is delivering."""
+
+    def __init__(self) -> None:
+        self._deliver: Deliver | None = None
+
+    async def start(self, deliver: Deliver) -> None:
+        self._deliver = deliver
+
+    async def stop(self) -> None:
+        self._deliver = None
+
+    async def publish(self, room: str, envelope: Envelope) -> None:
+        if self._deliver is not None:
+            self._deliver(room, envelope)
+
+
+def create_broker(url: str) -> Broker:
+    """Pick the broker implementation from its URL scheme."""
+    scheme = url.split("://", 1)[0]
+    if scheme == "memory":
+        return MemoryBroker()
+    raise ValueError(f"unsupported broker URL scheme {scheme!r}")

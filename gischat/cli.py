@@ -1,0 +1,78 @@
+"""The `gischat` command: uvicorn, configured from the same settings as the app."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+import uvicorn
+
+from gischat.settings import Settings, SettingsError, load_settings
+
+# Used when LOG_CONFIG names no file: one line per event, timestamps first.
+DEFAULT_LOG_CONFIG: dict[str, Any] = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "default": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
+        "access": {
+            "()": "uvicorn.logging.AccessFormatter",
+            "fmt": '%(asctime)s %(levelname)s access: %(client_addr)s "%(request_line)s" %(status_code)s',
+        },
+    },
+    "handlers": {
+        "default": {"class": "logging.StreamHandler", "formatter": "default", "stream": "ext://sys.stderr"},
+        "access": {"class": "logging.StreamHandler", "formatter": "access", "stream": "ext://sys.stdout"},
+    },
+    "loggers": {
+        "uvicorn": {"handlers": ["default"], "level": "INFO", "propagate": False},
+        "uvicorn.error": {"level": "INFO"},
+        "uvicorn.access": {"handlers": ["access"], "level": "INFO", "propagate": False},
+        "gischat": {"handlers": ["default"], "level": "INFO", "propagate": False},
+    },
+}
+
+
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """Translate settings into uvicorn's keyword arguments."""
+    return {
+        "host": settings.host,
+        "port": settings.port,
+        "workers": settings.workers,
+        # The sans-I/O websockets protocol: no task per connection of its own, pings on timers.
+        "ws": "websockets-sansio",
+        "ws_max_size": settings.max_frame_size,
+        "ws_ping_interval": settings.ws_ping_interval or None,
+        "ws_ping_timeout": settings.ws_ping_timeout,
+        # Compression is per recipient: it would undo serialise-once fan-out and cost ~40 kB
+        # of zlib state per socket. The QGIS client does not ask for it anyway.
+        "ws_per_message_deflate": settings.ws_per_message_deflate,
+        "proxy_headers": True,
+        "forwarded_allow_ips": settings.forwarded_allow_ips,
+        "log_config": settings.log_config or DEFAULT_LOG_CONFIG,
+        "server_header": False,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="gischat",
+        description="Run the gischat server. Every setting comes from the environment or a .env file.",
+    )
+    parser.add_argument("--env-file", help="read settings from this file instead of ./.env")
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings(_env_file=args.env_file) if args.env_file else load_settings()
+    except SettingsError as exc:
+        print(f"gischat: {exc}", file=sys.stderr)
+        return 2
+    options = uvicorn_options(settings)
+    if settings.workers > 1:
+        # Each worker process builds its own app from the environment.
+        uvicorn.run("gischat.app:app", env_file=args.env_file, **options)
+    else:
+        from gischat.app import create_app
+
+        uvicorn.run(create_app(settings), **options)
+    return 0

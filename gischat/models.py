@@ -1,0 +1,310 @@
+"""The wire protocol: every message a client may send or receive, and how frames become them.
+
+The models mirror the wire exactly. Clients in the field (QTribu builds a frozen dataclass
+with `Cls(**message)`) break on an extra or a missing key, so each model's fields are the
+message's keys, in order, and nothing else is ever serialised. Limits that depend on the
+instance (author length, message length, feature count) come in through the validation
+context, so one set of models serves apps built with different settings.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal, Self
+
+import orjson
+from geojson_pydantic import FeatureCollection
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+
+from gischat.settings import Settings
+
+# Bounds on the free-form fields: generous for real use (a WKT2 string of a compound CRS
+# runs to a few kB), small enough that nobody stuffs a payload into them.
+MAX_AVATAR_LENGTH = 512
+MAX_LAYER_NAME_LENGTH = 1024
+MAX_CRS_WKT_LENGTH = 65_536
+MAX_CRS_AUTHID_LENGTH = 128
+
+NICKNAME_PATTERN = re.compile(r"[\w-]+")
+
+CLIENT_TYPES = ("text", "image", "newcomer", "like", "geojson", "crs", "bbox")
+SERVER_ONLY_TYPES = ("nb_users", "exiter", "uncompliant")
+
+
+class Uncompliant(ValueError):
+    """A message broke a rule; `reason` goes back verbatim to the sender only."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The instance's message rules, handed to validators as the pydantic context."""
+
+    min_author_length: int = 3
+    max_author_length: int = 32
+    max_message_length: int = 255
+    max_geojson_features: int = 500
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Self:
+        return cls(
+            min_author_length=settings.min_author_length,
+            max_author_length=settings.max_author_length,
+            max_message_length=settings.max_message_length,
+            max_geojson_features=settings.max_geojson_features,
+        )
+
+
+def check_nickname(value: str, limits: Limits, field: str) -> str:
+    """Nicknames are shown in every client's UI: a short run of letters, digits, `_`, `-`."""
+    if not limits.min_author_length <= len(value) <= limits.max_author_length:
+        raise Uncompliant(
+            f"{field}: must be {limits.min_author_length} to {limits.max_author_length} characters long "
+            f"(got {len(value)})"
+        )
+    if not NICKNAME_PATTERN.fullmatch(value):
+        raise Uncompliant(f"{field}: only letters, digits, '_' and '-' are allowed")
+    return value
+
+
+def check_length(value: str, maximum: int, field: str) -> str:
+    if len(value) > maximum:
+        raise Uncompliant(f"{field}: too long ({len(value)} characters, max {maximum})")
+    return value
+
+
+def _limits(info: ValidationInfo) -> Limits:
+    context = info.context
+    return context if isinstance(context, Limits) else Limits()
+
+
+Number = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+
+
+class WireMessage(BaseModel):
+    """Base of all messages: unknown incoming keys are ignored, never echoed."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    def to_wire(self) -> str:
+        """Serialise once; the same text is handed to every recipient."""
+        return self.model_dump_json()
+
+
+Avatar = Annotated[str, Field(max_length=MAX_AVATAR_LENGTH)] | None
+
+
+class AuthoredMessage(WireMessage):
+    """A message shown under an author's name. Subclasses declare the fields in wire order."""
+
+    @field_validator("author", check_fields=False)
+    @classmethod
+    def _check_author(cls, value: str, info: ValidationInfo) -> str:
+        return check_nickname(value, _limits(info), "author")
+
+
+class TextMessage(AuthoredMessage):
+    type: Literal["text"] = "text"
+    author: str
+    avatar: Avatar = None
+    text: str
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"type": "text", "author": "Jane-GIS", "avatar": "mGeoPackage.svg", "text": "Hi all!"}
+            ]
+        }
+    )
+
+    @field_validator("text")
+    @classmethod
+    def _check_text(cls, value: str, info: ValidationInfo) -> str:
+        return check_length(value, _limits(info).max_message_length, "text")
+
+
+class ImageMessage(AuthoredMessage):
+    type: Literal["image"] = "image"
+    author: str
+    avatar: Avatar = None
+    image_data: str
+
+
+class NewcomerMessage(WireMessage):
+    type: Literal["newcomer"] = "newcomer"
+    newcomer: str
+
+    @field_validator("newcomer")
+    @classmethod
+    def _check_newcomer(cls, value: str, info: ValidationInfo) -> str:
+        return check_nickname(value, _limits(info), "newcomer")
+
+
+class LikeMessage(WireMessage):
+    type: Literal["like"] = "like"
+    liker_author: str
+    liked_author: str
+    message: str
+
+    @field_validator("liker_author", "liked_author")
+    @classmethod
+    def _check_authors(cls, value: str, info: ValidationInfo) -> str:
+        return check_nickname(value, _limits(info), str(info.field_name))
+
+    @field_validator("message")
+    @classmethod
+    def _check_message(cls, value: str, info: ValidationInfo) -> str:
+        return check_length(value, _limits(info).max_message_length, "message")
+
+
+class CrsMessage(AuthoredMessage):
+    type: Literal["crs"] = "crs"
+    author: str
+    avatar: Avatar = None
+    crs_wkt: Annotated[str, Field(max_length=MAX_CRS_WKT_LENGTH)]
+    crs_authid: Annotated[str, Field(max_length=MAX_CRS_AUTHID_LENGTH)]
+
+
+class GeojsonMessage(AuthoredMessage):
+    """A vector layer; `geojson` is forwarded exactly as the client sent it."""
+
+    type: Literal["geojson"] = "geojson"
+    author: str
+    avatar: Avatar = None
+    layer_name: Annotated[str, Field(max_length=MAX_LAYER_NAME_LENGTH)]
+    crs_wkt: Annotated[str, Field(max_length=MAX_CRS_WKT_LENGTH)]
+    crs_authid: Annotated[str, Field(max_length=MAX_CRS_AUTHID_LENGTH)]
+    geojson: dict[str, Any]
+
+    @field_validator("geojson")
+    @classmethod
+    def _check_geojson(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        features = value.get("features")
+        maximum = _limits(info).max_geojson_features
+        # Counted before the full validation so an oversized layer costs almost nothing.
+        if isinstance(features, list) and len(features) > maximum:
+            raise Uncompliant(f"Too many geojson features : {len(features)} vs max {maximum} allowed")
+        try:
+            FeatureCollection.model_validate(value)
+        except ValidationError as exc:
+            raise Uncompliant(f"geojson: not a valid FeatureCollection ({_first_problem(exc)})") from None
+        return value
+
+
+class BboxMessage(AuthoredMessage):
+    type: Literal["bbox"] = "bbox"
+    author: str
+    avatar: Avatar = None
+    crs_wkt: Annotated[str, Field(max_length=MAX_CRS_WKT_LENGTH)]
+    crs_authid: Annotated[str, Field(max_length=MAX_CRS_AUTHID_LENGTH)]
+    xmin: Number
+    xmax: Number
+    ymin: Number
+    ymax: Number
+
+
+class NbUsersMessage(WireMessage):
+    type: Literal["nb_users"] = "nb_users"
+    nb_users: int
+
+
+class ExiterMessage(WireMessage):
+    type: Literal["exiter"] = "exiter"
+    exiter: str
+
+
+class UncompliantMessage(WireMessage):
+    type: Literal["uncompliant"] = "uncompliant"
+    reason: str
+
+
+ClientMessage = (
+    TextMessage | ImageMessage | NewcomerMessage | LikeMessage | GeojsonMessage | CrsMessage | BboxMessage
+)
+
+CLIENT_MODELS: dict[str, type[WireMessage]] = {
+    "text": TextMessage,
+    "image": ImageMessage,
+    "newcomer": NewcomerMessage,
+    "like": LikeMessage,
+    "geojson": GeojsonMessage,
+    "crs": CrsMessage,
+    "bbox": BboxMessage,
+}
+
+
+def parse_frame(text: str, limits: Limits) -> ClientMessage:
+    """Turn one text frame into a validated message, or raise `Uncompliant` with a short reason."""
+    try:
+        # orjson is strict JSON: NaN and Infinity are refused here rather than re-emitted.
+        data = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        raise Uncompliant("message is not valid JSON") from None
+    return parse_object(data, limits)
+
+
+def parse_object(data: Any, limits: Limits, allowed: tuple[str, ...] = CLIENT_TYPES) -> ClientMessage:
+    """Validate an already decoded JSON value against the model its `type` names."""
+    if not isinstance(data, dict):
+        raise Uncompliant("message must be a JSON object")
+    kind = data.get("type")
+    if kind is None:
+        raise Uncompliant("type: missing")
+    if kind in SERVER_ONLY_TYPES:
+        raise Uncompliant(f"type: '{kind}' messages are sent by the server only")
+    if not isinstance(kind, str) or kind not in allowed:
+        raise Uncompliant(f"type: unknown message type {_short(kind)}")
+    model = CLIENT_MODELS[kind]
+    try:
+        message = model.model_validate(data, context=limits)
+    except ValidationError as exc:
+        raise Uncompliant(_first_problem(exc)) from None
+    return message  # type: ignore[return-value]
+
+
+def _first_problem(exc: ValidationError) -> str:
+    """One readable line from a pydantic error: the field, then what is wrong with it."""
+    error = exc.errors(include_url=False)[0]
+    original = (error.get("ctx") or {}).get("error")
+    if isinstance(original, Uncompliant):
+        return original.reason
+    field = ".".join(str(part) for part in error["loc"]) or "message"
+    kind = error["type"]
+    ctx = error.get("ctx") or {}
+    if kind == "missing":
+        return f"{field}: missing"
+    if kind == "string_type":
+        return f"{field}: must be a string"
+    if kind == "string_too_long":
+        return f"{field}: too long (max {ctx.get('max_length')} characters)"
+    if kind in ("float_type", "float_parsing"):
+        return f"{field}: must be a number"
+    if kind == "finite_number":
+        return f"{field}: must be a finite number"
+    if kind in ("dict_type", "model_type", "model_attributes_type"):
+        return f"{field}: must be a JSON object"
+    if kind == "literal_error":
+        return f"{field}: must be {ctx.get('expected')}"
+    message = str(error["msg"])
+    return f"{field}: {message[:1].lower()}{message[1:]}"
+
+
+def _short(value: Any) -> str:
+    shown = repr(value)
+    return shown if len(shown) <= 40 else shown[:37] + "..."
+
+
+def uncompliant(reason: str) -> str:
+    return UncompliantMessage(reason=reason).to_wire()
+
+
+def nb_users(count: int) -> str:
+    return NbUsersMessage(nb_users=count).to_wire()
+
+
+def exiter(nickname: str) -> str:
+    return ExiterMessage(exiter=nickname).to_wire()

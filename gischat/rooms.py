@@ -1,0 +1,160 @@
+"""Rooms: who is connected, who has registered which nickname, and local delivery.
+
+The hub owns every room of the instance. Outgoing room messages go through the broker and
+come back through `_deliver`, which pushes the one serialised text to each local socket's
+queue. Membership changes are synchronous, so the counts and the user list never include
+a socket that is gone, whichever way it went.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine
+from typing import Any
+
+from starlette.websockets import WebSocket
+
+from gischat import models
+from gischat.broker import Broker, Envelope
+from gischat.connection import Connection
+from gischat.models import Uncompliant
+from gischat.settings import Settings
+
+logger = logging.getLogger("gischat.rooms")
+
+
+class Room:
+    """The local sockets of one room and the nicknames they registered."""
+
+    __slots__ = ("_count_timer", "_last_count_sent", "connections", "count_interval", "name", "nicknames")
+
+    def __init__(self, name: str, count_interval: float) -> None:
+        self.name = name
+        self.connections: set[Connection] = set()
+        # casefold(nickname) -> the socket that registered it: nicknames are unique
+        # regardless of case, so "Alice" and "alice" cannot both be in one room.
+        self.nicknames: dict[str, Connection] = {}
+        self.count_interval = count_interval
+        self._count_timer: asyncio.TimerHandle | None = None
+        self._last_count_sent = float("-inf")
+
+    def owner(self, nickname: str) -> Connection | None:
+        return self.nicknames.get(nickname.casefold())
+
+    def users(self) -> list[str]:
+        """Registered nicknames, sorted the way people read them (case-insensitively)."""
+        names = [conn.nickname for conn in self.nicknames.values() if conn.nickname]
+        return sorted(names, key=lambda name: (name.casefold(), name))
+
+    def deliver(self, envelope: Envelope) -> None:
+        if envelope.to is None:
+            payload = envelope.payload
+            for conn in self.connections:
+                conn.push(payload)
+            return
+        target = self.nicknames.get(envelope.to.casefold())
+        if target is not None:
+            target.push(envelope.payload)
+
+    def count_changed(self) -> None:
+        """Schedule an `nb_users` broadcast, at most one per `count_interval`.
+
+        A burst of joins would otherwise cost a broadcast to the whole room per join
+        (1,000 joins, half a million sends). The first change after a quiet spell goes out
+        on the next loop turn; changes within the interval share one trailing broadcast that
+        carries the latest count.
+        """
+        if self._count_timer is not None:
+            return
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, self._last_count_sent + self.count_interval - loop.time())
+        self._count_timer = loop.call_later(delay, self._send_count)
+
+    def _send_count(self) -> None:
+        self._count_timer = None
+        self._last_count_sent = asyncio.get_running_loop().time()
+        self.deliver(Envelope(models.nb_users(len(self.connections))))
+
+    def close(self) -> None:
+        if self._count_timer is not None:
+            self._count_timer.cancel()
+            self._count_timer = None
+
+
+class Hub:
+    """Every room of the instance, and the path from a sender to the recipients."""
+
+    def __init__(self, settings: Settings, broker: Broker) -> None:
+        self.settings = settings
+        self.broker = broker
+        self.rooms = {name: Room(name, settings.nb_users_interval) for name in settings.rooms}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        await self.broker.start(self._deliver)
+
+    async def stop(self) -> None:
+        for room in self.rooms.values():
+            room.close()
+        await self.broker.stop()
+
+    def _deliver(self, room: str, envelope: Envelope) -> None:
+        target = self.rooms.get(room)
+        if target is not None:
+            target.deliver(envelope)
+
+    async def publish(self, room: str, payload: str, to: str | None = None) -> None:
+        await self.broker.publish(room, Envelope(payload, to))
+
+    def join(self, websocket: WebSocket, room: str) -> Connection:
+        conn = Connection(
+            websocket,
+            room,
+            max_messages=self.settings.send_queue_size,
+            max_bytes=self.settings.send_queue_bytes,
+            on_overflow=self.evict,
+        )
+        target = self.rooms[room]
+        target.connections.add(conn)
+        target.count_changed()
+        logger.info("%s joined %r (%d connected)", conn.peer, room, len(target.connections))
+        return conn
+
+    def evict(self, conn: Connection) -> None:
+        """Take a socket out of its room now; tell the room if it had a nickname."""
+        room = self.rooms[conn.room]
+        if conn not in room.connections:
+            return
+        room.connections.discard(conn)
+        room.count_changed()
+        nickname = conn.nickname
+        if nickname is not None and room.nicknames.get(nickname.casefold()) is conn:
+            del room.nicknames[nickname.casefold()]
+            self._spawn(self.publish(room.name, models.exiter(nickname)))
+        logger.info("%s left %r (%d connected)", conn.peer, room.name, len(room.connections))
+
+    def register(self, conn: Connection, nickname: str) -> None:
+        """Give a socket its nickname in its room, first come first served."""
+        room = self.rooms[conn.room]
+        if conn.nickname is not None:
+            raise Uncompliant(f"newcomer: this connection is already registered as '{conn.nickname}'")
+        if room.owner(nickname) is not None:
+            raise Uncompliant(f"newcomer: '{nickname}' is already taken in this room")
+        conn.nickname = nickname
+        room.nicknames[nickname.casefold()] = conn
+        logger.info("%s registered as %r in %r", conn.peer, nickname, room.name)
+
+    def check_author(self, conn: Connection | None, room: str, author: str, field: str = "author") -> None:
+        """Nobody speaks under a nickname another socket registered; registered sockets keep theirs."""
+        if conn is not None and conn.nickname is not None:
+            if author != conn.nickname:
+                raise Uncompliant(f"{field}: this connection is registered as '{conn.nickname}'")
+            return
+        if self.rooms[room].owner(author) is not None:
+            raise Uncompliant(f"{field}: '{author}' is registered by another user in this room")
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)

@@ -1,0 +1,69 @@
+"""Response bodies of the REST routes, with the examples shown in /docs."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+
+class RulesResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "rules": "Be kind and nice to this wonderful world",
+                    "main_lang": "en",
+                    "min_author_length": 3,
+                    "max_author_length": 32,
+                    "max_message_length": 255,
+                    "max_image_size": 800,
+                    "max_geojson_features": 500,
+                }
+            ]
+        }
+    )
+
+    rules: str
+    main_lang: str
+    min_author_length: int
+    max_author_length: int
+    max_message_length: int
+    max_image_size: int
+    max_geojson_features: int
+
+
+class RoomStatus(BaseModel):
+    name: str
+    nb_connected_users: int
+
+
+class StatusResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "status": "ok",
+                    "healthy": True,
+                    "rooms": [
+                        {"name": "QGIS", "nb_connected_users": 12},
+                        {"name": "Kitchen", "nb_connected_users": 0},
+                    ],
+                }
+            ]
+        }
+    )
+
+    status: str
+    healthy: bool
+    rooms: list[RoomStatus]
+
+
+class VersionResponse(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"version": "1.0.0"}]})
+
+    version: str
+
+
+class ErrorResponse(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"detail": "room 'Attic' not found"}]})
+
+    detail: str
