@@ -32,6 +32,7 @@ from gischat.settings import Settings
 logger = logging.getLogger("gischat.chat")
 
 BINARY_REASON = "binary frames are not supported: send JSON text frames"
+INTERNAL_ERROR_REASON = "server error while handling this message; it was not delivered"
 
 
 class NicknameTaken(Exception):
@@ -89,6 +90,10 @@ class ChatService:
                 await self.handle(conn, models.parse_frame(text, self.limits))
             except Uncompliant as exc:
                 self._refuse(conn, exc.reason)
+            except Exception:
+                # A bug must cost one message, not the socket, and never the room.
+                logger.exception("%s in %r: error while handling a message", conn.peer, conn.room)
+                conn.push(models.uncompliant(INTERNAL_ERROR_REASON))
 
     def _refuse(self, conn: Connection, reason: str) -> None:
         logger.info("%s in %r: uncompliant: %s", conn.peer, conn.room, reason)
@@ -126,6 +131,8 @@ class ChatService:
         """A text message from REST: same rules as a websocket's, author not registered by anyone."""
         if isinstance(body, dict):
             body = {"type": "text", **body}
+            if body["type"] != "text":
+                raise Uncompliant("type: only 'text' messages can be sent over HTTP")
         message = models.parse_object(body, self.limits, allowed=("text",))
         assert isinstance(message, TextMessage)
         if self.hub.rooms[room].owner(message.author) is not None:
