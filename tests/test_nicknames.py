@@ -7,7 +7,6 @@ must be that message.
 
 from __future__ import annotations
 
-import json
 import socket
 import struct
 from typing import Any
@@ -17,59 +16,12 @@ import httpx
 import pytest
 
 from conftest import Client, LiveServer, text, wait_for, ws_client
+from wire import next_frame, refused, wait_type
 
 pytestmark = pytest.mark.anyio
 
-WIRE_KEYS: dict[str, set[str]] = {
-    "text": {"type", "author", "avatar", "text"},
-    "image": {"type", "author", "avatar", "image_data"},
-    "nb_users": {"type", "nb_users"},
-    "newcomer": {"type", "newcomer"},
-    "exiter": {"type", "exiter"},
-    "like": {"type", "liker_author", "liked_author", "message"},
-    "geojson": {"type", "author", "avatar", "layer_name", "crs_wkt", "crs_authid", "geojson"},
-    "crs": {"type", "author", "avatar", "crs_wkt", "crs_authid"},
-    "bbox": {"type", "author", "avatar", "crs_wkt", "crs_authid", "xmin", "xmax", "ymin", "ymax"},
-    "uncompliant": {"type", "reason"},
-}
-
 
 # --- helpers -------------------------------------------------------------------------------------
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    keys = [key for key, _ in pairs]
-    assert len(keys) == len(set(keys)), f"duplicate keys in a server frame: {keys}"
-    return dict(pairs)
-
-
-async def next_frame(client: Client, skip: tuple[str, ...] = ("nb_users",)) -> dict[str, Any]:
-    """The next message whose type is not in `skip`, parsed strictly and shape-checked."""
-    while True:
-        message = json.loads(await client.recv_raw(), object_pairs_hook=_no_duplicates)
-        assert isinstance(message, dict)
-        assert message.get("type") in WIRE_KEYS, f"unknown type from the server: {message}"
-        assert set(message) == WIRE_KEYS[message["type"]], f"wrong keys: {message}"
-        if message["type"] not in skip:
-            return message
-
-
-async def wait_type(client: Client, type_: str, **fields: Any) -> dict[str, Any]:
-    while True:
-        message = await next_frame(client, skip=())
-        if message["type"] == type_ and all(message.get(k) == v for k, v in fields.items()):
-            return message
-
-
-async def refused(client: Client, frame: dict[str, Any]) -> str:
-    """Send a frame that must be refused; return the reason of the uncompliant that follows."""
-    await client.send(frame)
-    message = await next_frame(client)
-    assert message["type"] == "uncompliant", f"expected uncompliant, got {message}"
-    reason = message["reason"]
-    assert isinstance(reason, str)
-    assert reason
-    return reason
 
 
 async def marker_is_next(sender: Client, author: str, *watchers: Client, body: str = "marker") -> None:
