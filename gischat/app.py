@@ -29,7 +29,12 @@ logger = logging.getLogger("gischat")
 
 RoomName = Annotated[str, Path(description="Room name, percent-encoded in the URL", examples=["QGIS"])]
 
-TEXT_BODY_EXAMPLE = {"type": "text", "author": "curl-bot", "avatar": "mActionRun.svg", "text": "Deploy finished"}
+TEXT_BODY_EXAMPLE = {
+    "type": "text",
+    "author": "curl-bot",
+    "avatar": "mActionRun.svg",
+    "text": "Deploy finished",
+}
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorResponse, "description": "Unknown room"}}
 
 

@@ -94,6 +94,9 @@ class ChatService:
                 # A bug must cost one message, not the socket, and never the room.
                 logger.exception("%s in %r: error while handling a message", conn.peer, conn.room)
                 conn.push(models.uncompliant(INTERNAL_ERROR_REASON))
+            # Frames that arrived together are handled without waiting; yield between them so
+            # the recipients' writers drain their queues and a burst is not taken for a slow peer.
+            await asyncio.sleep(0)
 
     def _refuse(self, conn: Connection, reason: str) -> None:
         logger.info("%s in %r: uncompliant: %s", conn.peer, conn.room, reason)

@@ -50,7 +50,8 @@ class Room:
     def deliver(self, envelope: Envelope) -> None:
         if envelope.to is None:
             payload = envelope.payload
-            for conn in self.connections:
+            # A copy: a recipient found too slow is evicted from the set during this loop.
+            for conn in tuple(self.connections):
                 conn.push(payload)
             return
         target = self.nicknames.get(envelope.to.casefold())
