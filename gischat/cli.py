@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
+import socket
 import sys
 from typing import Any
 
@@ -55,6 +58,39 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
     }
 
 
+def listening_socket(settings: Settings) -> socket.socket:
+    """Bind the server socket ourselves to set TCP_USER_TIMEOUT, which accepted sockets inherit.
+
+    Through ASGI a server cannot abort a connection, and a client that stopped reading keeps
+    its socket (and the data queued in the kernel for it) open after it was dropped from its
+    room, since a graceful close waits for the data to drain. With TCP_USER_TIMEOUT the kernel
+    aborts a connection whose peer acknowledges nothing for that long, zero-window included.
+    """
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if settings.tcp_user_timeout and hasattr(socket, "TCP_USER_TIMEOUT"):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(settings.tcp_user_timeout * 1000))
+    sock.bind((settings.host, settings.port))
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(settings: Settings) -> None:
+    """Run one server process on a socket bound with our options."""
+    from gischat.app import create_app
+
+    options = uvicorn_options(settings)
+    options.pop("workers")
+    sock = listening_socket(settings)
+    config = uvicorn.Config(create_app(settings), **options)  # also sets up logging
+    host, port = sock.getsockname()[:2]
+    logging.getLogger("gischat").info("listening on http://%s:%d", f"[{host}]" if ":" in host else host, port)
+    # Ctrl+C is re-raised after the graceful shutdown; swallow it as `uvicorn.run` does.
+    with contextlib.suppress(KeyboardInterrupt):
+        uvicorn.Server(config).run(sockets=[sock])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="gischat",
@@ -72,7 +108,11 @@ def main(argv: list[str] | None = None) -> int:
         # Each worker process builds its own app from the environment.
         uvicorn.run("gischat.app:app", env_file=args.env_file, **options)
     else:
-        from gischat.app import create_app
-
-        uvicorn.run(create_app(settings), **options)
+        try:
+            serve(settings)
+        except OSError as exc:  # the port is taken, the address is not ours...
+            print(
+                f"gischat: cannot listen on {settings.host}:{settings.port}: {exc.strerror}", file=sys.stderr
+            )
+            return 1
     return 0

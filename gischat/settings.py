@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     ws_ping_interval: float = Field(default=20.0, ge=0)
     ws_ping_timeout: float = Field(default=20.0, gt=0)
     ws_per_message_deflate: bool = False
+    # A peer that acknowledges nothing we send for this long (dead, or a zero TCP window) is
+    # aborted by the kernel; this is what finally frees a slow client after it was dropped.
+    tcp_user_timeout: float = Field(default=60.0, ge=0, le=3600)
 
     # Process.
     broker_url: str = "memory://"

@@ -24,7 +24,7 @@ import uvicorn
 from websockets.asyncio.client import ClientConnection, connect
 
 from gischat.app import create_app
-from gischat.cli import uvicorn_options
+from gischat.cli import listening_socket, uvicorn_options
 from gischat.settings import Settings
 
 TEST_ROOMS = ["QGIS", "Field and mobile", "Living room"]
@@ -65,13 +65,15 @@ class LiveServer:
 
 
 def start_server(settings: Settings) -> LiveServer:
-    port = free_port()
+    settings = settings.model_copy(update={"host": "127.0.0.1", "port": 0})
+    sock = listening_socket(settings)  # the socket the `gischat` command would listen on
+    port = int(sock.getsockname()[1])
     options = uvicorn_options(settings)
-    options.update(host="127.0.0.1", port=port, log_config=None, log_level="warning")
+    options.update(port=port, log_config=None, log_level="warning")
     options.pop("workers")
     config = uvicorn.Config(create_app(settings), **options)
     server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
     while not server.started:

@@ -297,6 +297,30 @@ async def test_slow_consumer_is_evicted_and_others_keep_up(server_factory: Serve
             await recorder.stop()
 
 
+async def test_dropped_client_that_never_reads_is_aborted_by_the_kernel(
+    server_factory: ServerFactory,
+) -> None:
+    """After eviction a graceful close cannot drain to a peer that never reads; TCP_USER_TIMEOUT ends it."""
+    live = server_factory(send_queue_size=16, max_message_length=60_000, tcp_user_timeout=1)
+    async with AsyncExitStack() as stack:
+        stalled = await stack.enter_async_context(small_window_client(live))
+        await stalled.register("slowpoke")
+        stalled.ws.transport.pause_reading()
+        sender = await stack.enter_async_context(ws_client(live))
+        await sender.register("flooder")
+        padding = "x" * FLOOD_SIZE
+        sent = 0
+        while "slowpoke" in await room_users(live):
+            assert sent < FLOOD, "the stalled client was never dropped"
+            for _ in range(10):
+                await sender.send(text("flooder", f"flood-{sent:04d}:{padding}"))
+                sent += 1
+            await sender.expect("text", text=f"flood-{sent - 1:04d}:{padding}")
+        # uvicorn still holds the dropped socket, waiting to flush; the kernel gives up on it.
+        await wait_for(lambda: len(live.server.server_state.connections) == 1, timeout=10)
+        assert await room_count(live) == 1
+
+
 # --- concurrent senders --------------------------------------------------------------------------
 
 SENDERS = 5
