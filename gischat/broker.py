@@ -3,9 +3,13 @@
 A room's messages are published to the broker and come back to every process that holds
 sockets of that room, which then hands them to its local sockets. With the default
 `memory://` broker there is one process and "coming back" is a plain function call, so a
-message reaches local sockets in the same event-loop step it was published in, and the
-order of one sender's messages is the order of its `publish` calls. A networked broker
-(Redis, in a later release) plugs in behind the same three methods, chosen by URL.
+message reaches local sockets in the same event-loop step it was published in.
+
+`publish` never waits: it hands the envelope over in call order, and that order is the
+order everyone sees (one sender's messages, or an `exiter` before the next `newcomer` of
+the same nickname). A networked broker (Redis, in a later release) keeps the same promise
+by appending to one ordered outgoing queue that a single task drains; it plugs in behind
+the same three methods, chosen by URL.
 """
 
 from __future__ import annotations
@@ -35,8 +39,8 @@ class Broker(Protocol):
     async def stop(self) -> None:
         """Release connections; nothing is delivered afterwards."""
 
-    async def publish(self, room: str, envelope: Envelope) -> None:
-        """Send an envelope to every process that serves `room`, this one included."""
+    def publish(self, room: str, envelope: Envelope) -> None:
+        """Send an envelope to every process that serves `room`, this one included, in call order."""
 
 
 class MemoryBroker:
@@ -51,7 +55,7 @@ class MemoryBroker:
     async def stop(self) -> None:
         self._deliver = None
 
-    async def publish(self, room: str, envelope: Envelope) -> None:
+    def publish(self, room: str, envelope: Envelope) -> None:
         if self._deliver is not None:
             self._deliver(room, envelope)
 
@@ -59,6 +63,6 @@ class MemoryBroker:
 def create_broker(url: str) -> Broker:
     """Pick the broker implementation from its URL scheme."""
     scheme = url.split("://", 1)[0]
-    if scheme == "memory":
-        return MemoryBroker()
-    raise ValueError(f"unsupported broker URL scheme {scheme!r}")
+    if scheme != "memory":  # settings validation refuses other schemes first
+        raise ValueError(f"unsupported broker URL scheme {scheme!r}")
+    return MemoryBroker()

@@ -50,8 +50,8 @@ class ChatService:
         self.settings = settings
         self.hub = hub
         self.limits = Limits.from_settings(settings)
-        # Image decoding holds no lock on the event loop: Pillow releases the GIL, so
-        # other rooms keep chatting while a photo is resized.
+        # Images are resized in threads: Pillow releases the GIL while it decodes and
+        # resamples, so other rooms keep chatting while a photo is processed.
         self.images = ThreadPoolExecutor(
             max_workers=settings.image_workers, thread_name_prefix="gischat-image"
         )
@@ -116,16 +116,21 @@ class ChatService:
         """Act on one valid message from a websocket."""
         if isinstance(message, NewcomerMessage):
             self.hub.register(conn, message.newcomer)
-            await self.hub.publish(conn.room, message.to_wire())
+            self.hub.publish(conn.room, message.to_wire())
         elif isinstance(message, LikeMessage):
             self.hub.check_author(conn, conn.room, message.liker_author, "liker_author")
             # Only the liked author hears of it; nobody registered under that name, no delivery.
-            await self.hub.publish(conn.room, message.to_wire(), to=message.liked_author)
+            self.hub.publish(conn.room, message.to_wire(), to=message.liked_author)
         else:
             self.hub.check_author(conn, conn.room, message.author)
             if isinstance(message, ImageMessage):
                 message = await self._resize(message)
-            await self.hub.publish(conn.room, message.to_wire())
+                # The world moved on while the image was resized: the socket may have been
+                # dropped, or someone may have registered the author's nickname meanwhile.
+                if conn.closing or conn not in self.hub.rooms[conn.room].connections:
+                    return
+                self.hub.check_author(conn, conn.room, message.author)
+            self.hub.publish(conn.room, message.to_wire())
 
     async def _resize(self, message: ImageMessage) -> ImageMessage:
         job = functools.partial(
@@ -145,11 +150,11 @@ class ChatService:
         if isinstance(body, dict):
             body = {"type": "text", **body}
             if body["type"] != "text":
-                raise Uncompliant("type: only 'text' messages can be sent over HTTP")
+                raise Uncompliant("type: only 'text' messages can be sent here")
         message = models.parse_object(body, self.limits, allowed=("text",))
         assert isinstance(message, TextMessage)
         if self.hub.rooms[room].owner(message.author) is not None:
             raise NicknameTaken(f"author '{message.author}' is registered by a user of room '{room}'")
-        await self.hub.publish(room, message.to_wire())
+        self.hub.publish(room, message.to_wire())
         logger.info("text posted over HTTP to %r by %r", room, message.author)
         return message

@@ -103,16 +103,10 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"gischat: {exc}", file=sys.stderr)
         return 2
-    options = uvicorn_options(settings)
-    if settings.workers > 1:
-        # Each worker process builds its own app from the environment.
-        uvicorn.run("gischat.app:app", env_file=args.env_file, **options)
-    else:
-        try:
-            serve(settings)
-        except OSError as exc:  # the port is taken, the address is not ours...
-            print(
-                f"gischat: cannot listen on {settings.host}:{settings.port}: {exc.strerror}", file=sys.stderr
-            )
-            return 1
+    # One process: settings refuse WORKERS above 1 until a shared broker exists.
+    try:
+        serve(settings)
+    except OSError as exc:  # the port is taken, the address is not ours...
+        print(f"gischat: cannot listen on {settings.host}:{settings.port}: {exc.strerror}", file=sys.stderr)
+        return 1
     return 0

@@ -103,10 +103,6 @@ class Connection:
             return True
         return messages > HARD_LIMIT_FACTOR * self.max_messages or size > HARD_LIMIT_FACTOR * self.max_bytes
 
-    @property
-    def queued(self) -> int:
-        return self._pending
-
     async def _write(self) -> None:
         """Send until the queue is empty, then end; the next push starts a new writer."""
         send = self.websocket.send

@@ -32,10 +32,20 @@ CLIENT_TYPES = ("text", "image", "newcomer", "like", "geojson", "crs", "bbox")
 SERVER_ONLY_TYPES = ("nb_users", "exiter", "uncompliant")
 
 
+MAX_REASON_LENGTH = 200
+
+
 class Uncompliant(ValueError):
-    """A message broke a rule; `reason` goes back verbatim to the sender only."""
+    """A message broke a rule; `reason` goes back verbatim to the sender only.
+
+    Reasons are logged too, so they are capped: client input that ends up in one (a bad
+    type name, a pydantic message quoting a value) can neither flood the log nor bounce
+    a megabyte back.
+    """
 
     def __init__(self, reason: str) -> None:
+        if len(reason) > MAX_REASON_LENGTH:
+            reason = reason[: MAX_REASON_LENGTH - 3] + "..."
         super().__init__(reason)
         self.reason = reason
 
@@ -289,6 +299,8 @@ def _first_problem(exc: ValidationError) -> str:
         return f"{field}: must be a JSON object"
     if kind == "literal_error":
         return f"{field}: must be {ctx.get('expected')}"
+    if kind.startswith("union_tag"):
+        return f"{field}: unknown or missing type"
     message = str(error["msg"])
     return f"{field}: {message[:1].lower()}{message[1:]}"
 

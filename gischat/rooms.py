@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
-from typing import Any
+import unicodedata
 
 from starlette.websockets import WebSocket
 
@@ -24,6 +23,11 @@ from gischat.settings import Settings
 logger = logging.getLogger("gischat.rooms")
 
 
+def nickname_key(nickname: str) -> str:
+    """Registry key: "Alice", "alice" and the fullwidth form of "Alice" are one nickname."""
+    return unicodedata.normalize("NFKC", nickname).casefold()
+
+
 class Room:
     """The local sockets of one room and the nicknames they registered."""
 
@@ -32,19 +36,19 @@ class Room:
     def __init__(self, name: str, count_interval: float) -> None:
         self.name = name
         self.connections: set[Connection] = set()
-        # casefold(nickname) -> the socket that registered it: nicknames are unique
-        # regardless of case, so "Alice" and "alice" cannot both be in one room.
+        # nickname_key(nickname) -> the socket that registered it: nicknames are unique
+        # regardless of case and width, so "Alice" and "alice" cannot both be in one room.
         self.nicknames: dict[str, Connection] = {}
         self.count_interval = count_interval
         self._count_timer: asyncio.TimerHandle | None = None
         self._last_count_sent = float("-inf")
 
     def owner(self, nickname: str) -> Connection | None:
-        return self.nicknames.get(nickname.casefold())
+        return self.nicknames.get(nickname_key(nickname))
 
     def users(self) -> list[str]:
         """Registered nicknames, sorted the way people read them (case-insensitively)."""
-        names = [conn.nickname for conn in self.nicknames.values() if conn.nickname]
+        names = [conn.nickname for conn in self.nicknames.values() if conn.nickname is not None]
         return sorted(names, key=lambda name: (name.casefold(), name))
 
     def deliver(self, envelope: Envelope) -> None:
@@ -54,7 +58,7 @@ class Room:
             for conn in tuple(self.connections):
                 conn.push(payload)
             return
-        target = self.nicknames.get(envelope.to.casefold())
+        target = self.nicknames.get(nickname_key(envelope.to))
         if target is not None:
             target.push(envelope.payload)
 
@@ -90,7 +94,6 @@ class Hub:
         self.settings = settings
         self.broker = broker
         self.rooms = {name: Room(name, settings.nb_users_interval) for name in settings.rooms}
-        self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         await self.broker.start(self._deliver)
@@ -105,8 +108,8 @@ class Hub:
         if target is not None:
             target.deliver(envelope)
 
-    async def publish(self, room: str, payload: str, to: str | None = None) -> None:
-        await self.broker.publish(room, Envelope(payload, to))
+    def publish(self, room: str, payload: str, to: str | None = None) -> None:
+        self.broker.publish(room, Envelope(payload, to))
 
     def join(self, websocket: WebSocket, room: str) -> Connection:
         conn = Connection(
@@ -130,9 +133,9 @@ class Hub:
         room.connections.discard(conn)
         room.count_changed()
         nickname = conn.nickname
-        if nickname is not None and room.nicknames.get(nickname.casefold()) is conn:
-            del room.nicknames[nickname.casefold()]
-            self._spawn(self.publish(room.name, models.exiter(nickname)))
+        if nickname is not None and room.nicknames.get(nickname_key(nickname)) is conn:
+            del room.nicknames[nickname_key(nickname)]
+            self.publish(room.name, models.exiter(nickname))
         logger.info("%s left %r (%d connected)", conn.peer, room.name, len(room.connections))
 
     def register(self, conn: Connection, nickname: str) -> None:
@@ -143,7 +146,7 @@ class Hub:
         if room.owner(nickname) is not None:
             raise Uncompliant(f"newcomer: '{nickname}' is already taken in this room")
         conn.nickname = nickname
-        room.nicknames[nickname.casefold()] = conn
+        room.nicknames[nickname_key(nickname)] = conn
         logger.info("%s registered as %r in %r", conn.peer, nickname, room.name)
 
     def check_author(self, conn: Connection | None, room: str, author: str, field: str = "author") -> None:
@@ -154,8 +157,3 @@ class Hub:
             return
         if self.rooms[room].owner(author) is not None:
             raise Uncompliant(f"{field}: '{author}' is registered by another user in this room")
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)

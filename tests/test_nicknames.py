@@ -7,6 +7,8 @@ must be that message.
 
 from __future__ import annotations
 
+import base64
+import io
 import socket
 import struct
 from typing import Any
@@ -14,6 +16,7 @@ from urllib.parse import quote
 
 import httpx
 import pytest
+from PIL import Image
 
 from conftest import Client, LiveServer, text, wait_for, ws_client
 from wire import next_frame, refused, wait_type
@@ -420,3 +423,57 @@ async def test_put_text_with_nickname_registered_in_another_room_is_accepted(
         assert response.status_code == 200
         assert await next_frame(here) == text("alice", "from a script")
         await marker_is_next(elsewhere, "alice")
+
+
+# --- races and look-alikes -----------------------------------------------------------------------
+
+
+async def test_fullwidth_form_of_a_registered_nickname_is_taken(server: LiveServer) -> None:
+    async with ws_client(server) as alice, ws_client(server) as mallory:
+        await alice.register("Alice")
+        await wait_type(mallory, "newcomer", newcomer="Alice")
+        fullwidth = "".join(chr(ord(c) + 0xFEE0) for c in "Alice")
+        reason = await refused(mallory, {"type": "newcomer", "newcomer": fullwidth})
+        assert "already taken" in reason
+
+
+async def test_exiter_comes_before_the_same_nickname_registered_again(server: LiveServer) -> None:
+    """A client reconnecting after a crash: its old socket's exiter must not follow the new newcomer."""
+    async with ws_client(server) as watcher, ws_client(server) as old, ws_client(server) as new:
+        await old.register("Bob0")
+        await wait_type(watcher, "newcomer", newcomer="Bob0")
+        await wait_type(new, "newcomer", newcomer="Bob0")
+        reset_connection(old)
+        while True:  # the server may see the new socket's newcomer before the old one's reset
+            await new.send({"type": "newcomer", "newcomer": "Bob0"})
+            reply = await next_frame(new, skip=("nb_users", "exiter"))
+            if reply["type"] == "newcomer":
+                break
+            assert reply["type"] == "uncompliant"
+        seen = [await next_frame(watcher) for _ in range(2)]
+        assert seen == [{"type": "exiter", "exiter": "Bob0"}, {"type": "newcomer", "newcomer": "Bob0"}]
+
+
+async def test_image_author_is_checked_again_after_resizing(server: LiveServer) -> None:
+    """A nickname registered while an image was resized cannot be spoofed by that image."""
+    buf = io.BytesIO()
+    Image.effect_noise((3000, 3000), 64).save(buf, "PNG")  # a few hundred ms to resize
+    image = {
+        "type": "image",
+        "author": "Alice",
+        "avatar": None,
+        "image_data": base64.b64encode(buf.getvalue()).decode(),
+    }
+    async with ws_client(server) as watcher, ws_client(server) as spoofer, ws_client(server) as alice:
+        await spoofer.send(image)
+        await alice.register("Alice")
+        reply = await next_frame(spoofer, skip=("nb_users", "newcomer"))
+        if reply["type"] == "image":  # the resize won the race: sent before Alice registered
+            assert (await next_frame(watcher))["type"] == "image"
+            return
+        assert reply == {
+            "type": "uncompliant",
+            "reason": "author: 'Alice' is registered by another user in this room",
+        }
+        await wait_type(watcher, "newcomer", newcomer="Alice")
+        await marker_is_next(alice, "Alice", watcher, body="after the image")

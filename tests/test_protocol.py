@@ -685,3 +685,15 @@ async def test_many_bad_frames_in_a_row_then_valid(server: LiveServer) -> None:
         for _ in BAD_FRAMES:
             assert (await next_frame(a))["type"] == "uncompliant"
         await still_open(a)
+
+
+async def test_reasons_quoting_client_input_are_capped(server: LiveServer) -> None:
+    bad_geometry = {"type": "X" * 100_000, "coordinates": [1, 2]}
+    layer = collection(1)
+    layer["features"][0]["geometry"] = bad_geometry
+    async with ws_client(server) as client:
+        reason = await refused(client, geojson_message(layer))
+        assert reason.startswith("geojson: ")
+        assert len(reason) <= 200
+        reason = await refused(client, {"type": "Y" * 100_000})
+        assert len(reason) <= 200
