@@ -20,6 +20,7 @@ from gischat.connection import Connection
 from gischat.images import ImageRejected, process_image
 from gischat.models import (
     ClientMessage,
+    GeojsonMessage,
     ImageMessage,
     LikeMessage,
     Limits,
@@ -34,9 +35,26 @@ logger = logging.getLogger("gischat.chat")
 
 BINARY_REASON = "binary frames are not supported: send JSON text frames"
 SWITCH_INTERVAL = 0.001
+# Seconds of feature validation between two yields to the event loop.
+VALIDATION_SLICE = 0.005
 # Frames handled back to back before the receive loop lets other tasks run.
 YIELD_EVERY = 16
 INTERNAL_ERROR_REASON = "server error while handling this message; it was not delivered"
+
+
+async def check_layer(message: GeojsonMessage) -> None:
+    """Validate a layer's features, yielding to the event loop every few milliseconds.
+
+    A layer of hundreds of detailed features takes a noticeable time to validate; other
+    rooms should not wait for it.
+    """
+    loop = asyncio.get_running_loop()
+    resume_at = loop.time() + VALIDATION_SLICE
+    for index, feature in enumerate(message.features):
+        models.check_feature(index, feature)
+        if loop.time() >= resume_at:
+            await asyncio.sleep(0)
+            resume_at = loop.time() + VALIDATION_SLICE
 
 
 class NicknameTaken(Exception):
@@ -123,10 +141,13 @@ class ChatService:
             self.hub.publish(conn.room, message.to_wire(), to=message.liked_author)
         else:
             self.hub.check_author(conn, conn.room, message.author)
-            if isinstance(message, ImageMessage):
-                message = await self._resize(message)
-                # The world moved on while the image was resized: the socket may have been
-                # dropped, or someone may have registered the author's nickname meanwhile.
+            if isinstance(message, GeojsonMessage | ImageMessage):
+                if isinstance(message, GeojsonMessage):
+                    await check_layer(message)
+                else:
+                    message = await self._resize(message)
+                # The world moved on while the layer was checked or the image resized: the
+                # socket may have been dropped, or its author's nickname registered by another.
                 if conn.closing or conn not in self.hub.rooms[conn.room].connections:
                     return
                 self.hub.check_author(conn, conn.room, message.author)

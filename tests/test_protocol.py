@@ -7,8 +7,10 @@ also checks the wire contract of whatever else it happens to receive.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
+import json
 from typing import Any
 from urllib.parse import quote
 
@@ -16,6 +18,8 @@ import httpx
 import pytest
 from PIL import Image
 from websockets.exceptions import InvalidStatus
+
+from gischat import chat, models
 
 from conftest import Client, LiveServer, ServerFactory, text, ws_client
 from wire import WIRE_KEYS, next_frame, parse_strict, refused, wait_type
@@ -697,3 +701,35 @@ async def test_reasons_quoting_client_input_are_capped(server: LiveServer) -> No
         assert len(reason) <= 200
         reason = await refused(client, {"type": "Y" * 100_000})
         assert len(reason) <= 200
+
+
+async def test_too_deeply_nested_geojson_is_uncompliant(server: LiveServer) -> None:
+    deep: dict[str, Any] = {}
+    level = deep
+    for _ in range(300):
+        level["a"] = {}
+        level = level["a"]
+    layer = collection(1)
+    layer["features"][0]["properties"] = deep
+    async with ws_client(server) as client:
+        assert await refused(client, json.dumps(geojson_message(layer))) == "geojson: nested too deeply"
+        await still_open(client)
+
+
+async def test_layer_validation_lets_the_event_loop_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Features are validated a slice at a time, so other rooms' tasks run in between."""
+    monkeypatch.setattr(chat, "VALIDATION_SLICE", 0.0)  # yield after every feature
+    message = models.parse_frame(json.dumps(geojson_message(collection(50))), models.Limits())
+    assert isinstance(message, models.GeojsonMessage)
+    turns = 0
+
+    async def other_room() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    ticker = asyncio.create_task(other_room())
+    await chat.check_layer(message)
+    ticker.cancel()
+    assert turns >= 50
