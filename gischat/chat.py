@@ -172,7 +172,7 @@ class ChatService:
             body = {"type": "text", **body}
             if body["type"] != "text":
                 raise Uncompliant("type: only 'text' messages can be sent here")
-        message = models.parse_object(body, self.limits, allowed=("text",))
+        message = models.parse_object(body, self.limits)
         assert isinstance(message, TextMessage)
         if self.hub.rooms[room].owner(message.author) is not None:
             raise NicknameTaken(f"author '{message.author}' is registered by a user of room '{room}'")

@@ -28,7 +28,6 @@ MAX_CRS_AUTHID_LENGTH = 128
 
 NICKNAME_PATTERN = re.compile(r"[\w-]+")
 
-CLIENT_TYPES = ("text", "image", "newcomer", "like", "geojson", "crs", "bbox")
 SERVER_ONLY_TYPES = ("nb_users", "exiter", "uncompliant")
 
 
@@ -287,7 +286,7 @@ def parse_frame(text: str, limits: Limits) -> ClientMessage:
     return parse_object(data, limits)
 
 
-def parse_object(data: Any, limits: Limits, allowed: tuple[str, ...] = CLIENT_TYPES) -> ClientMessage:
+def parse_object(data: Any, limits: Limits) -> ClientMessage:
     """Validate an already decoded JSON value against the model its `type` names."""
     if not isinstance(data, dict):
         raise Uncompliant("message must be a JSON object")
@@ -296,7 +295,7 @@ def parse_object(data: Any, limits: Limits, allowed: tuple[str, ...] = CLIENT_TY
         raise Uncompliant("type: missing")
     if kind in SERVER_ONLY_TYPES:
         raise Uncompliant(f"type: '{kind}' messages are sent by the server only")
-    if not isinstance(kind, str) or kind not in allowed:
+    if not isinstance(kind, str) or kind not in CLIENT_MODELS:
         raise Uncompliant(f"type: unknown message type {_short(kind)}")
     model = CLIENT_MODELS[kind]
     try:
