@@ -20,11 +20,12 @@ from starlette.routing import WebSocketRoute
 
 from gischat import page
 from gischat.broker import create_broker
-from gischat.chat import ChatService, NicknameTaken
+from gischat.chat import ChatService, NicknameTaken, Refused, client_address
 from gischat.models import TextMessage, Uncompliant
 from gischat.rooms import Hub
 from gischat.schemas import ErrorResponse, RoomStatus, RulesResponse, StatusResponse, VersionResponse
 from gischat.settings import Settings, SettingsError, load_settings
+from gischat.transport import STATE_KEY, TransportGuard
 
 logger = logging.getLogger("gischat")
 
@@ -52,12 +53,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     chat = ChatService(settings, Hub(settings, create_broker(settings.broker_url)))
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, Any]]:
         await chat.start()
+        # Connection caps and deadlines enforced by gischat.transport's protocols, which find
+        # the guard in the lifespan state uvicorn hands them.
+        guard = TransportGuard(settings)
+        guard.start()
         logger.info("serving rooms %s (%s)", ", ".join(settings.rooms), settings.environment)
         try:
-            yield
+            yield {STATE_KEY: guard}
         finally:
+            guard.stop()
             await chat.stop()
 
     app = FastAPI(
@@ -138,9 +144,11 @@ def build_router(settings: Settings, chat: ChatService) -> APIRouter:
         response_model=TextMessage,
         responses={
             **NOT_FOUND,
+            403: {"model": ErrorResponse, "description": "A browser page from an origin not allowed"},
             409: {"model": ErrorResponse, "description": "The author is a nickname registered in the room"},
             413: {"model": ErrorResponse, "description": "Body above MAX_FRAME_SIZE"},
             422: {"model": ErrorResponse, "description": "The message breaks a rule"},
+            429: {"model": ErrorResponse, "description": "Too many messages from this address (PUT_RATE)"},
         },
         openapi_extra={
             "requestBody": {
@@ -157,6 +165,13 @@ def build_router(settings: Settings, chat: ChatService) -> APIRouter:
     async def put_text(room: RoomName, request: Request) -> Any:
         """Send a text message to a room (bots, scripts, curl); it is echoed back as broadcast."""
         require_room(room)
+        try:
+            chat.check_post(
+                client_address(request.client), request.headers.get("origin"), request.headers.get("host")
+            )
+        except Refused as exc:
+            headers = {"Retry-After": "1"} if exc.status == 429 else None
+            return JSONResponse(status_code=exc.status, content={"detail": exc.detail}, headers=headers)
         body = await read_json_body(request, settings.max_frame_size)
         try:
             message = await chat.post_text(room, body)

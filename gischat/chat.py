@@ -1,23 +1,27 @@
-"""What happens to each message: validation, identity checks, then fan-out.
+"""What happens to each message: admission, validation, identity checks, then fan-out.
 
 Routes stay thin and call into `ChatService`; the websocket session loop lives here too,
-so the same rules apply to a message whether it came over a websocket or `PUT`.
+so the same rules apply to a message whether it came over a websocket or `PUT`. Every
+message pays into its connection's rate buckets before anything else is done with it, and
+anything whose cost grows with its size (images, layers, any large frame) is handed to the
+worker processes of `processing`, so the event loop only ever does a bounded amount of work
+per frame.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
-import sys
-from concurrent.futures import ThreadPoolExecutor
+import re
 from typing import Any
 
+from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket
 
 from gischat import models
-from gischat.connection import Connection
-from gischat.images import ImageRejected, process_image
+from gischat.connection import CLOSE_POLICY_VIOLATION, Connection
+from gischat.limits import AddressBook, ConnectionLimits, Rates
+from gischat.logs import SUMMARY_INTERVAL, FloodFilter, RefusalLog, install_flood_filter
 from gischat.models import (
     ClientMessage,
     GeojsonMessage,
@@ -28,37 +32,44 @@ from gischat.models import (
     TextMessage,
     Uncompliant,
 )
+from gischat.origins import origin_allowed
+from gischat.processing import OFFLOAD_THRESHOLD, Prepared, Processor
 from gischat.rooms import Hub
 from gischat.settings import Settings
 
 logger = logging.getLogger("gischat.chat")
 
 BINARY_REASON = "binary frames are not supported: send JSON text frames"
-SWITCH_INTERVAL = 0.001
-# Seconds of feature validation between two yields to the event loop.
-VALIDATION_SLICE = 0.005
 # Frames handled back to back before the receive loop lets other tasks run.
 YIELD_EVERY = 16
 INTERNAL_ERROR_REASON = "server error while handling this message; it was not delivered"
+ABUSE_REASON = "too many messages refused for going too fast"
+ORIGIN_REASON = "origin not allowed: this page may not open a chat on this server"
+# The type a large frame says it is, looked up in its first bytes only to pick the rate bucket
+# it pays into; the worker that parses it decides what it really is.
+SNIFF_TYPE = re.compile(r'"type"\s*:\s*"(\w+)"')
 
 
-async def check_layer(message: GeojsonMessage) -> None:
-    """Validate a layer's features, yielding to the event loop every few milliseconds.
-
-    A layer of hundreds of detailed features takes a noticeable time to validate; other
-    rooms should not wait for it.
-    """
-    loop = asyncio.get_running_loop()
-    resume_at = loop.time() + VALIDATION_SLICE
-    for index, feature in enumerate(message.features):
-        models.check_feature(index, feature)
-        if loop.time() >= resume_at:
-            await asyncio.sleep(0)
-            resume_at = loop.time() + VALIDATION_SLICE
+class SlowDown(Uncompliant):
+    """A rate limit refused the message; enough of these in a row close the connection."""
 
 
 class NicknameTaken(Exception):
     """A REST author used a nickname that a websocket registered in that room."""
+
+
+class Refused(Exception):
+    """A request is refused before it reaches a room: an HTTP status and a detail."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+def client_address(client: Any) -> str:
+    """The client's address as the app sees it (the real one, behind a trusted proxy)."""
+    return str(client.host) if client is not None else "?"
 
 
 class ChatService:
@@ -68,22 +79,36 @@ class ChatService:
         self.settings = settings
         self.hub = hub
         self.limits = Limits.from_settings(settings)
-        # Images are resized in threads: Pillow releases the GIL while it decodes and
-        # resamples, so other rooms keep chatting while a photo is processed.
-        self.images = ThreadPoolExecutor(
-            max_workers=settings.image_workers, thread_name_prefix="gischat-image"
-        )
+        self.rates = Rates.from_settings(settings)
+        self.addresses = AddressBook(self.rates)
+        self.processor = Processor(settings)
+        self.refusal_log = RefusalLog(logger, settings.log_rate)
+        self._housekeeping: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        # Image threads and the event loop share the GIL. With the default 5 ms switch interval
-        # a resizing photo can hold the loop off for several intervals in a row; 1 ms keeps
-        # other rooms' round trips short at a small cost in throughput while images are busy.
-        sys.setswitchinterval(SWITCH_INTERVAL)
+        install_flood_filter(self.settings.log_rate)
+        await self.processor.start()
         await self.hub.start()
+        self._housekeeping = asyncio.get_running_loop().create_task(self._summarise_logs())
 
     async def stop(self) -> None:
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
         await self.hub.stop()
-        self.images.shutdown(wait=False, cancel_futures=True)
+        await self.processor.stop()
+        self.refusal_log.flush()
+
+    async def _summarise_logs(self) -> None:
+        while True:
+            await asyncio.sleep(SUMMARY_INTERVAL)
+            self.refusal_log.flush()
+            FloodFilter.flush_all()
+
+    # Admission: who may open a websocket or post at all.
+
+    def check_origin(self, origin: str | None, host: str | None) -> None:
+        if not origin_allowed(origin, host, self.settings.allowed_origins):
+            raise Refused(403, ORIGIN_REASON)
 
     async def serve(self, websocket: WebSocket, room: str) -> None:
         """Run one websocket from handshake to goodbye."""
@@ -91,80 +116,145 @@ class ChatService:
             # Closing before accepting refuses the handshake: the client gets HTTP 403.
             await websocket.close(code=1008)
             return
-        await websocket.accept()
-        conn = self.hub.join(websocket, room)
+        address = client_address(websocket.client)
         try:
-            await self._receive_loop(conn)
+            self.check_origin(websocket.headers.get("origin"), websocket.headers.get("host"))
+            limit = self.settings.max_websockets_per_ip
+            if not self.addresses.open_websocket(address, limit):
+                raise Refused(429, f"too many connections from your address (max {limit})")
+        except Refused as exc:
+            logger.info("%s: websocket to %r refused: %s", address, room, exc.detail)
+            await deny(websocket, exc)
+            return
+        try:
+            await websocket.accept()
+            conn = self.hub.join(websocket, room)
+            try:
+                await self._receive_loop(conn)
+            finally:
+                self.hub.evict(conn)
+                if conn.nickname is not None:
+                    self.addresses.drop_nickname(address)
+                await conn.stop()
         finally:
-            self.hub.evict(conn)
-            await conn.stop()
+            self.addresses.close_websocket(address)
 
     async def _receive_loop(self, conn: Connection) -> None:
         receive = conn.websocket.receive
         handled = 0
         while True:
+            if conn.backlogged:
+                # It talks faster than it listens: stop reading it until it caught up.
+                await conn.drained()
             event = await receive()
             if event["type"] == "websocket.disconnect":
                 return
             if conn.closing:
-                continue  # dropped for being too slow: its words no longer count
+                continue  # dropped (too slow, abusive): its words no longer count
             text = event.get("text")
-            if text is None:
-                self._refuse(conn, BINARY_REASON)
-                continue
             try:
-                await self.handle(conn, models.parse_frame(text, self.limits))
+                self._admit(conn, len(text) if text is not None else len(event.get("bytes") or b""))
+                if text is None:
+                    raise Uncompliant(BINARY_REASON)
+                await self.handle(conn, await self._read(conn, text))
+            except SlowDown as exc:
+                self._refuse(conn, exc.reason)
+                self._strike(conn)
             except Uncompliant as exc:
                 self._refuse(conn, exc.reason)
             except Exception:
                 # A bug must cost one message, not the socket, and never the room.
                 logger.exception("%s in %r: error while handling a message", conn.peer, conn.room)
-                conn.push(models.uncompliant(INTERNAL_ERROR_REASON))
+                conn.push_text(models.uncompliant(INTERNAL_ERROR_REASON))
             handled += 1
             if handled % YIELD_EVERY == 0:
                 # Frames that arrived together are handled without waiting; yield now and then
                 # so the recipients' writers drain their queues and other sockets get a turn.
                 await asyncio.sleep(0)
 
-    def _refuse(self, conn: Connection, reason: str) -> None:
-        logger.info("%s in %r: uncompliant: %s", conn.peer, conn.room, reason)
-        conn.push(models.uncompliant(reason))
+    def _buckets(self, conn: Connection) -> ConnectionLimits:
+        if conn.limits is None:
+            conn.limits = ConnectionLimits(self.rates, asyncio.get_running_loop().time())
+        return conn.limits
 
-    async def handle(self, conn: Connection, message: ClientMessage) -> None:
+    def _admit(self, conn: Connection, size: int) -> None:
+        """Every frame, valid or not, pays for itself in messages and bytes."""
+        buckets = self._buckets(conn)
+        now = asyncio.get_running_loop().time()
+        if not buckets.messages.take(now):
+            raise SlowDown(self.rates.messages.reason())
+        if not buckets.bytes.take(now, size):
+            raise SlowDown(self.rates.bytes.reason())
+
+    def _charge(self, conn: Connection, kind: str | None) -> None:
+        """Images and layers also pay per item; a large frame of unknown kind pays as a layer."""
+        buckets = self._buckets(conn)
+        bucket, rate = (
+            (buckets.images, self.rates.images) if kind == "image" else (buckets.layers, self.rates.layers)
+        )
+        if not bucket.take(asyncio.get_running_loop().time()):
+            raise SlowDown(rate.reason())
+
+    def _strike(self, conn: Connection) -> None:
+        """Sustained abuse (refusal after refusal for going too fast) ends the connection."""
+        if not self._buckets(conn).strikes.take(asyncio.get_running_loop().time()):
+            logger.warning("%s in %r: closed for sustained flooding", conn.peer, conn.room)
+            conn.drop(CLOSE_POLICY_VIOLATION, ABUSE_REASON)
+
+    def _refuse(self, conn: Connection, reason: str) -> None:
+        conn.refusals += 1
+        self.refusal_log.refused(conn.peer, conn.room, reason, conn.refusals)
+        conn.push_text(models.uncompliant(reason))
+
+    async def _read(self, conn: Connection, text: str) -> ClientMessage | Prepared:
+        """Parse a frame; large frames and heavy types are parsed and prepared off the loop."""
+        if len(text) > OFFLOAD_THRESHOLD:
+            sniffed = SNIFF_TYPE.search(text, 0, 256)
+            self._charge(conn, sniffed.group(1) if sniffed else None)
+            return await self.processor.process_frame(text)
+        message = models.parse_frame(text, self.limits)
+        if isinstance(message, GeojsonMessage | ImageMessage):
+            # Cheap checks first: no worker time for a message that would be refused anyway.
+            self.hub.check_author(conn, conn.room, message.author)
+            self._charge(conn, message.type)
+            return await self.processor.process_message(message)
+        return message
+
+    async def handle(self, conn: Connection, message: ClientMessage | Prepared) -> None:
         """Act on one valid message from a websocket."""
         if isinstance(message, NewcomerMessage):
-            self.hub.register(conn, message.newcomer)
+            self._register(conn, message.newcomer)
             self.hub.publish(conn.room, message.to_wire())
         elif isinstance(message, LikeMessage):
             self.hub.check_author(conn, conn.room, message.liker_author, "liker_author")
             # Only the liked author hears of it; nobody registered under that name, no delivery.
             self.hub.publish(conn.room, message.to_wire(), to=message.liked_author)
+        elif isinstance(message, Prepared):
+            # The world moved on while a worker prepared it: the socket may have been dropped, or
+            # its author's nickname registered by another.
+            if conn.closing or conn not in self.hub.rooms[conn.room].connections:
+                return
+            self.hub.check_author(conn, conn.room, message.author)
+            self.hub.publish(conn.room, message.wire)
         else:
             self.hub.check_author(conn, conn.room, message.author)
-            if isinstance(message, GeojsonMessage | ImageMessage):
-                if isinstance(message, GeojsonMessage):
-                    await check_layer(message)
-                else:
-                    message = await self._resize(message)
-                # The world moved on while the layer was checked or the image resized: the
-                # socket may have been dropped, or its author's nickname registered by another.
-                if conn.closing or conn not in self.hub.rooms[conn.room].connections:
-                    return
-                self.hub.check_author(conn, conn.room, message.author)
             self.hub.publish(conn.room, message.to_wire())
 
-    async def _resize(self, message: ImageMessage) -> ImageMessage:
-        job = functools.partial(
-            process_image,
-            message.image_data,
-            max_size=self.settings.max_image_size,
-            max_pixels=self.settings.max_image_pixels,
-        )
-        try:
-            data = await asyncio.get_running_loop().run_in_executor(self.images, job)
-        except ImageRejected as exc:
-            raise Uncompliant(str(exc)) from None
-        return message.model_copy(update={"image_data": data})
+    def _register(self, conn: Connection, nickname: str) -> None:
+        """Per-address quotas on nicknames, then the room's own first-come rule."""
+        if not self.addresses.may_register(conn.address):
+            raise SlowDown(self.rates.registrations.reason())
+        limit = self.settings.max_nicknames_per_ip
+        if conn.nickname is None and self.addresses.nicknames.get(conn.address, 0) >= limit:
+            raise Uncompliant(f"newcomer: too many nicknames registered from your address (max {limit})")
+        self.hub.register(conn, nickname)
+        self.addresses.add_nickname(conn.address)
+
+    def check_post(self, address: str, origin: str | None, host: str | None) -> None:
+        """Whether this address may post a text now (origin, then its rate)."""
+        self.check_origin(origin, host)
+        if not self.addresses.may_put(address):
+            raise Refused(429, self.rates.puts.reason())
 
     async def post_text(self, room: str, body: Any) -> TextMessage:
         """A text message from REST: same rules as a websocket's, author not registered by anyone."""
@@ -179,3 +269,13 @@ class ChatService:
         self.hub.publish(room, message.to_wire())
         logger.info("text posted over HTTP to %r by %r", room, message.author)
         return message
+
+
+async def deny(websocket: WebSocket, refusal: Refused) -> None:
+    """Refuse a handshake with an HTTP status and a JSON detail, where the server allows it."""
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        await websocket.send_denial_response(
+            JSONResponse({"detail": refusal.detail}, status_code=refusal.status)
+        )
+    else:
+        await websocket.close(code=1008, reason=refusal.detail)

@@ -12,6 +12,13 @@ from typing import Any
 import uvicorn
 
 from gischat.settings import Settings, SettingsError, load_settings
+from gischat.transport import (
+    RESERVED_FDS,
+    GuardedHttpProtocol,
+    GuardedWebSocketProtocol,
+    effective_max_connections,
+    raise_nofile_limit,
+)
 
 # Used when LOG_CONFIG names no file: one line per event, timestamps first.
 DEFAULT_LOG_CONFIG: dict[str, Any] = {
@@ -43,8 +50,10 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         "host": settings.host,
         "port": settings.port,
         "workers": settings.workers,
-        # The sans-I/O websockets protocol: no task per connection of its own, pings on timers.
-        "ws": "websockets-sansio",
+        # uvicorn's httptools and sans-I/O websockets protocols (no task per connection of its
+        # own, pings on timers), with the connection caps and limits of gischat.transport.
+        "http": GuardedHttpProtocol,
+        "ws": GuardedWebSocketProtocol,
         "ws_max_size": settings.max_frame_size,
         "ws_ping_interval": settings.ws_ping_interval or None,
         "ws_ping_timeout": settings.ws_ping_timeout,
@@ -76,6 +85,23 @@ def listening_socket(settings: Settings) -> socket.socket:
     return sock
 
 
+def log_connection_ceiling(log: logging.Logger, requested: int, nofile: int) -> None:
+    """One line with the descriptor limit and the cap; a warning when the cap had to be lowered."""
+    cap = effective_max_connections(requested, nofile)
+    if cap >= requested:
+        log.info("file descriptor limit %d; MAX_CONNECTIONS %d", nofile, requested)
+    else:
+        log.warning(
+            "file descriptor limit %d; MAX_CONNECTIONS %d lowered to %d (%d descriptors kept for the "
+            "server's own files): raise the limit (ulimit -n, LimitNOFILE, docker --ulimit nofile) "
+            "to allow more",
+            nofile,
+            requested,
+            cap,
+            RESERVED_FDS,
+        )
+
+
 def serve(settings: Settings) -> None:
     """Run one server process on a socket bound with our options."""
     from gischat.app import create_app
@@ -83,9 +109,13 @@ def serve(settings: Settings) -> None:
     options = uvicorn_options(settings)
     options.pop("workers")
     sock = listening_socket(settings)
+    # Before the app is built: its transport guard sizes the connection cap from this limit.
+    nofile = raise_nofile_limit()
     config = uvicorn.Config(create_app(settings), **options)  # also sets up logging
     host, port = sock.getsockname()[:2]
-    logging.getLogger("gischat").info("listening on http://%s:%d", f"[{host}]" if ":" in host else host, port)
+    log = logging.getLogger("gischat")
+    log.info("listening on http://%s:%d", f"[{host}]" if ":" in host else host, port)
+    log_connection_ceiling(log, settings.max_connections, nofile)
     # Ctrl+C is re-raised after the graceful shutdown; swallow it as `uvicorn.run` does.
     with contextlib.suppress(KeyboardInterrupt):
         uvicorn.Server(config).run(sockets=[sock])

@@ -15,8 +15,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 from starlette.websockets import WebSocket
+
+from gischat.limits import ConnectionLimits
 
 logger = logging.getLogger("gischat.connection")
 
@@ -24,6 +28,26 @@ CLOSE_POLICY_VIOLATION = 1008
 SLOW_CONSUMER_REASON = "too slow: outbound queue full"
 # How far past its bound a queue may grow while its writer simply waits for its turn.
 HARD_LIMIT_FACTOR = 4
+# Messages waiting for a peer beyond which we stop reading from it until they are sent: a
+# client that talks faster than it listens only ever waits for itself.
+READ_PAUSE_MESSAGES = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """One message on its way to many sockets: encoded once, one ASGI event for every recipient.
+
+    The `gischat.bytes` key lets gischat's websocket protocol skip encoding the text again for
+    each recipient; any other ASGI server simply ignores it and sends `text`.
+    """
+
+    event: dict[str, Any]
+    size: int
+
+    @classmethod
+    def of(cls, text: str) -> Outgoing:
+        data = text.encode()
+        return cls({"type": "websocket.send", "text": text, "gischat.bytes": data}, len(data))
 
 
 class Connection:
@@ -32,17 +56,21 @@ class Connection:
     __slots__ = (
         "_bytes",
         "_closer",
+        "_drained",
         "_loop",
         "_on_overflow",
         "_pending",
         "_queue",
         "_sending",
         "_writer",
+        "address",
         "closing",
+        "limits",
         "max_bytes",
         "max_messages",
         "nickname",
         "peer",
+        "refusals",
         "room",
         "websocket",
     )
@@ -63,10 +91,14 @@ class Connection:
         self.max_bytes = max_bytes
         self.closing = False
         client = websocket.client
+        self.address = client.host if client else "?"
         self.peer = f"{client.host}:{client.port}" if client else "?"
+        # Rate-limit buckets, made on the first message: an idle socket carries none.
+        self.limits: ConnectionLimits | None = None
+        self.refusals = 0
         self._on_overflow = on_overflow
         # A plain list, swapped out whole by the writer: cheaper per idle socket than a deque.
-        self._queue: list[str] = []
+        self._queue: list[Outgoing] = []
         self._pending = 0  # messages queued or in the writer's current batch
         self._bytes = 0
         self._sending = False  # the writer is inside a send, i.e. waiting on the peer
@@ -75,19 +107,37 @@ class Connection:
         # carries no task, no coroutine frame and no future.
         self._writer: asyncio.Task[None] | None = None
         self._closer: asyncio.Task[None] | None = None
+        self._drained: asyncio.Future[None] | None = None
 
-    def push(self, text: str) -> None:
+    def push(self, item: Outgoing) -> None:
         """Queue a serialised message; never waits, whatever the peer is doing."""
         if self.closing:
             return
-        if self._too_slow(len(text)):
+        if self._too_slow(item.size):
             self._overflow()
             return
-        self._queue.append(text)
+        self._queue.append(item)
         self._pending += 1
-        self._bytes += len(text)
+        self._bytes += item.size
         if self._writer is None:
             self._writer = self._loop.create_task(self._write())
+
+    def push_text(self, text: str) -> None:
+        """Queue a message for this socket alone (a refusal, say)."""
+        self.push(Outgoing.of(text))
+
+    @property
+    def backlogged(self) -> bool:
+        """Whether the peer is behind on what we send it: then we stop reading what it sends."""
+        return self._pending > READ_PAUSE_MESSAGES or (self._sending and self._pending > 1)
+
+    async def drained(self) -> None:
+        """Wait until everything queued for this socket is sent (or the socket is done)."""
+        if self._writer is None or self.closing:
+            return
+        if self._drained is None:
+            self._drained = self._loop.create_future()
+        await asyncio.shield(self._drained)
 
     def _too_slow(self, size: int) -> bool:
         """Whether queueing `size` more characters shows the peer cannot keep up.
@@ -110,21 +160,33 @@ class Connection:
             while self._queue:
                 # Everything queued so far goes out in this task step: one wake-up per batch.
                 batch, self._queue = self._queue, []
-                for text in batch:
+                for item in batch:
                     self._sending = True
-                    await send({"type": "websocket.send", "text": text})
+                    await send(item.event)
                     self._sending = False
                     self._pending -= 1
-                    self._bytes -= len(text)
+                    self._bytes -= item.size
         except Exception as exc:  # the socket is gone; its receive loop will clean up
             self.closing = True
             logger.debug("%s: send failed: %r", self.peer, exc)
         finally:
             self._sending = False
             self._writer = None
+            self._wake_readers()
+
+    def _wake_readers(self) -> None:
+        waiter, self._drained = self._drained, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def _overflow(self) -> None:
         logger.warning("%s in %r: outbound queue full, disconnecting", self.peer, self.room)
+        self.drop(CLOSE_POLICY_VIOLATION, SLOW_CONSUMER_REASON)
+
+    def drop(self, code: int, reason: str) -> None:
+        """Leave the room at once and close with `code`; what was queued is discarded."""
+        if self.closing:
+            return
         self.closing = True
         self._queue = []
         self._pending = 0
@@ -132,13 +194,14 @@ class Connection:
         self._on_overflow(self)
         if self._writer is not None:
             self._writer.cancel()
-        self._closer = self._loop.create_task(self._close(CLOSE_POLICY_VIOLATION, SLOW_CONSUMER_REASON))
+        self._wake_readers()
+        self._closer = self._loop.create_task(self._close(code, reason))
 
     async def _close(self, code: int, reason: str) -> None:
         try:
             await self.websocket.close(code=code, reason=reason)
         except Exception:  # the peer may be gone already; closing is best effort
-            logger.debug("%s: close after overflow failed", self.peer, exc_info=True)
+            logger.debug("%s: close failed", self.peer, exc_info=True)
 
     async def stop(self) -> None:
         """Stop the writer when the socket is done; queued messages are dropped."""
@@ -148,3 +211,4 @@ class Connection:
         if writer is not None and not writer.done():
             writer.cancel()
             await asyncio.wait([writer])
+        self._wake_readers()

@@ -57,6 +57,7 @@ class Limits:
     max_author_length: int = 32
     max_message_length: int = 255
     max_geojson_features: int = 500
+    max_geojson_vertices: int = 1_000_000
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Self:
@@ -65,6 +66,7 @@ class Limits:
             max_author_length=settings.max_author_length,
             max_message_length=settings.max_message_length,
             max_geojson_features=settings.max_geojson_features,
+            max_geojson_vertices=settings.max_geojson_vertices,
         )
 
 
@@ -225,9 +227,19 @@ class GeojsonMessage(AuthoredMessage):
 
 
 def check_feature(index: int, feature: Any) -> None:
-    """Validate one feature of a layer, naming it in the reason."""
+    """Validate one feature of a layer, naming it in the reason.
+
+    pydantic reports every bad element of a list, and building an error costs ~60 times
+    validating a good position: a million junk positions would keep a worker busy for a
+    minute. So the feature is screened first, at C speed, and when something pydantic would
+    refuse shows up, a copy cut just after it is validated instead: same first error, one
+    error's cost.
+    """
+    cut = _cut_at_first_refusal(feature)
     try:
-        Feature.model_validate(feature)
+        if cut is not None:
+            Feature.model_validate(cut)
+        Feature.model_validate(feature)  # also when the screen was stricter than pydantic
     except ValidationError as exc:
         problem = _first_problem(exc)
         where = f"features.{index}" if problem.startswith("message:") else f"features.{index}.{problem}"

@@ -16,7 +16,7 @@ from starlette.websockets import WebSocket
 
 from gischat import models
 from gischat.broker import Broker, Envelope
-from gischat.connection import Connection
+from gischat.connection import Connection, Outgoing
 from gischat.models import Uncompliant
 from gischat.settings import Settings
 
@@ -53,14 +53,14 @@ class Room:
 
     def deliver(self, envelope: Envelope) -> None:
         if envelope.to is None:
-            payload = envelope.payload
+            item = Outgoing.of(envelope.payload)
             # A copy: a recipient found too slow is evicted from the set during this loop.
             for conn in tuple(self.connections):
-                conn.push(payload)
+                conn.push(item)
             return
         target = self.nicknames.get(nickname_key(envelope.to))
         if target is not None:
-            target.push(envelope.payload)
+            target.push_text(envelope.payload)
 
     def count_changed(self) -> None:
         """Schedule an `nb_users` broadcast, at most one per `count_interval`.

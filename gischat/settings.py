@@ -8,6 +8,7 @@ rather than as a traceback from deep inside an import.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Self
 
 from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
@@ -50,7 +51,55 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(default=50_000_000, ge=1)
     send_queue_size: int = Field(default=256, ge=1)
     send_queue_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
-    image_workers: int = Field(default=2, ge=1, le=64)
+    # Image and layer processing runs in worker processes (the GIL makes threads useless for
+    # validating a large layer); IMAGE_WORKERS is the name this setting had before layers moved there.
+    processing_workers: int = Field(
+        default=2, ge=1, le=64, validation_alias=AliasChoices("PROCESSING_WORKERS", "IMAGE_WORKERS")
+    )
+    # A worker process is replaced after this many jobs, handing its memory back to the system.
+    processing_worker_max_tasks: int = Field(default=200, ge=1)
+    # Images and layers queued or being processed at once, across all connections.
+    max_processing_jobs: int = Field(default=16, ge=1)
+    max_processing_bytes: int = Field(default=96 * 1024 * 1024, ge=1024)
+    max_geojson_vertices: int = Field(default=1_000_000, ge=1)
+
+    # Per-connection rate limits (token buckets): a sustained rate and a burst. A rate of 0 turns
+    # that limit off.
+    message_rate: float = Field(default=5.0, ge=0)
+    message_burst: int = Field(default=40, ge=1)
+    byte_rate: int = Field(default=1024 * 1024, ge=0)
+    byte_burst: int = Field(default=32 * 1024 * 1024, ge=1024)
+    images_per_minute: float = Field(default=12, ge=0)
+    layers_per_minute: float = Field(default=12, ge=0)
+    # "slow down" refusals a connection may collect per minute before it is closed (1008).
+    rate_strikes_per_minute: int = Field(default=30, ge=1)
+    # Keepalive pings a client may send: per second, with a burst; a flood is closed (1008).
+    ping_rate: float = Field(default=2.0, ge=0)
+    ping_burst: int = Field(default=20, ge=1)
+
+    # Per client address (the real one from X-Forwarded-For when the peer is a trusted proxy).
+    max_websockets_per_ip: int = Field(default=32, ge=1)
+    max_nicknames_per_ip: int = Field(default=16, ge=1)
+    registrations_per_minute: float = Field(default=30, ge=0)
+    put_rate: float = Field(default=1.0, ge=0)
+    put_burst: int = Field(default=20, ge=1)
+
+    # Per server process, at the transport: a cap that answers 503 before running out of file
+    # descriptors, a cap per peer address (trusted proxies exempt), and limits on the request head.
+    max_connections: int = Field(default=10_000, ge=1)
+    max_connections_per_ip: int = Field(default=256, ge=1)
+    header_timeout: float = Field(default=10.0, gt=0, le=600)
+    max_header_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
+    # An unfinished websocket message must receive data at least this often, and all unfinished
+    # messages of all connections together may hold at most this many bytes.
+    frame_timeout: float = Field(default=20.0, gt=0, le=3600)
+    max_incomplete_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)
+
+    # Browser pages allowed to open websockets and post: requests without an Origin (QGIS, curl,
+    # scripts) and same-host pages always are; "*" allows every origin.
+    allowed_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Refusal and warning lines written per second at most; the rest are summed up periodically.
+    log_rate: float = Field(default=10.0, gt=0)
 
     # Liveness: how often nb_users goes out during join storms, websocket keepalive.
     nb_users_interval: float = Field(default=0.2, ge=0, le=60)
@@ -93,6 +142,22 @@ class Settings(BaseSettings):
             seen.add(name.casefold())
         return rooms
 
+    @field_validator("allowed_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: Any) -> Any:
+        """`ALLOWED_ORIGINS` is comma-separated: `https://maps.example.org,https://gis.example.org`."""
+        if isinstance(value, str):
+            return [origin.strip().rstrip("/").lower() for origin in value.split(",") if origin.strip()]
+        return value
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _check_origins(cls, origins: list[str]) -> list[str]:
+        for origin in origins:
+            if origin != "*" and not re.fullmatch(r"[a-z][a-z0-9+.-]*://[^/\s]+", origin):
+                raise ValueError(f"{origin!r} is not an origin like https://maps.example.org or *")
+        return origins
+
     @field_validator("broker_url")
     @classmethod
     def _check_broker_url(cls, url: str) -> str:
@@ -106,6 +171,11 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"MIN_AUTHOR_LENGTH ({self.min_author_length}) is above MAX_AUTHOR_LENGTH "
                 f"({self.max_author_length})"
+            )
+        if self.byte_burst < self.max_frame_size:
+            raise ValueError(
+                f"BYTE_BURST ({self.byte_burst}) is below MAX_FRAME_SIZE ({self.max_frame_size}): "
+                "a frame of the largest allowed size could never be sent"
             )
         if self.workers > 1 and self.broker_url.startswith("memory://"):
             raise ValueError(

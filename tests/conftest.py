@@ -37,8 +37,28 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+# Every test client connects from 127.0.0.1 and many of them push far more than a person
+# would: the per-address quotas and rate limits are lifted here and tested on their own, with
+# their production defaults, in test_limits.py.
+UNLIMITED: dict[str, Any] = {
+    "max_websockets_per_ip": 100_000,
+    "max_nicknames_per_ip": 100_000,
+    "registrations_per_minute": 0,
+    "message_rate": 0,
+    "byte_rate": 0,
+    "images_per_minute": 0,
+    "layers_per_minute": 0,
+    "put_rate": 0,
+}
+
+
 def make_settings(**overrides: Any) -> Settings:
-    values: dict[str, Any] = {"rooms": list(TEST_ROOMS), "nb_users_interval": 0.05, "_env_file": None}
+    values: dict[str, Any] = {
+        "rooms": list(TEST_ROOMS),
+        "nb_users_interval": 0.05,
+        "_env_file": None,
+        **UNLIMITED,
+    }
     values.update(overrides)
     return Settings(**values)
 

@@ -7,7 +7,6 @@ also checks the wire contract of whatever else it happens to receive.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import io
 import json
@@ -18,8 +17,6 @@ import httpx
 import pytest
 from PIL import Image
 from websockets.exceptions import InvalidStatus
-
-from gischat import chat, models
 
 from conftest import Client, LiveServer, ServerFactory, text, ws_client
 from wire import WIRE_KEYS, next_frame, parse_strict, refused, wait_type
@@ -715,21 +712,3 @@ async def test_too_deeply_nested_geojson_is_uncompliant(server: LiveServer) -> N
         assert await refused(client, json.dumps(geojson_message(layer))) == "geojson: nested too deeply"
         await still_open(client)
 
-
-async def test_layer_validation_lets_the_event_loop_run(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Features are validated a slice at a time, so other rooms' tasks run in between."""
-    monkeypatch.setattr(chat, "VALIDATION_SLICE", 0.0)  # yield after every feature
-    message = models.parse_frame(json.dumps(geojson_message(collection(50))), models.Limits())
-    assert isinstance(message, models.GeojsonMessage)
-    turns = 0
-
-    async def other_room() -> None:
-        nonlocal turns
-        while True:
-            turns += 1
-            await asyncio.sleep(0)
-
-    ticker = asyncio.create_task(other_room())
-    await chat.check_layer(message)
-    ticker.cancel()
-    assert turns >= 50
