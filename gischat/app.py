@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, FastAPI, HTTPException, Path, Request, WebSocket
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import WebSocketRoute
 
 from gischat import page
@@ -138,6 +138,22 @@ def build_router(settings: Settings, chat: ChatService) -> APIRouter:
         """Nicknames registered in the room, sorted case-insensitively."""
         require_room(room)
         return chat.hub.rooms[room].users()
+
+    @router.get(
+        "/room/{room}/last",
+        response_model=list[dict[str, Any]],
+        responses={
+            **NOT_FOUND,
+            200: {"content": {"application/json": {"example": [TEXT_BODY_EXAMPLE]}}},
+        },
+    )
+    async def room_last(room: RoomName) -> Response:
+        """The room's last messages (MAX_STORED_MESSAGES), oldest first, exactly as they were sent.
+
+        History lives in memory only: it is lost when the server restarts.
+        """
+        require_room(room)
+        return Response(chat.hub.rooms[room].history.as_json(), media_type="application/json")
 
     @router.put(
         "/room/{room}/text",

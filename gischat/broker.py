@@ -21,10 +21,15 @@ from typing import Protocol
 
 @dataclass(frozen=True, slots=True)
 class Envelope:
-    """One serialised message for a room; `to` narrows delivery to one nickname (likes)."""
+    """One serialised message for a room; `to` narrows delivery to one nickname (likes).
+
+    `keep` marks what people said (as opposed to the room's bookkeeping): it goes into the
+    room's history as well.
+    """
 
     payload: str
     to: str | None = None
+    keep: bool = False
 
 
 Deliver = Callable[[str, Envelope], None]

@@ -20,6 +20,7 @@ from starlette.websockets import WebSocket
 
 from gischat import models
 from gischat.connection import CLOSE_POLICY_VIOLATION, Connection
+from gischat.history import worth_keeping
 from gischat.limits import AddressBook, ConnectionLimits, Rates
 from gischat.logs import SUMMARY_INTERVAL, FloodFilter, RefusalLog, install_flood_filter
 from gischat.models import (
@@ -235,10 +236,11 @@ class ChatService:
             if conn.closing or conn not in self.hub.rooms[conn.room].connections:
                 return
             self.hub.check_author(conn, conn.room, message.author)
-            self.hub.publish(conn.room, message.wire)
+            self.hub.publish(conn.room, message.wire, keep=worth_keeping(message.kind))
         else:
             self.hub.check_author(conn, conn.room, message.author)
-            self.hub.publish(conn.room, message.to_wire())
+            said = message.text if isinstance(message, TextMessage) else None
+            self.hub.publish(conn.room, message.to_wire(), keep=worth_keeping(message.type, said))
 
     def _register(self, conn: Connection, nickname: str) -> None:
         """Per-address quotas on nicknames, then the room's own first-come rule."""
@@ -266,7 +268,7 @@ class ChatService:
         assert isinstance(message, TextMessage)
         if self.hub.rooms[room].owner(message.author) is not None:
             raise NicknameTaken(f"author '{message.author}' is registered by a user of room '{room}'")
-        self.hub.publish(room, message.to_wire())
+        self.hub.publish(room, message.to_wire(), keep=worth_keeping("text", message.text))
         logger.info("text posted over HTTP to %r by %r", room, message.author)
         return message
 

@@ -17,6 +17,7 @@ from starlette.websockets import WebSocket
 from gischat import models
 from gischat.broker import Broker, Envelope
 from gischat.connection import Connection, Outgoing
+from gischat.history import History
 from gischat.models import Uncompliant
 from gischat.settings import Settings
 
@@ -31,11 +32,20 @@ def nickname_key(nickname: str) -> str:
 class Room:
     """The local sockets of one room and the nicknames they registered."""
 
-    __slots__ = ("_count_timer", "_last_count_sent", "connections", "count_interval", "name", "nicknames")
+    __slots__ = (
+        "_count_timer",
+        "_last_count_sent",
+        "connections",
+        "count_interval",
+        "history",
+        "name",
+        "nicknames",
+    )
 
-    def __init__(self, name: str, count_interval: float) -> None:
+    def __init__(self, name: str, count_interval: float, history: History) -> None:
         self.name = name
         self.connections: set[Connection] = set()
+        self.history = history
         # nickname_key(nickname) -> the socket that registered it: nicknames are unique
         # regardless of case and width, so "Alice" and "alice" cannot both be in one room.
         self.nicknames: dict[str, Connection] = {}
@@ -54,6 +64,8 @@ class Room:
     def deliver(self, envelope: Envelope) -> None:
         if envelope.to is None:
             item = Outgoing.of(envelope.payload)
+            if envelope.keep:
+                self.history.add(item)
             # A copy: a recipient found too slow is evicted from the set during this loop.
             for conn in tuple(self.connections):
                 conn.push(item)
@@ -61,6 +73,21 @@ class Room:
         target = self.nicknames.get(nickname_key(envelope.to))
         if target is not None:
             target.push_text(envelope.payload)
+
+    def welcome(self, conn: Connection) -> None:
+        """A socket joined: it gets the count, then what was said before it came.
+
+        The history goes to the newcomer at once, behind a count of its own, so nothing said
+        after it joined can arrive before (or twice, inside) the replay; the room's coalesced
+        count follows as for every join.
+        """
+        self.connections.add(conn)
+        self.count_changed()
+        backlog = self.history.items()
+        if backlog:
+            conn.push_text(models.nb_users(len(self.connections)))
+            for item in backlog:
+                conn.push(item)
 
     def count_changed(self) -> None:
         """Schedule an `nb_users` broadcast, at most one per `count_interval`.
@@ -93,7 +120,14 @@ class Hub:
     def __init__(self, settings: Settings, broker: Broker) -> None:
         self.settings = settings
         self.broker = broker
-        self.rooms = {name: Room(name, settings.nb_users_interval) for name in settings.rooms}
+        self.rooms = {
+            name: Room(
+                name,
+                settings.nb_users_interval,
+                History(settings.max_stored_messages, settings.max_stored_bytes),
+            )
+            for name in settings.rooms
+        }
 
     async def start(self) -> None:
         await self.broker.start(self._deliver)
@@ -108,8 +142,8 @@ class Hub:
         if target is not None:
             target.deliver(envelope)
 
-    def publish(self, room: str, payload: str, to: str | None = None) -> None:
-        self.broker.publish(room, Envelope(payload, to))
+    def publish(self, room: str, payload: str, to: str | None = None, keep: bool = False) -> None:
+        self.broker.publish(room, Envelope(payload, to, keep))
 
     def join(self, websocket: WebSocket, room: str) -> Connection:
         conn = Connection(
@@ -120,8 +154,7 @@ class Hub:
             on_overflow=self.evict,
         )
         target = self.rooms[room]
-        target.connections.add(conn)
-        target.count_changed()
+        target.welcome(conn)
         logger.info("%s joined %r (%d connected)", conn.peer, room, len(target.connections))
         return conn
 

@@ -101,6 +101,10 @@ class Settings(BaseSettings):
     # Refusal and warning lines written per second at most; the rest are summed up periodically.
     log_rate: float = Field(default=10.0, gt=0)
 
+    # Room history, replayed to every new socket and served by /room/{room}/last: memory only.
+    max_stored_messages: int = Field(default=5, ge=0, le=1000)
+    max_stored_bytes: int = Field(default=32 * 1024 * 1024, ge=0)
+
     # Liveness: how often nb_users goes out during join storms, websocket keepalive.
     nb_users_interval: float = Field(default=0.2, ge=0, le=60)
     ws_ping_interval: float = Field(default=20.0, ge=0)

@@ -39,7 +39,7 @@ def free_port() -> int:
 
 # Every test client connects from 127.0.0.1 and many of them push far more than a person
 # would: the per-address quotas and rate limits are lifted here and tested on their own, with
-# their production defaults, in test_limits.py.
+# their production defaults, in test_limits.py; room history likewise in test_history.py.
 UNLIMITED: dict[str, Any] = {
     "max_websockets_per_ip": 100_000,
     "max_nicknames_per_ip": 100_000,
@@ -49,6 +49,8 @@ UNLIMITED: dict[str, Any] = {
     "images_per_minute": 0,
     "layers_per_minute": 0,
     "put_rate": 0,
+    # Tests expect a new socket's first frames to be live ones; history has its own tests.
+    "max_stored_messages": 0,
 }
 
 

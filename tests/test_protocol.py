@@ -711,4 +711,3 @@ async def test_too_deeply_nested_geojson_is_uncompliant(server: LiveServer) -> N
     async with ws_client(server) as client:
         assert await refused(client, json.dumps(geojson_message(layer))) == "geojson: nested too deeply"
         await still_open(client)
-

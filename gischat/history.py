@@ -1,0 +1,53 @@
+"""The last few messages of a room, replayed to whoever joins: memory only, lost on restart.
+
+QTribu was built against a server that greets every new socket with what was just said, so
+a person who joins mid-conversation is not lost. Only what people said is kept (texts,
+images, layers, CRSs and extents), never the room's bookkeeping (likes, arrivals and
+departures, counts, refusals) nor the plugin's easter-egg commands. The number of messages
+and the bytes they hold are both capped, so a few big layers cannot pin a room's memory.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from gischat.connection import Outgoing
+
+STORED_TYPES = frozenset({"text", "image", "geojson", "crs", "bbox"})
+# Texts that trigger a QTribu easter egg: fun once, noise when replayed to every newcomer.
+EASTER_EGGS = frozenset({"givemesomecheese", "iamarobot", "its10oclock", "qgisprolicense"})
+
+
+def worth_keeping(kind: str, text: str | None = None) -> bool:
+    """Whether a message of this type (and text) belongs in a room's history."""
+    if kind not in STORED_TYPES:
+        return False
+    return text is None or text.strip().casefold() not in EASTER_EGGS
+
+
+class History:
+    """At most `max_messages` messages holding at most `max_bytes` bytes, oldest dropped first."""
+
+    __slots__ = ("_bytes", "_items", "max_bytes", "max_messages")
+
+    def __init__(self, max_messages: int, max_bytes: int) -> None:
+        self.max_messages = max_messages
+        self.max_bytes = max_bytes
+        self._items: deque[Outgoing] = deque()
+        self._bytes = 0
+
+    def add(self, item: Outgoing) -> None:
+        if self.max_messages == 0 or item.size > self.max_bytes:
+            return
+        self._items.append(item)
+        self._bytes += item.size
+        while len(self._items) > self.max_messages or self._bytes > self.max_bytes:
+            self._bytes -= self._items.popleft().size
+
+    def items(self) -> list[Outgoing]:
+        """Oldest first, as they were said."""
+        return list(self._items)
+
+    def as_json(self) -> bytes:
+        """The stored messages as one JSON array, built from their wire text without re-parsing."""
+        return b"[" + b",".join(item.event["gischat.bytes"] for item in self._items) + b"]"
