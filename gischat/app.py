@@ -7,6 +7,7 @@ apps with as many settings as they like in one process.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,6 +17,7 @@ from typing import Annotated, Any
 import orjson
 from fastapi import APIRouter, FastAPI, HTTPException, Path, Request, WebSocket
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.routing import WebSocketRoute
 
 from gischat import page
@@ -139,6 +141,18 @@ def build_router(settings: Settings, chat: ChatService) -> APIRouter:
         require_room(room)
         return chat.hub.rooms[room].users()
 
+    if settings.metrics_enabled:
+        networks = [ipaddress.ip_network(network, strict=False) for network in settings.metrics_networks]
+
+        @router.get("/metrics", include_in_schema=False)
+        async def metrics(request: Request) -> Response:
+            """Prometheus metrics, for the networks in METRICS_NETWORKS only."""
+            if not address_in(client_address(request.client), networks):
+                return JSONResponse(
+                    status_code=403, content={"detail": "metrics are not served to your network"}
+                )
+            return Response(generate_latest(chat.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
     @router.get(
         "/room/{room}/last",
         response_model=list[dict[str, Any]],
@@ -222,6 +236,14 @@ async def read_json_body(request: Request, limit: int) -> Any:
         return orjson.loads(b"".join(chunks))
     except orjson.JSONDecodeError:
         raise HTTPException(status_code=422, detail="body is not valid JSON") from None
+
+
+def address_in(address: str, networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:  # "?" or a unix socket: not an address anyone listed
+        return False
+    return any(ip in network for network in networks)
 
 
 def __getattr__(name: str) -> FastAPI:

@@ -23,6 +23,7 @@ from gischat.connection import CLOSE_POLICY_VIOLATION, Connection
 from gischat.history import worth_keeping
 from gischat.limits import AddressBook, ConnectionLimits, Rates
 from gischat.logs import SUMMARY_INTERVAL, FloodFilter, RefusalLog, install_flood_filter
+from gischat.metrics import live_state
 from gischat.models import (
     ClientMessage,
     GeojsonMessage,
@@ -54,6 +55,10 @@ SNIFF_TYPE = re.compile(r'"type"\s*:\s*"(\w+)"')
 class SlowDown(Uncompliant):
     """A rate limit refused the message; enough of these in a row close the connection."""
 
+    def __init__(self, limit: str, reason: str) -> None:
+        super().__init__(reason)
+        self.limit = limit
+
 
 class NicknameTaken(Exception):
     """A REST author used a nickname that a websocket registered in that room."""
@@ -83,6 +88,8 @@ class ChatService:
         self.rates = Rates.from_settings(settings)
         self.addresses = AddressBook(self.rates)
         self.processor = Processor(settings)
+        self.metrics = hub.metrics
+        self.metrics.watch(live_state(hub, self.processor))
         self.refusal_log = RefusalLog(logger, settings.log_rate)
         self._housekeeping: asyncio.Task[None] | None = None
 
@@ -122,6 +129,7 @@ class ChatService:
             self.check_origin(websocket.headers.get("origin"), websocket.headers.get("host"))
             limit = self.settings.max_websockets_per_ip
             if not self.addresses.open_websocket(address, limit):
+                self.metrics.rate_limited.labels("websockets_per_ip").inc()
                 raise Refused(429, f"too many connections from your address (max {limit})")
         except Refused as exc:
             logger.info("%s: websocket to %r refused: %s", address, room, exc.detail)
@@ -159,6 +167,7 @@ class ChatService:
                     raise Uncompliant(BINARY_REASON)
                 await self.handle(conn, await self._read(conn, text))
             except SlowDown as exc:
+                self.metrics.rate_limited.labels(exc.limit).inc()
                 self._refuse(conn, exc.reason)
                 self._strike(conn)
             except Uncompliant as exc:
@@ -180,30 +189,34 @@ class ChatService:
 
     def _admit(self, conn: Connection, size: int) -> None:
         """Every frame, valid or not, pays for itself in messages and bytes."""
+        self.metrics.bytes_received.inc(size)
         buckets = self._buckets(conn)
         now = asyncio.get_running_loop().time()
         if not buckets.messages.take(now):
-            raise SlowDown(self.rates.messages.reason())
+            raise SlowDown("messages", self.rates.messages.reason())
         if not buckets.bytes.take(now, size):
-            raise SlowDown(self.rates.bytes.reason())
+            raise SlowDown("bytes", self.rates.bytes.reason())
 
     def _charge(self, conn: Connection, kind: str | None) -> None:
         """Images and layers also pay per item; a large frame of unknown kind pays as a layer."""
         buckets = self._buckets(conn)
-        bucket, rate = (
-            (buckets.images, self.rates.images) if kind == "image" else (buckets.layers, self.rates.layers)
+        limit, bucket, rate = (
+            ("images", buckets.images, self.rates.images)
+            if kind == "image"
+            else ("layers", buckets.layers, self.rates.layers)
         )
         if not bucket.take(asyncio.get_running_loop().time()):
-            raise SlowDown(rate.reason())
+            raise SlowDown(limit, rate.reason())
 
     def _strike(self, conn: Connection) -> None:
         """Sustained abuse (refusal after refusal for going too fast) ends the connection."""
         if not self._buckets(conn).strikes.take(asyncio.get_running_loop().time()):
             logger.warning("%s in %r: closed for sustained flooding", conn.peer, conn.room)
-            conn.drop(CLOSE_POLICY_VIOLATION, ABUSE_REASON)
+            conn.drop(CLOSE_POLICY_VIOLATION, ABUSE_REASON, "abuse")
 
     def _refuse(self, conn: Connection, reason: str) -> None:
         conn.refusals += 1
+        self.metrics.refused(reason)
         self.refusal_log.refused(conn.peer, conn.room, reason, conn.refusals)
         conn.push_text(models.uncompliant(reason))
 
@@ -211,18 +224,22 @@ class ChatService:
         """Parse a frame; large frames and heavy types are parsed and prepared off the loop."""
         if len(text) > OFFLOAD_THRESHOLD:
             sniffed = SNIFF_TYPE.search(text, 0, 256)
-            self._charge(conn, sniffed.group(1) if sniffed else None)
-            return await self.processor.process_frame(text)
+            kind = sniffed.group(1) if sniffed else None
+            self._charge(conn, kind)
+            with self.metrics.processing.labels("image" if kind == "image" else "geojson").time():
+                return await self.processor.process_frame(text)
         message = models.parse_frame(text, self.limits)
         if isinstance(message, GeojsonMessage | ImageMessage):
             # Cheap checks first: no worker time for a message that would be refused anyway.
             self.hub.check_author(conn, conn.room, message.author)
             self._charge(conn, message.type)
-            return await self.processor.process_message(message)
+            with self.metrics.processing.labels(message.type).time():
+                return await self.processor.process_message(message)
         return message
 
     async def handle(self, conn: Connection, message: ClientMessage | Prepared) -> None:
         """Act on one valid message from a websocket."""
+        self.metrics.received.labels(message.kind if isinstance(message, Prepared) else message.type).inc()
         if isinstance(message, NewcomerMessage):
             self._register(conn, message.newcomer)
             self.hub.publish(conn.room, message.to_wire())
@@ -245,9 +262,10 @@ class ChatService:
     def _register(self, conn: Connection, nickname: str) -> None:
         """Per-address quotas on nicknames, then the room's own first-come rule."""
         if not self.addresses.may_register(conn.address):
-            raise SlowDown(self.rates.registrations.reason())
+            raise SlowDown("registrations", self.rates.registrations.reason())
         limit = self.settings.max_nicknames_per_ip
         if conn.nickname is None and self.addresses.nicknames.get(conn.address, 0) >= limit:
+            self.metrics.rate_limited.labels("nicknames_per_ip").inc()
             raise Uncompliant(f"newcomer: too many nicknames registered from your address (max {limit})")
         self.hub.register(conn, nickname)
         self.addresses.add_nickname(conn.address)
@@ -256,6 +274,7 @@ class ChatService:
         """Whether this address may post a text now (origin, then its rate)."""
         self.check_origin(origin, host)
         if not self.addresses.may_put(address):
+            self.metrics.rate_limited.labels("put").inc()
             raise Refused(429, self.rates.puts.reason())
 
     async def post_text(self, room: str, body: Any) -> TextMessage:

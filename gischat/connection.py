@@ -82,7 +82,7 @@ class Connection:
         *,
         max_messages: int,
         max_bytes: int,
-        on_overflow: Callable[[Connection], None],
+        on_overflow: Callable[[Connection, str], None],
     ) -> None:
         self.websocket = websocket
         self.room = room
@@ -125,6 +125,11 @@ class Connection:
     def push_text(self, text: str) -> None:
         """Queue a message for this socket alone (a refusal, say)."""
         self.push(Outgoing.of(text))
+
+    @property
+    def pending(self) -> int:
+        """Messages queued for this socket or being sent to it."""
+        return self._pending
 
     @property
     def backlogged(self) -> bool:
@@ -181,9 +186,9 @@ class Connection:
 
     def _overflow(self) -> None:
         logger.warning("%s in %r: outbound queue full, disconnecting", self.peer, self.room)
-        self.drop(CLOSE_POLICY_VIOLATION, SLOW_CONSUMER_REASON)
+        self.drop(CLOSE_POLICY_VIOLATION, SLOW_CONSUMER_REASON, "slow")
 
-    def drop(self, code: int, reason: str) -> None:
+    def drop(self, code: int, reason: str, cause: str) -> None:
         """Leave the room at once and close with `code`; what was queued is discarded."""
         if self.closing:
             return
@@ -191,7 +196,7 @@ class Connection:
         self._queue = []
         self._pending = 0
         self._bytes = 0
-        self._on_overflow(self)
+        self._on_overflow(self, cause)
         if self._writer is not None:
             self._writer.cancel()
         self._wake_readers()

@@ -18,6 +18,7 @@ from gischat import models
 from gischat.broker import Broker, Envelope
 from gischat.connection import Connection, Outgoing
 from gischat.history import History
+from gischat.metrics import Metrics
 from gischat.models import Uncompliant
 from gischat.settings import Settings
 
@@ -35,6 +36,7 @@ class Room:
     __slots__ = (
         "_count_timer",
         "_last_count_sent",
+        "_metrics",
         "connections",
         "count_interval",
         "history",
@@ -42,8 +44,9 @@ class Room:
         "nicknames",
     )
 
-    def __init__(self, name: str, count_interval: float, history: History) -> None:
+    def __init__(self, name: str, count_interval: float, history: History, metrics: Metrics) -> None:
         self.name = name
+        self._metrics = metrics
         self.connections: set[Connection] = set()
         self.history = history
         # nickname_key(nickname) -> the socket that registered it: nicknames are unique
@@ -66,13 +69,16 @@ class Room:
             item = Outgoing.of(envelope.payload)
             if envelope.keep:
                 self.history.add(item)
+            recipients = tuple(self.connections)
             # A copy: a recipient found too slow is evicted from the set during this loop.
-            for conn in tuple(self.connections):
+            for conn in recipients:
                 conn.push(item)
+            self._metrics.sent(envelope.payload, item.size, len(recipients))
             return
         target = self.nicknames.get(nickname_key(envelope.to))
         if target is not None:
             target.push_text(envelope.payload)
+            self._metrics.sent(envelope.payload, len(envelope.payload), 1)
 
     def welcome(self, conn: Connection) -> None:
         """A socket joined: it gets the count, then what was said before it came.
@@ -117,14 +123,16 @@ class Room:
 class Hub:
     """Every room of the instance, and the path from a sender to the recipients."""
 
-    def __init__(self, settings: Settings, broker: Broker) -> None:
+    def __init__(self, settings: Settings, broker: Broker, metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.broker = broker
+        self.metrics = metrics if metrics is not None else Metrics()
         self.rooms = {
             name: Room(
                 name,
                 settings.nb_users_interval,
                 History(settings.max_stored_messages, settings.max_stored_bytes),
+                self.metrics,
             )
             for name in settings.rooms
         }
@@ -151,12 +159,16 @@ class Hub:
             room,
             max_messages=self.settings.send_queue_size,
             max_bytes=self.settings.send_queue_bytes,
-            on_overflow=self.evict,
+            on_overflow=self._dropped,
         )
         target = self.rooms[room]
         target.welcome(conn)
         logger.info("%s joined %r (%d connected)", conn.peer, room, len(target.connections))
         return conn
+
+    def _dropped(self, conn: Connection, cause: str) -> None:
+        self.metrics.dropped.labels(cause).inc()
+        self.evict(conn)
 
     def evict(self, conn: Connection) -> None:
         """Take a socket out of its room now; tell the room if it had a nickname."""

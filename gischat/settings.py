@@ -8,6 +8,7 @@ rather than as a traceback from deep inside an import.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Annotated, Any, Self
 
@@ -16,6 +17,15 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_ROOMS = ("QGIS", "Field and mobile", "GIS tribe", "Living room", "Kitchen", "Garden")
 MAX_ROOM_NAME_LENGTH = 100
+# Loopback and private ranges: where a Prometheus server sits, not the public.
+PRIVATE_NETWORKS = (
+    "127.0.0.0/8",
+    "::1/128",
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "fc00::/7",
+)
 
 
 class SettingsError(Exception):
@@ -114,6 +124,10 @@ class Settings(BaseSettings):
     # aborted by the kernel; this is what finally frees a slow client after it was dropped.
     tcp_user_timeout: float = Field(default=60.0, ge=0, le=3600)
 
+    # GET /metrics (Prometheus): on or off, and the client networks allowed to scrape it.
+    metrics_enabled: bool = True
+    metrics_networks: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(PRIVATE_NETWORKS))
+
     # Process.
     broker_url: str = "memory://"
     host: str = "127.0.0.1"
@@ -161,6 +175,23 @@ class Settings(BaseSettings):
             if origin != "*" and not re.fullmatch(r"[a-z][a-z0-9+.-]*://[^/\s]+", origin):
                 raise ValueError(f"{origin!r} is not an origin like https://maps.example.org or *")
         return origins
+
+    @field_validator("metrics_networks", mode="before")
+    @classmethod
+    def _split_networks(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [network.strip() for network in value.split(",") if network.strip()]
+        return value
+
+    @field_validator("metrics_networks")
+    @classmethod
+    def _check_networks(cls, networks: list[str]) -> list[str]:
+        for network in networks:
+            try:
+                ipaddress.ip_network(network, strict=False)
+            except ValueError:
+                raise ValueError(f"{network!r} is not a network like 10.0.0.0/8 or 192.0.2.7") from None
+        return networks
 
     @field_validator("broker_url")
     @classmethod
