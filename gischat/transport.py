@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import resource
+import sys
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -80,8 +81,9 @@ _REFUSED = -2
 
 
 def nofile_limit() -> int:
-    """The soft limit on open file descriptors of this process."""
-    return int(resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+    """The soft limit on open file descriptors of this process (sys.maxsize when unlimited)."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return sys.maxsize if soft == resource.RLIM_INFINITY or soft < 0 else int(soft)
 
 
 def raise_nofile_limit() -> int:
@@ -89,7 +91,7 @@ def raise_nofile_limit() -> int:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
     if soft == resource.RLIM_INFINITY or soft >= target:
-        return int(soft)
+        return nofile_limit()
     for candidate in (target, 1 << 20, 65536):  # the kernel may cap below an infinite hard limit
         if soft < candidate <= target:
             try:
@@ -216,8 +218,8 @@ class TransportGuard:
         """Take a slot for a new connection from `ip`, or say why not (status, detail)."""
         if self.connections >= self.max_connections:
             return 503, f"server busy: too many connections ({self.max_connections}), try again later"
-        count = 0
-        if ip not in self.trusted:
+        # No peer address (a unix socket): only a proxy connects that way, like a trusted one.
+        if ip and ip not in self.trusted:
             count = self.per_ip.get(ip, 0)
             if count >= self.max_connections_per_ip:
                 return 429, (
