@@ -582,6 +582,10 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
             if message["type"] == "websocket.send":
                 raise ClientDisconnected()
         await super().send(message)
+        if message["type"] == "websocket.http.response.body" and not message.get("more_body", False):
+            # A handshake refused with an HTTP answer (403, 429) is a complete handshake too;
+            # uvicorn would otherwise log an error for every refusal.
+            self.handshake_complete = True
 
 
 __all__ = [
