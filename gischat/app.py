@@ -21,6 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.routing import WebSocketRoute
 
 from gischat import page
+from gischat.asyncapi import document_json
 from gischat.broker import create_broker
 from gischat.chat import ChatService, NicknameTaken, Refused, client_address
 from gischat.models import TextMessage, Uncompliant
@@ -71,6 +72,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(
         title="gischat",
         summary="Real-time chat for GIS people: text, images, layers, CRS and extents",
+        description=(
+            "The REST API of a gischat instance. The chat itself is a websocket per room, "
+            "`/room/{room}/ws`, described by this instance's "
+            "[AsyncAPI document](asyncapi.json) (AsyncAPI 3.0)."
+        ),
         version=package_version(),
         lifespan=lifespan,
     )
@@ -123,6 +129,18 @@ def build_router(settings: Settings, chat: ChatService) -> APIRouter:
     async def status() -> StatusResponse:
         """Health and the number of open websockets per room."""
         return StatusResponse(status="ok", healthy=True, rooms=room_counts())
+
+    asyncapi = document_json(settings, current_version)  # built once per app
+
+    @router.get(
+        "/asyncapi.json",
+        response_model=dict[str, Any],
+        responses={200: {"description": "An AsyncAPI 3.0.0 document"}},
+    )
+    async def asyncapi_document() -> Response:
+        """The websocket protocol as an AsyncAPI 3.0 document: every message type in both
+        directions with its JSON Schema (this instance's limits included) and examples."""
+        return Response(asyncapi, media_type="application/json")
 
     @router.get("/version", response_model=VersionResponse)
     async def get_version() -> VersionResponse:

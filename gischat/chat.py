@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import sys
 from typing import Any
 
 from starlette.responses import JSONResponse
@@ -42,6 +43,7 @@ from gischat.settings import Settings
 logger = logging.getLogger("gischat.chat")
 
 BINARY_REASON = "binary frames are not supported: send JSON text frames"
+SWITCH_INTERVAL = 0.001
 # Frames handled back to back before the receive loop lets other tasks run.
 YIELD_EVERY = 16
 INTERNAL_ERROR_REASON = "server error while handling this message; it was not delivered"
@@ -94,6 +96,9 @@ class ChatService:
         self._housekeeping: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        # The loop shares the GIL with the threads that hand work to the worker processes (and
+        # pickle what goes there); a 1 ms switch interval keeps other rooms' round trips short.
+        sys.setswitchinterval(SWITCH_INTERVAL)
         install_flood_filter(self.settings.log_rate)
         await self.processor.start()
         await self.hub.start()

@@ -43,6 +43,22 @@ DEFAULT_LOG_CONFIG: dict[str, Any] = {
     },
 }
 
+# LOG_FORMAT=json: the same handlers and loggers, every line one JSON object (gischat.logs).
+JSON_LOG_CONFIG: dict[str, Any] = {
+    **DEFAULT_LOG_CONFIG,
+    "formatters": {
+        "default": {"()": "gischat.logs.JsonFormatter"},
+        "access": {"()": "gischat.logs.JsonFormatter"},
+    },
+}
+
+
+def log_config(settings: Settings) -> dict[str, Any] | str:
+    """A logging config file when LOG_CONFIG names one, else the built-in config LOG_FORMAT picks."""
+    if settings.log_config:
+        return settings.log_config
+    return JSON_LOG_CONFIG if settings.log_format == "json" else DEFAULT_LOG_CONFIG
+
 
 def uvicorn_options(settings: Settings) -> dict[str, Any]:
     """Translate settings into uvicorn's keyword arguments."""
@@ -62,7 +78,7 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         "ws_per_message_deflate": settings.ws_per_message_deflate,
         "proxy_headers": True,
         "forwarded_allow_ips": settings.forwarded_allow_ips,
-        "log_config": settings.log_config or DEFAULT_LOG_CONFIG,
+        "log_config": log_config(settings),
         "server_header": False,
     }
 
@@ -116,6 +132,8 @@ def serve(settings: Settings) -> None:
     log = logging.getLogger("gischat")
     log.info("listening on http://%s:%d", f"[{host}]" if ":" in host else host, port)
     log_connection_ceiling(log, settings.max_connections, nofile)
+    if settings.log_config and settings.log_format != "text":
+        log.warning("LOG_FORMAT=%s has no effect: LOG_CONFIG sets the format", settings.log_format)
     # Ctrl+C is re-raised after the graceful shutdown; swallow it as `uvicorn.run` does.
     with contextlib.suppress(KeyboardInterrupt):
         uvicorn.Server(config).run(sockets=[sock])

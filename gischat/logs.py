@@ -5,6 +5,9 @@ lines logged, and every line of all connections together comes out of one bucket
 client cannot spend everybody's share. `FloodFilter` sits on the log handlers and caps every
 line (uvicorn's access and handshake lines included) at a rate. Whatever either of them holds
 back is counted and reported in one summary line per interval.
+
+`JsonFormatter` writes each line as one JSON object (`LOG_FORMAT=json`), with the room, peer
+and refusal reason a call site passes through `extra=context(...)`.
 """
 
 from __future__ import annotations
@@ -13,13 +16,57 @@ import logging
 import time
 import weakref
 from collections import Counter
-from typing import ClassVar
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+import orjson
 
 from gischat.limits import TokenBucket
 
 SUMMARY_INTERVAL = 10.0
 # Refusal lines logged per connection before it is only counted.
 LINES_PER_CONNECTION = 3
+
+# Record attributes a call site may set with `extra=` and `JsonFormatter` writes out when present.
+CONTEXT_KEYS = ("room", "peer", "reason")
+
+
+def context(peer: str | None = None, room: str | None = None, reason: str | None = None) -> dict[str, str]:
+    """The `extra=` of a log call: what it is about, for `LOG_FORMAT=json` (text lines ignore it)."""
+    values = {"peer": peer, "room": room, "reason": reason}
+    return {key: value for key, value in values.items() if value is not None}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, event, and room, peer, reason when known.
+
+    `time` is ISO 8601 in UTC with milliseconds; `event` is the formatted message, which call
+    sites keep free of message contents. uvicorn's access lines also carry `peer` (the client
+    address, the real one behind a trusted proxy), `request` (the request line) and `status`.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        created = datetime.fromtimestamp(record.created, tz=UTC)
+        line: dict[str, Any] = {
+            "time": created.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "event": record.getMessage(),
+        }
+        for key in CONTEXT_KEYS:
+            value = record.__dict__.get(key)
+            if value is not None:
+                line[key] = value
+        if record.name == "uvicorn.access" and isinstance(record.args, tuple) and len(record.args) == 5:
+            client, method, path, http_version, status = record.args
+            line["peer"] = client
+            line["request"] = f"{method} {path} HTTP/{http_version}"
+            line["status"] = status
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            line["exception"] = record.exc_text
+        return orjson.dumps(line, default=str).decode()
 
 
 class RefusalLog:
@@ -33,7 +80,9 @@ class RefusalLog:
     def refused(self, peer: str, room: str, reason: str, seen: int) -> None:
         """Log (or count) the `seen`-th refusal of one connection."""
         if seen <= LINES_PER_CONNECTION and self._bucket.take(time.monotonic()):
-            self.logger.info("%s in %r: uncompliant: %s", peer, room, reason)
+            self.logger.info(
+                "%s in %r: uncompliant: %s", peer, room, reason, extra=context(peer, room, reason)
+            )
         else:
             self._held[reason.split(":", 1)[0]] += 1
 

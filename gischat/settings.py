@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -55,6 +55,10 @@ class Settings(BaseSettings):
     max_message_length: int = Field(default=255, ge=1)
     max_image_size: int = Field(default=800, ge=16, le=10_000)
     max_geojson_features: int = Field(default=500, ge=1)
+    # A layer's QML style travels with it: documents of a few hundred kB are normal.
+    max_style_length: int = Field(default=2 * 1024 * 1024, ge=0)
+    # Send `style` on outgoing layers (QTribu 1.2+, QChat need it; QTribu 1.1.x refuses it).
+    geojson_style: bool = True
 
     # Protection against hostile or broken clients.
     max_frame_size: int = Field(default=16 * 1024 * 1024, ge=1024)
@@ -135,6 +139,8 @@ class Settings(BaseSettings):
     workers: int = Field(default=1, ge=1, le=64)
     forwarded_allow_ips: str = "127.0.0.1"
     log_config: str | None = None
+    # The built-in logging: readable lines ("text") or one JSON object per line ("json").
+    log_format: Literal["text", "json"] = "text"
 
     @field_validator("rooms", mode="before")
     @classmethod
@@ -192,6 +198,11 @@ class Settings(BaseSettings):
             except ValueError:
                 raise ValueError(f"{network!r} is not a network like 10.0.0.0/8 or 192.0.2.7") from None
         return networks
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _lower_log_format(cls, value: Any) -> Any:
+        return value.strip().lower() if isinstance(value, str) else value
 
     @field_validator("broker_url")
     @classmethod

@@ -19,7 +19,7 @@ WIRE_KEYS: dict[str, set[str]] = {
     "newcomer": {"type", "newcomer"},
     "exiter": {"type", "exiter"},
     "like": {"type", "liker_author", "liked_author", "message"},
-    "geojson": {"type", "author", "avatar", "layer_name", "crs_wkt", "crs_authid", "geojson"},
+    "geojson": {"type", "author", "avatar", "layer_name", "crs_wkt", "crs_authid", "geojson", "style"},
     "crs": {"type", "author", "avatar", "crs_wkt", "crs_authid"},
     "bbox": {"type", "author", "avatar", "crs_wkt", "crs_authid", "xmin", "xmax", "ymin", "ymax"},
     "uncompliant": {"type", "reason"},

@@ -1,0 +1,167 @@
+"""Throughput scenarios of `bench/run.py`: fan-out, latency at a fixed rate, joins and memory.
+
+1. fan-out: 100 clients in one room, 4 of them send 300 texts each without waiting for
+   echoes (120,000 deliveries); rounds alternate between the two servers.
+2. latency at a fixed 20,000 deliveries/s: 200 stamped messages/s into a room of 100.
+3. 1,000 clients join one room, 100 handshakes in flight; every socket must see nb_users=1000.
+4. server RSS per idle connection: around scenario 3's 1,000 sockets, once RSS settles.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+
+from harness import (
+    CONNECT_CONCURRENCY,
+    ROOM,
+    CpuMeter,
+    Peer,
+    Results,
+    Server,
+    Tally,
+    Value,
+    connect_many,
+    drop,
+    joined_room,
+    ms,
+    num,
+    paced_sends,
+    percentile,
+    stamped,
+    warm_up,
+)
+
+# Scenario sizes and bounds (every wait below is bounded by one of these).
+FANOUT_CLIENTS, FANOUT_SENDERS, FANOUT_MESSAGES, FANOUT_TIMEOUT, FANOUT_ROUNDS = 100, 4, 300, 20.0, 5
+LATENCY_CLIENTS, LATENCY_SENDERS, LATENCY_RATE, LATENCY_SECONDS = 100, 4, 200, 4.0
+JOIN_CLIENTS, JOIN_TIMEOUT = 1000, 20.0
+
+
+async def fanout_round(server: Server) -> tuple[int, float, str, bool, list[int | None], list[str]]:
+    """One flood into a fresh room of clients: deliveries, seconds, CPU, complete?, close codes, errors."""
+    tally, peers = await joined_room(server, ROOM, FANOUT_CLIENTS)
+    await warm_up(tally, peers)
+    tally.record(FANOUT_SENDERS * FANOUT_MESSAGES, peers)
+    tally.count_only = True
+
+    async def blast(peer: Peer, author: str) -> None:
+        for seq in range(FANOUT_MESSAGES):
+            if not peer.writable.is_set():  # the server is not taking them: TCP backpressure
+                await peer.writable.wait()
+            if peer.gone:
+                return
+            peer.send(stamped(author, seq, "fan-out"))
+            if seq % 10 == 9:
+                await asyncio.sleep(0)  # let deliveries in while sending
+
+    meter = CpuMeter(server)
+    start = time.perf_counter_ns()
+    senders = [asyncio.create_task(blast(peer, f"bench{i}")) for i, peer in enumerate(peers[:FANOUT_SENDERS])]
+    complete = await tally.texts_gate.wait(FANOUT_TIMEOUT, progress=lambda: tally.delivered, idle=1.0)
+    elapsed = (tally.last_ns - start) / 1e9 if tally.last_ns else float("nan")
+    cpu = meter.describe(elapsed if tally.last_ns else None)
+    await asyncio.gather(*senders)
+    closed = [peer.close_code for peer in peers if peer.gone]
+    drop(peers)
+    await server.wait_count(ROOM, 0, 5.0)
+    return tally.delivered, elapsed, cpu, complete, closed, tally.errors
+
+
+async def scenario_fanout(servers: dict[str, Server], results: Results) -> None:
+    """Rounds alternate between the servers, so a drift in the machine's load hits both alike."""
+    expected = FANOUT_CLIENTS * FANOUT_SENDERS * FANOUT_MESSAGES
+    rates: dict[str, list[float]] = {kind: [] for kind in servers}
+    worst = dict.fromkeys(servers, expected)
+    for round_no in range(1, FANOUT_ROUNDS + 1):
+        for kind, server in servers.items():
+            delivered, elapsed, cpu, complete, closed, errors = await fanout_round(server)
+            rate = delivered / elapsed if delivered else 0.0
+            rates[kind].append(rate)
+            worst[kind] = min(worst[kind], delivered)
+            results.note(
+                kind,
+                f"fan-out round {round_no}: {delivered:,}/{expected:,} deliveries in {elapsed:.3f} s = "
+                f"{rate:,.0f}/s; {cpu}"
+                + ("" if complete else " — INCOMPLETE (gave up after 1 s without a delivery)")
+                + (
+                    f"; the server closed {len(closed)} clients (codes {sorted({str(c) for c in closed})})"
+                    if closed
+                    else ""
+                )
+                + (f"; {len(errors)} uncompliant replies, e.g. {errors[0]!r}" if errors else ""),
+            )
+    for kind in servers:
+        rate = statistics.median(rates[kind])
+        spread = f"{min(rates[kind]):,.0f} to {max(rates[kind]):,.0f}"
+        shown = f"{rate:,.0f} ({spread})" + ("" if worst[kind] == expected else " incomplete")
+        results.put(kind, "fanout_rate", Value(rate, shown))
+        results.put(
+            kind,
+            "fanout_done",
+            Value(worst[kind], f"{worst[kind]:,}" + (" (worst round)" if worst[kind] < expected else "")),
+        )
+
+
+async def scenario_latency(server: Server, results: Results) -> None:
+    tally, peers = await joined_room(server, ROOM, LATENCY_CLIENTS)
+    await warm_up(tally, peers)
+    count = round(LATENCY_RATE * LATENCY_SECONDS)
+    tally.record(count, peers)
+    meter = CpuMeter(server)
+    await paced_sends(peers[:LATENCY_SENDERS], LATENCY_RATE, LATENCY_SECONDS, "latency")
+    complete = await tally.texts_gate.wait(5.0)
+    cpu = meter.describe()
+    lat = tally.latencies
+    for key, q in (("lat_p50", 50), ("lat_p99", 99), ("lat_max", 100)):
+        results.put(server.kind, key, num(ms(percentile(lat, q)), 2))
+    results.note(
+        server.kind,
+        f"latency: {len(lat):,} deliveries at {LATENCY_RATE} msg/s x {LATENCY_CLIENTS} clients, "
+        f"p50 {ms(percentile(lat, 50)):.2f} / p90 {ms(percentile(lat, 90)):.2f} / p99 "
+        f"{ms(percentile(lat, 99)):.2f} / max {ms(max(lat, default=0)):.2f} ms; {cpu}"
+        + ("" if complete else " — INCOMPLETE"),
+    )
+    drop(peers)
+
+
+async def scenario_join_and_memory(server: Server, results: Results) -> None:
+    # Warm the server up with one client and one message, then take the "before" reading.
+    tally, peers = await joined_room(server, ROOM, 1)
+    await warm_up(tally, peers)
+    drop(peers)
+    await server.wait_count(ROOM, 0, 5.0)
+    before = await server.settled_rss()
+
+    tally = Tally(JOIN_CLIENTS)
+    gate = tally.expect_users(JOIN_CLIENTS)
+    meter = CpuMeter(server)
+    start = time.perf_counter()
+    peers = await connect_many(server.ws_url(ROOM), JOIN_CLIENTS, tally)
+    handshakes = time.perf_counter() - start
+    complete = await gate.wait(JOIN_TIMEOUT - handshakes)
+    elapsed = time.perf_counter() - start
+    cpu = meter.describe()
+    if complete:
+        results.put(server.kind, "join_time", num(elapsed, 2))
+    else:
+        results.put(server.kind, "join_time", Value(None, f"> {JOIN_TIMEOUT:.0f} (gave up)"))
+    results.note(
+        server.kind,
+        f"join: {JOIN_CLIENTS} handshakes done after {handshakes:.2f} s "
+        f"({CONNECT_CONCURRENCY} in flight at a time), every socket saw nb_users={JOIN_CLIENTS} "
+        + (f"after {elapsed:.2f} s" if complete else f"— only {gate.hits} did within {JOIN_TIMEOUT:.0f} s")
+        + f"; {cpu}",
+    )
+
+    counted = await server.wait_count(ROOM, JOIN_CLIENTS, 10.0)
+    after = await server.settled_rss()
+    per_connection = (after - before) / JOIN_CLIENTS / 1024
+    results.put(server.kind, "mem_per_conn", num(per_connection, 1))
+    results.note(
+        server.kind,
+        f"memory: RSS {before / 2**20:.1f} MiB before, {after / 2**20:.1f} MiB with {JOIN_CLIENTS} idle "
+        f"sockets (/status {'agrees' if counted else 'DISAGREES'}) = {per_connection:.1f} kB each",
+    )
+    drop(peers)

@@ -1,0 +1,599 @@
+"""The websocket protocol as an AsyncAPI 3.0 document, built from the wire models.
+
+Every message schema comes from `model_json_schema` of the pydantic model the server
+validates that message with, so the document cannot drift from the code: a field added to
+a model shows up here on the next start. What pydantic cannot see is added explicitly from
+the instance's settings: the validators that enforce nickname and message lengths, the
+nickname alphabet and the feature count read their limits from the validation context, so
+`field_rules` writes those limits into the schemas of the fields they guard.
+
+Perspective. AsyncAPI 3 describes one application, here the gischat server, and its
+operations are what *that application* does on a channel:
+
+- `action: receive` lists what the server receives, i.e. what clients send
+  (`receiveClientMessage`, whose `reply` is the `uncompliant` answer to a refused message);
+- `action: send` lists what the server sends, i.e. what clients receive
+  (`sendToRoom`, `sendLike`, `sendUncompliant`).
+
+A client implementation reads the document the other way round: it sends what the server
+receives and receives what the server sends.
+
+Examples are validated when the document is built, with the instance's limits: client
+examples go through the same parsing as a websocket frame and are shown exactly as the
+server broadcasts them; an example the instance would refuse (say, a nickname shorter than
+`MIN_AUTHOR_LENGTH`) is left out rather than shown. `uncompliant` examples carry reasons
+produced by the real validation code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+import orjson
+from pydantic.json_schema import models_json_schema
+
+from gischat.chat import BINARY_REASON
+from gischat.models import (
+    CLIENT_MODELS,
+    MAX_REASON_LENGTH,
+    ExiterMessage,
+    GeojsonMessage,
+    Limits,
+    NbUsersMessage,
+    Uncompliant,
+    UncompliantMessage,
+    WireMessage,
+    check_feature,
+    parse_frame,
+    parse_object,
+)
+from gischat.settings import Settings
+
+ASYNCAPI_VERSION = "3.0.0"
+CHANNEL = "room"
+ADDRESS = "/room/{room}/ws"
+SCHEMA_REF = "#/components/schemas/{model}"
+
+SERVER_MODELS: tuple[type[WireMessage], ...] = (NbUsersMessage, ExiterMessage, UncompliantMessage)
+
+# A nickname: letters (any script), digits, `_` and `-`, as Python's `[\w-]+` in
+# `models.NICKNAME_PATTERN`. JSON Schema patterns are ECMA-262 regular expressions, where `\w`
+# is ASCII only; `\p{L}`/`\p{N}` (Unicode mode, the default of validators such as ajv) is the
+# same alphabet.
+NICKNAME_JSON_PATTERN = r"^[\p{L}\p{N}_-]+$"
+
+# Who gets each type when the server sends it; any other type goes to the whole room.
+TO_LIKED_AUTHOR = "like"
+TO_SENDER = "uncompliant"
+
+# One line per type for humans: title and what it is for. A type missing here still gets a
+# message (titled by its type, described by its model's docstring).
+TYPE_NOTES: dict[str, tuple[str, str]] = {
+    "text": ("Text", "A chat line. Client → server, then broadcast to the whole room, sender included."),
+    "image": (
+        "Image",
+        "A picture as base64 (PNG, JPEG, GIF, WebP or BMP). Client → server, then broadcast to the whole "
+        "room, fitted within MAX_IMAGE_SIZE pixels and stripped of its metadata (JPEG stays JPEG, "
+        "everything else becomes PNG).",
+    ),
+    "geojson": (
+        "GeoJSON layer",
+        "A vector layer as a GeoJSON FeatureCollection. Client → server, then broadcast to the whole room "
+        "with every member the client sent.",
+    ),
+    "crs": ("Coordinate reference system", "A CRS. Client → server, then broadcast to the whole room."),
+    "bbox": (
+        "Bounding box",
+        "An extent in a CRS. Client → server, then broadcast to the whole room.",
+    ),
+    "newcomer": (
+        "Nickname registration",
+        "Registers the socket's nickname in its room, first come first served (compared after Unicode "
+        "NFKC normalisation and case folding); a taken nickname or a second registration on the same "
+        "socket is refused. Client → server, then broadcast to the whole room.",
+    ),
+    "like": (
+        "Like",
+        "A like of someone's message. Client → server, then delivered only to the socket registered as "
+        "`liked_author` in the room; dropped without a word when there is none.",
+    ),
+    "nb_users": (
+        "Number of users",
+        "Server → whole room: the number of open websockets in the room, on joins and leaves (bursts "
+        "coalesced to one per NB_USERS_INTERVAL).",
+    ),
+    "exiter": ("Exiter", "Server → whole room, when a socket with a registered nickname leaves."),
+    "uncompliant": (
+        "Refusal",
+        "Server → the sender only: the answer to a refused message, naming the field and the problem. "
+        "The socket stays open.",
+    ),
+}
+
+FIELD_NOTES: dict[str, str] = {
+    "type": "The message type; every frame carries it.",
+    "author": "The sender's nickname.",
+    "avatar": "The name of a QGIS icon shown next to the message, or null.",
+    "text": "The message.",
+    "image_data": "The image file, base64-encoded.",
+    "layer_name": "The layer's name.",
+    "crs_wkt": "The CRS as WKT.",
+    "crs_authid": "The CRS's authority identifier, e.g. EPSG:4326.",
+    "geojson": "A GeoJSON FeatureCollection (RFC 7946).",
+    "xmin": "Smallest x, in the CRS's units.",
+    "xmax": "Largest x, in the CRS's units.",
+    "ymin": "Smallest y, in the CRS's units.",
+    "ymax": "Largest y, in the CRS's units.",
+    "newcomer": "The nickname to register.",
+    "liker_author": "Who likes the message: the sender's nickname.",
+    "liked_author": "The nickname of the message's author, the only recipient.",
+    "message": "The liked message's text.",
+    "nb_users": "Open websockets in the room.",
+    "exiter": "The nickname that left.",
+    "reason": "What was wrong: the field, then the problem.",
+}
+
+TINY_PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR42mOwbnIDAAH/AQTX7nkhAAAAAElFTkSuQmCC"
+WGS84_WKT = (
+    'GEOGCS["WGS 84",DATUM["WGS_1984",SPHEROID["WGS 84",6378137,298.257223563]],'
+    'PRIMEM["Greenwich",0],UNIT["degree",0.0174532925199433],AUTHORITY["EPSG","4326"]]'
+)
+LAMBERT93_WKT = (
+    'PROJCS["RGF93 v1 / Lambert-93",GEOGCS["RGF93 v1",DATUM["Reseau_Geodesique_Francais_1993_v1",'
+    'SPHEROID["GRS 1980",6378137,298.257222101]],PRIMEM["Greenwich",0],UNIT["degree",0.0174532925199433]],'
+    'PROJECTION["Lambert_Conformal_Conic_2SP"],PARAMETER["latitude_of_origin",46.5],'
+    'PARAMETER["central_meridian",3],PARAMETER["standard_parallel_1",49],PARAMETER["standard_parallel_2",44],'
+    'PARAMETER["false_easting",700000],PARAMETER["false_northing",6600000],UNIT["metre",1],'
+    'AUTHORITY["EPSG","2154"]]'
+)
+
+# What a client sends, by type: (name, summary, payload). Each one is checked against the
+# instance's rules when the document is built; models may add their own through
+# `json_schema_extra={"examples": [...]}`.
+CLIENT_EXAMPLES: dict[str, list[tuple[str, str, dict[str, Any]]]] = {
+    "text": [
+        (
+            "hello",
+            "A greeting, with an avatar",
+            {"type": "text", "author": "Jane-GIS", "avatar": "mGeoPackage.svg", "text": "Hi all!"},
+        )
+    ],
+    "image": [
+        (
+            "tiny-png",
+            "A one-pixel PNG",
+            {"type": "image", "author": "Jane-GIS", "avatar": None, "image_data": TINY_PNG},
+        )
+    ],
+    "geojson": [
+        (
+            "wells",
+            "A layer with one point",
+            {
+                "type": "geojson",
+                "author": "Jane-GIS",
+                "avatar": None,
+                "layer_name": "wells",
+                "crs_wkt": WGS84_WKT,
+                "crs_authid": "EPSG:4326",
+                "geojson": {
+                    "type": "FeatureCollection",
+                    "features": [
+                        {
+                            "type": "Feature",
+                            "geometry": {"type": "Point", "coordinates": [2.35, 48.85]},
+                            "properties": {"depth": 12},
+                        }
+                    ],
+                },
+            },
+        )
+    ],
+    "crs": [
+        (
+            "lambert-93",
+            "The French Lambert-93 projection",
+            {
+                "type": "crs",
+                "author": "Jane-GIS",
+                "avatar": None,
+                "crs_wkt": LAMBERT93_WKT,
+                "crs_authid": "EPSG:2154",
+            },
+        )
+    ],
+    "bbox": [
+        (
+            "paris-extent",
+            "A 10 km square around Paris, in Lambert-93",
+            {
+                "type": "bbox",
+                "author": "Jane-GIS",
+                "avatar": None,
+                "crs_wkt": LAMBERT93_WKT,
+                "crs_authid": "EPSG:2154",
+                "xmin": 650000.0,
+                "xmax": 660000.0,
+                "ymin": 6860000.0,
+                "ymax": 6870000.0,
+            },
+        )
+    ],
+    "newcomer": [("register", "Registering a nickname", {"type": "newcomer", "newcomer": "Jane-GIS"})],
+    "like": [
+        (
+            "like",
+            "Bob likes Jane-GIS's message",
+            {"type": "like", "liker_author": "Bob", "liked_author": "Jane-GIS", "message": "Hi all!"},
+        )
+    ],
+}
+
+# Building a refusal example costs a list of this many items at most.
+MAX_EXAMPLE_ITEMS = 100_000
+
+
+def package_version() -> str:
+    try:
+        return version("gischat")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "0+unknown"
+
+
+def message_models() -> dict[str, type[WireMessage]]:
+    """Every message type, client ones first, with its model."""
+    models: dict[str, type[WireMessage]] = dict(CLIENT_MODELS)
+    for model in SERVER_MODELS:
+        models[message_type(model)] = model
+    return models
+
+
+def message_type(model: type[WireMessage]) -> str:
+    kind = model.model_fields["type"].default
+    assert isinstance(kind, str), f"{model.__name__} has no default type"
+    return kind
+
+
+def field_rules(limits: Limits) -> dict[str, dict[str, Any]]:
+    """JSON Schema keywords for the fields whose validators pydantic's schema cannot show.
+
+    Keyed by field name, applied to that field in every model that has it. Every field a
+    model guards with a `field_validator` must be here (tests/test_asyncapi.py checks it).
+    """
+    nickname = {
+        "minLength": limits.min_author_length,
+        "maxLength": limits.max_author_length,
+        "pattern": NICKNAME_JSON_PATTERN,
+    }
+    message = {"maxLength": limits.max_message_length}
+    return {
+        "author": nickname,
+        "newcomer": nickname,
+        "liker_author": nickname,
+        "liked_author": nickname,
+        "text": message,
+        "message": message,
+        "geojson": {
+            "required": ["type", "features"],
+            "properties": {
+                "type": {"const": "FeatureCollection"},
+                "features": {
+                    "type": "array",
+                    "maxItems": limits.max_geojson_features,
+                    "items": {"type": "object", "description": "A GeoJSON Feature (RFC 7946)."},
+                },
+            },
+            "description": (
+                f"A GeoJSON FeatureCollection (RFC 7946) of at most {limits.max_geojson_features} "
+                f"features and {limits.max_geojson_vertices} coordinate positions in all, each feature "
+                "a valid GeoJSON Feature. Relayed with every member sent, nothing added or dropped."
+            ),
+        },
+        "image_data": {"contentEncoding": "base64"},
+        "reason": {"maxLength": MAX_REASON_LENGTH},
+        "nb_users": {"minimum": 0},
+    }
+
+
+def build_document(settings: Settings, package: str | None = None) -> dict[str, Any]:
+    """The AsyncAPI 3.0.0 document of this instance's websocket protocol."""
+    limits = Limits.from_settings(settings)
+    models = message_models()
+    schemas = _schemas(models, limits)
+    messages = {kind: _message(kind, model, limits) for kind, model in models.items()}
+    channel_ref = {"$ref": f"#/channels/{CHANNEL}"}
+
+    def refs(kinds: list[str]) -> list[dict[str, str]]:
+        return [{"$ref": f"#/channels/{CHANNEL}/messages/{kind}"} for kind in kinds]
+
+    to_room = [kind for kind in models if kind not in (TO_LIKED_AUTHOR, TO_SENDER)]
+    return {
+        "asyncapi": ASYNCAPI_VERSION,
+        "info": {
+            "title": "gischat",
+            "version": package if package is not None else package_version(),
+            "description": (
+                "Real-time chat for GIS people: text, images, GeoJSON layers, CRSs and extents, in "
+                "rooms. This document describes the websocket protocol of this instance, with its "
+                "rules; the REST API is described by `/openapi.json` (browsable at `/docs`).\n\n"
+                "Every frame is a text frame holding one JSON object with a `type`. The server sends "
+                "exactly the keys of each message, no more and no fewer (`avatar` is null when the "
+                "sender gave none); keys a client adds are ignored, never relayed. Operations are "
+                "written from the server's side: it *receives* what clients send and *sends* what "
+                "clients receive."
+            ),
+            "license": {"name": "GPL-2.0-or-later", "url": "https://spdx.org/licenses/GPL-2.0-or-later.html"},
+            "externalDocs": {
+                "description": "README: protocol, behaviour and settings",
+                "url": "https://github.com/geotribu/gischat#websocket-protocol",
+            },
+        },
+        "defaultContentType": "application/json",
+        "servers": _servers(settings),
+        "channels": {
+            CHANNEL: {
+                "address": ADDRESS,
+                "title": "A chat room",
+                "description": (
+                    "One websocket per room. An unknown room refuses the handshake (HTTP 403). "
+                    f"{_history(settings)} A frame above {settings.max_frame_size} bytes closes the "
+                    "socket (1009), a text frame that is not valid UTF-8 too (1007); every other refused "
+                    "frame gets an `uncompliant` answer and the socket stays open."
+                ),
+                "parameters": {
+                    "room": {
+                        "description": "The room's name, percent-encoded (`Field%20and%20mobile`).",
+                        "enum": list(settings.rooms),
+                        "default": settings.rooms[0],
+                    }
+                },
+                "messages": {kind: {"$ref": f"#/components/messages/{kind}"} for kind in models},
+                "bindings": {"ws": {"method": "GET", "bindingVersion": "0.1.0"}},
+            }
+        },
+        "operations": {
+            "receiveClientMessage": {
+                "action": "receive",
+                "channel": channel_ref,
+                "title": "Client messages",
+                "summary": "What clients send; a refused message is answered with `uncompliant`.",
+                "description": (
+                    "Every message a client may send. A message that breaks a rule (not JSON, not an "
+                    "object, a missing, unknown or server-only `type`, a binary frame, a field out of "
+                    "bounds, a nickname taken or not the sender's) is not relayed: the server replies "
+                    "to the sender only with an `uncompliant` message naming the field and the problem."
+                ),
+                "messages": refs(list(CLIENT_MODELS)),
+                "reply": {"channel": channel_ref, "messages": refs([TO_SENDER])},
+            },
+            "sendToRoom": {
+                "action": "send",
+                "channel": channel_ref,
+                "title": "Broadcasts",
+                "summary": "What every socket of the room receives, the sender's included.",
+                "messages": refs(to_room),
+            },
+            "sendLike": {
+                "action": "send",
+                "channel": channel_ref,
+                "title": "Likes",
+                "summary": "A like, to the socket registered as `liked_author` only.",
+                "messages": refs([TO_LIKED_AUTHOR]),
+            },
+            "sendUncompliant": {
+                "action": "send",
+                "channel": channel_ref,
+                "title": "Refusals",
+                "summary": "The answer to a refused message, to its sender only.",
+                "messages": refs([TO_SENDER]),
+            },
+        },
+        "components": {"schemas": schemas, "messages": messages},
+    }
+
+
+def document_json(settings: Settings, package: str | None = None) -> bytes:
+    return orjson.dumps(build_document(settings, package))
+
+
+def _history(settings: Settings) -> str:
+    if not settings.max_stored_messages:
+        return "This instance keeps no history."
+    return (
+        f"Right after its first `nb_users`, a new socket receives the room's last "
+        f"{settings.max_stored_messages} messages (history), oldest first, as they were broadcast."
+    )
+
+
+def _servers(settings: Settings) -> dict[str, Any]:
+    host = settings.host if settings.host not in ("", "0.0.0.0", "::") else "localhost"  # noqa: S104
+    if ":" in host:  # an IPv6 address
+        host = f"[{host}]"
+    default = f"{host}:{settings.port}" if settings.port else host
+    variable = {
+        "description": "The host name (and port) clients reach the instance at.",
+        "default": default,
+        "examples": ["gischat.example.org"],
+    }
+    return {
+        "ws": {
+            "host": "{host}",
+            "protocol": "ws",
+            "title": "Plain websocket",
+            "description": "The instance as it listens (HOST:PORT by default).",
+            "variables": {"host": dict(variable)},
+        },
+        "wss": {
+            "host": "{host}",
+            "protocol": "wss",
+            "title": "Websocket over TLS",
+            "description": "The instance behind a TLS-terminating proxy such as nginx.",
+            "variables": {"host": dict(variable)},
+        },
+    }
+
+
+def _schemas(models: dict[str, type[WireMessage]], limits: Limits) -> dict[str, Any]:
+    """One schema per model, with every nested definition beside it in `components.schemas`."""
+    _, top = models_json_schema([(model, "validation") for model in models.values()], ref_template=SCHEMA_REF)
+    schemas: dict[str, Any] = _draft07(top.get("$defs", {}))
+    rules = field_rules(limits)
+    for kind, model in models.items():
+        schema = schemas[model.__name__]
+        schema["description"] = TYPE_NOTES.get(kind, ("", schema.get("description", kind)))[1]
+        schema.pop("examples", None)  # moved to the message's examples, checked there
+        # `type` has a default in the models but `parse_object` requires it on the wire.
+        schema["required"] = ["type", *(name for name in schema.get("required", []) if name != "type")]
+        for name, prop in schema["properties"].items():
+            if name in FIELD_NOTES:
+                prop.setdefault("description", FIELD_NOTES[name])
+            if name in rules:
+                prop.update(rules[name])
+    return schemas
+
+
+def _draft07(schema: Any) -> Any:
+    """pydantic writes JSON Schema 2020-12; AsyncAPI's schema object is draft-07.
+
+    Tuples (`prefixItems`) become draft-07 tuples (`items` as a list) and OpenAPI-style
+    `discriminator` objects become the property name AsyncAPI expects.
+    """
+    if isinstance(schema, list):
+        return [_draft07(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    converted = {key: _draft07(value) for key, value in schema.items()}
+    if "prefixItems" in converted:
+        rest = converted.pop("items", None)
+        converted["items"] = converted.pop("prefixItems")
+        if rest is not None:
+            converted["additionalItems"] = rest
+    discriminator = converted.get("discriminator")
+    if isinstance(discriminator, dict):
+        converted["discriminator"] = discriminator.get("propertyName", "type")
+    return converted
+
+
+def _message(kind: str, model: type[WireMessage], limits: Limits) -> dict[str, Any]:
+    title, description = TYPE_NOTES.get(kind, (kind, model.__doc__ or kind))
+    to_server = kind in CLIENT_MODELS
+    return {
+        "name": kind,
+        "title": title,
+        "summary": description.split(". ")[0].rstrip(".") + ".",
+        "description": description,
+        "contentType": "application/json",
+        "tags": [{"name": "client to server" if to_server else "server to client"}],
+        "payload": {"$ref": SCHEMA_REF.format(model=model.__name__)},
+        "examples": _client_examples(kind, model, limits) if to_server else _server_examples(kind, limits),
+    }
+
+
+def _client_examples(kind: str, model: type[WireMessage], limits: Limits) -> list[dict[str, Any]]:
+    """The examples this instance accepts, each shown as the server relays it."""
+    extra = model.model_config.get("json_schema_extra")
+    listed = extra.get("examples") if isinstance(extra, dict) else None
+    from_model: list[Any] = listed if isinstance(listed, list) else []
+    candidates = [(f"{kind}-{index}", "", payload) for index, payload in enumerate(from_model, 1)]
+    examples: list[dict[str, Any]] = []
+    seen: list[Any] = []
+    for name, summary, payload in [*CLIENT_EXAMPLES.get(kind, []), *candidates]:
+        try:
+            message = parse_object(payload, limits)
+            if isinstance(message, GeojsonMessage):
+                for index, feature in enumerate(message.features):
+                    check_feature(index, feature)
+        except Uncompliant:
+            continue  # this instance's rules refuse it: do not show it
+        relayed = orjson.loads(message.to_wire())
+        if relayed in seen:
+            continue
+        seen.append(relayed)
+        example = {"name": name, "payload": relayed}
+        if summary:
+            example["summary"] = summary
+        examples.append(example)
+    return examples
+
+
+def _server_examples(kind: str, limits: Limits) -> list[dict[str, Any]]:
+    if kind == "nb_users":
+        return [
+            {"name": "count", "summary": "12 sockets open", "payload": _wire(NbUsersMessage(nb_users=12))}
+        ]
+    if kind == "exiter":
+        return [{"name": "left", "summary": "Bob left", "payload": _wire(ExiterMessage(exiter="Bob"))}]
+    if kind != "uncompliant":
+        return []
+    return [
+        {"name": name, "summary": summary, "payload": _wire(UncompliantMessage(reason=reason))}
+        for name, summary, reason in _refusals(limits)
+    ]
+
+
+def _refusals(limits: Limits) -> list[tuple[str, str, str]]:
+    """Refusals with the reasons the validation code gives on this instance."""
+    author = _fitting_nickname("Jane-GIS", limits)
+    cases: list[tuple[str, str, Callable[[], object]]] = [
+        ("not-json", "A frame that is not JSON", lambda: parse_frame("Hi all!", limits)),
+        (
+            "server-only-type",
+            "A client sending a type only the server sends",
+            lambda: parse_frame('{"type": "nb_users", "nb_users": 3}', limits),
+        ),
+        (
+            "bad-nickname",
+            "A nickname with a space",
+            lambda: parse_object({"type": "newcomer", "newcomer": "Jane GIS"}, limits),
+        ),
+    ]
+    if limits.max_message_length < MAX_EXAMPLE_ITEMS:
+        too_long = "x" * (limits.max_message_length + 45)
+        cases.append(
+            (
+                "text-too-long",
+                "A text longer than MAX_MESSAGE_LENGTH",
+                lambda: parse_object({"type": "text", "author": author, "text": too_long}, limits),
+            )
+        )
+    if limits.max_geojson_features < MAX_EXAMPLE_ITEMS:
+        layer = {"type": "FeatureCollection", "features": [None] * (limits.max_geojson_features + 100)}
+        cases.append(
+            (
+                "too-many-features",
+                "A layer with more than MAX_GEOJSON_FEATURES features",
+                lambda: parse_object(
+                    {
+                        "type": "geojson",
+                        "author": author,
+                        "layer_name": "wells",
+                        "crs_wkt": WGS84_WKT,
+                        "crs_authid": "EPSG:4326",
+                        "geojson": layer,
+                    },
+                    limits,
+                ),
+            )
+        )
+    refusals: list[tuple[str, str, str]] = []
+    for name, summary, attempt in cases:
+        try:
+            attempt()
+        except Uncompliant as exc:
+            refusals.append((name, summary, exc.reason))
+    refusals.append(("binary-frame", "A binary frame", BINARY_REASON))
+    return refusals
+
+
+def _fitting_nickname(nickname: str, limits: Limits) -> str:
+    """`nickname`, padded or cut to the instance's length rules."""
+    padded = nickname + "_" * max(0, limits.min_author_length - len(nickname))
+    return padded[: limits.max_author_length]
+
+
+def _wire(message: WireMessage) -> dict[str, Any]:
+    data = orjson.loads(message.to_wire())
+    assert isinstance(data, dict)
+    return data
