@@ -61,10 +61,15 @@ class Rate:
 
     def reason(self) -> str:
         if self.per_second >= 1:
-            sustained = f"{self.per_second:g} per second"
+            sustained = f"{number(self.per_second)} per second"
         else:
-            sustained = f"{self.per_second * 60:g} per minute"
-        return f"slow down: more than {self.burst:g} {self.what} at once or {sustained}"
+            sustained = f"{number(self.per_second * 60)} per minute"
+        return f"slow down: more than {number(self.burst)} {self.what} at once or {sustained}"
+
+
+def number(value: float) -> str:
+    """1048576 rather than 1.04858e+06; a fraction keeps three significant digits."""
+    return str(int(value)) if float(value).is_integer() else f"{value:.3g}"
 
 
 def per_minute(count: float, what: str) -> Rate:
