@@ -19,12 +19,10 @@ RUN useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin gisc
 WORKDIR /app
 COPY --from=build /app/.venv /app/.venv
 COPY gischat ./gischat
-COPY log_config.yaml ./
 ENV PATH="/app/.venv/bin:${PATH}" \
     PYTHONUNBUFFERED=1 \
     HOST=0.0.0.0 \
-    PORT=8000 \
-    LOG_CONFIG=/app/log_config.yaml
+    PORT=8000
 USER 10001
 EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import psutil
 import uvloop
 from attacks import (
     BUSY,
@@ -65,6 +66,7 @@ from harness import (
     Server,
     gischat_revision,
     machine,
+    machine_busy,
     make_photo,
     percentile,
     raise_fd_limit,
@@ -206,6 +208,65 @@ class Row:
     cells: list[str]
 
 
+class CpuWatch:
+    """CPU seconds used during the attack by the server, its workers, the attacker and the rest.
+
+    Sampled every 250 ms by pid (the highest total seen per process), so that workers which are
+    recycled during the attack still count; 2 cores are shared by all of them, which is what tells
+    a server stall from a bench artifact (the attacker or another program hogging a core).
+    """
+
+    INTERVAL = 0.25
+
+    def __init__(self, server_pid: int, observer_pid: int) -> None:
+        self.server = psutil.Process(server_pid)
+        self.observer_pid = observer_pid
+        self.me = psutil.Process()
+        self.seen: dict[int, tuple[float, float]] = {}  # pid -> (first, last) cpu seconds
+        self.machine = machine_busy()
+        self.started = time.monotonic()
+        self.sample(first=True)
+        self.task = asyncio.ensure_future(self._run())
+
+    def _cpu(self, process: psutil.Process) -> float:
+        times = process.cpu_times()
+        return float(times.user + times.system)
+
+    def sample(self, first: bool = False) -> None:
+        """Processes seen on the first sample count from then; later ones from their birth."""
+        try:
+            members = [self.server, *self.server.children(recursive=True)]
+        except psutil.Error:
+            members = []
+        with contextlib.suppress(psutil.Error):
+            members += [self.me, psutil.Process(self.observer_pid)]
+        for process in members:
+            with contextlib.suppress(psutil.Error):
+                cpu = self._cpu(process)
+                start = self.seen[process.pid][0] if process.pid in self.seen else (cpu if first else 0.0)
+                self.seen[process.pid] = (start, cpu)
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.INTERVAL)
+            self.sample()
+
+    def summary(self) -> str:
+        self.task.cancel()
+        self.sample()
+        wall = max(time.monotonic() - self.started, 1e-9)
+        used = {pid: last - first for pid, (first, last) in self.seen.items()}
+        server = used.pop(self.server.pid, 0.0)
+        attacker = used.pop(self.me.pid, 0.0)
+        observer = used.pop(self.observer_pid, 0.0)
+        workers = sum(used.values())
+        rest = max((machine_busy() - self.machine) - server - attacker - observer - workers, 0.0)
+        return (
+            f"CPU (cores): server {server / wall:.2f}, workers {workers / wall:.2f}, "
+            f"attacker {attacker / wall:.2f}, observer {observer / wall:.2f}, other programs {rest / wall:.2f}"
+        )
+
+
 async def run_attack(scenario: Scenario, server: Server, args: argparse.Namespace, log_name: Path) -> Row:
     """Baseline, attack, cleanup, 10 s of aftermath; then the row of the table."""
     budget = BASELINE_SECONDS + args.duration + ATTACK_GRACE + AFTER_SECONDS + 60
@@ -215,6 +276,7 @@ async def run_attack(scenario: Scenario, server: Server, args: argparse.Namespac
     attack = scenario.make()
     gc.collect()
     start = time.monotonic()
+    cpu = CpuWatch(server.proc.pid, observer.proc.pid)
     target = Target(server.port, server, start + args.duration)
     try:
         await asyncio.wait_for(attack(target), args.duration + ATTACK_GRACE)
@@ -223,9 +285,11 @@ async def run_attack(scenario: Scenario, server: Server, args: argparse.Namespac
     except Exception as exc:  # a broken attack must not cost the others
         target.answers.note(f"attack failed: {exc!r}"[:120])
     end = time.monotonic()
+    target.answers.note(cpu.summary())
     target.cleanup()
     log_bytes, log_lines = log_growth(server.log_path, log_start)
     await asyncio.sleep(max(end + AFTER_SECONDS - time.monotonic(), 0.0))
+    target.answers.note(rss_split(server))
     report = await observer.report()
     target.clients.clear()
     target.writers.clear()
@@ -235,6 +299,17 @@ async def run_attack(scenario: Scenario, server: Server, args: argparse.Namespac
         return Row(scenario.label, [report] * 5 + [target.answers.summary()])
     window = Window(start, end)
     return Row(scenario.label, [*observer_cells(report, window), target.answers.summary()])
+
+
+def rss_split(server: Server) -> str:
+    """Where the server's memory is, 10 s after the attack: its own process, then each child."""
+    try:
+        main = server.ps.memory_info().rss / 1e6
+        children = [child.memory_info().rss / 1e6 for child in server.ps.children(recursive=True)]
+    except psutil.Error:
+        return "RSS split: server gone"
+    kids = ", ".join(f"{mb:.0f}" for mb in sorted(children, reverse=True))
+    return f"RSS at +10 s (MB): server {main:.0f}, children {kids or 'none'}"
 
 
 def log_growth(path: Path, offset: int) -> tuple[int, int]:
@@ -393,6 +468,11 @@ def cli() -> int:
     )
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per attack")
     parser.add_argument(
+        "--py-spy",
+        action="store_true",
+        help="profile each server with py-spy; raw stacks go to bench/results/gischat-hostile-N.py-spy.txt",
+    )
+    parser.add_argument(
         "--env",
         action="append",
         default=[],
@@ -428,6 +508,7 @@ def cli() -> int:
     if wanted - known:
         parser.error(f"unknown attacks: {sorted(wanted - known)}; known: {sorted(known)}")
     args.attacks = wanted | {0}
+    OPTIONS.profile = args.py_spy
     if not 0.5 <= args.duration <= 120:
         parser.error("--duration must be between 0.5 and 120 s")
     return uvloop.run(main(args))

@@ -291,6 +291,13 @@ def field_rules(limits: Limits) -> dict[str, dict[str, Any]]:
                 "a valid GeoJSON Feature. Relayed with every member sent, nothing added or dropped."
             ),
         },
+        "style": {
+            "maxLength": limits.max_style_length,
+            "description": (
+                "The layer's QGIS style (a QML document), or null. Relayed byte for byte; sent as null "
+                "when the sender gave none (unless the instance leaves it out for QTribu 1.1.x clients)."
+            ),
+        },
         "image_data": {"contentEncoding": "base64"},
         "reason": {"maxLength": MAX_REASON_LENGTH},
         "nb_users": {"minimum": 0},

@@ -23,7 +23,7 @@ from gischat import models
 from gischat.connection import CLOSE_POLICY_VIOLATION, Connection
 from gischat.history import worth_keeping
 from gischat.limits import AddressBook, ConnectionLimits, Rates
-from gischat.logs import SUMMARY_INTERVAL, FloodFilter, RefusalLog, install_flood_filter
+from gischat.logs import SUMMARY_INTERVAL, FloodFilter, RefusalLog, context, install_flood_filter
 from gischat.metrics import live_state
 from gischat.models import (
     ClientMessage,
@@ -125,19 +125,23 @@ class ChatService:
 
     async def serve(self, websocket: WebSocket, room: str) -> None:
         """Run one websocket from handshake to goodbye."""
-        if room not in self.hub.rooms:
-            # Closing before accepting refuses the handshake: the client gets HTTP 403.
-            await websocket.close(code=1008)
-            return
         address = client_address(websocket.client)
         try:
+            if room not in self.hub.rooms:
+                raise Refused(403, f"room {room!r} not found")
             self.check_origin(websocket.headers.get("origin"), websocket.headers.get("host"))
             limit = self.settings.max_websockets_per_ip
             if not self.addresses.open_websocket(address, limit):
                 self.metrics.rate_limited.labels("websockets_per_ip").inc()
                 raise Refused(429, f"too many connections from your address (max {limit})")
         except Refused as exc:
-            logger.info("%s: websocket to %r refused: %s", address, room, exc.detail)
+            logger.info(
+                "%s: websocket to %r refused: %s",
+                address,
+                room,
+                exc.detail,
+                extra=context(address, room, exc.detail),
+            )
             await deny(websocket, exc)
             return
         try:
@@ -179,7 +183,12 @@ class ChatService:
                 self._refuse(conn, exc.reason)
             except Exception:
                 # A bug must cost one message, not the socket, and never the room.
-                logger.exception("%s in %r: error while handling a message", conn.peer, conn.room)
+                logger.exception(
+                    "%s in %r: error while handling a message",
+                    conn.peer,
+                    conn.room,
+                    extra=context(conn.peer, conn.room),
+                )
                 conn.push_text(models.uncompliant(INTERNAL_ERROR_REASON))
             handled += 1
             if handled % YIELD_EVERY == 0:
@@ -216,7 +225,12 @@ class ChatService:
     def _strike(self, conn: Connection) -> None:
         """Sustained abuse (refusal after refusal for going too fast) ends the connection."""
         if not self._buckets(conn).strikes.take(asyncio.get_running_loop().time()):
-            logger.warning("%s in %r: closed for sustained flooding", conn.peer, conn.room)
+            logger.warning(
+                "%s in %r: closed for sustained flooding",
+                conn.peer,
+                conn.room,
+                extra=context(conn.peer, conn.room, ABUSE_REASON),
+            )
             conn.drop(CLOSE_POLICY_VIOLATION, ABUSE_REASON, "abuse")
 
     def _refuse(self, conn: Connection, reason: str) -> None:
@@ -293,7 +307,7 @@ class ChatService:
         if self.hub.rooms[room].owner(message.author) is not None:
             raise NicknameTaken(f"author '{message.author}' is registered by a user of room '{room}'")
         self.hub.publish(room, message.to_wire(), keep=worth_keeping("text", message.text))
-        logger.info("text posted over HTTP to %r by %r", room, message.author)
+        logger.info("text posted over HTTP to %r by %r", room, message.author, extra=context(room=room))
         return message
 
 

@@ -21,6 +21,7 @@ from typing import Any
 from starlette.websockets import WebSocket
 
 from gischat.limits import ConnectionLimits
+from gischat.logs import context
 
 logger = logging.getLogger("gischat.connection")
 
@@ -185,7 +186,12 @@ class Connection:
             waiter.set_result(None)
 
     def _overflow(self) -> None:
-        logger.warning("%s in %r: outbound queue full, disconnecting", self.peer, self.room)
+        logger.warning(
+            "%s in %r: outbound queue full, disconnecting",
+            self.peer,
+            self.room,
+            extra=context(self.peer, self.room, SLOW_CONSUMER_REASON),
+        )
         self.drop(CLOSE_POLICY_VIOLATION, SLOW_CONSUMER_REASON, "slow")
 
     def drop(self, code: int, reason: str, cause: str) -> None:

@@ -67,6 +67,11 @@ FRAGMENT_OVERHEAD = 64
 CONTROL_FRAME_MAX = 131
 # Seconds a client is asked to wait after a 503 or a 429.
 RETRY_AFTER = 5
+# Once we sent a close frame, the peer's reply is awaited this long (uvicorn: 10 s), and the
+# frames it still sends are parsed only up to this many bytes: enough for a polite peer's close
+# reply behind a message in flight, while a flood after our close costs no parsing at all.
+CLOSE_TIMEOUT = 1.0
+CLOSING_READ_BYTES = 64 * 1024
 
 CLOSE_POLICY_VIOLATION = 1008
 CLOSE_TRY_AGAIN_LATER = 1013
@@ -453,13 +458,20 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
     # Class-level defaults, shadowed per instance only when needed.
     _guard: TransportGuard | None = None
     _ping_full_at = 0.0
+    # Bytes the peer may still have parsed after our close frame (set when it is sent).
+    _closing_budget = CLOSING_READ_BYTES
+    _reaper: asyncio.TimerHandle | None = None
 
     def adopt(self, guard: TransportGuard) -> None:
         """Take over a connection slot of `guard` from the HTTP protocol that upgraded."""
         self._guard = guard
+        self.close_timeout = CLOSE_TIMEOUT
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
+        if self._reaper is not None:
+            self._reaper.cancel()
+            self._reaper = None
         guard = self._guard
         if guard is not None:
             self._guard = None
@@ -502,10 +514,38 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
     # Incoming data: unfinished messages and pings.
 
     def data_received(self, data: bytes) -> None:
-        super().data_received(data)
         guard = self._guard
+        if guard is not None and self.close_sent and self.handshake_complete:
+            self._data_after_close(len(data))
+            if self._closing_budget < 0:
+                return  # discarded unparsed: a peer we are closing costs no work per frame
+        super().data_received(data)
         if guard is not None:
             guard.update(self)
+
+    def _data_after_close(self, size: int) -> None:
+        """We sent our close frame: parse a little more (the peer's close reply), then nothing."""
+        if self._closing_budget < 0:
+            return
+        self._closing_budget -= size
+        if self._closing_budget >= 0:
+            return
+        # The peer keeps sending instead of answering our close: stop reading it, free what it
+        # held, and end the connection once our close frame is out (at most CLOSE_TIMEOUT on).
+        self._drop_buffers()
+        if self._guard is not None:
+            self._guard.forget(self)
+        self._end_transport()
+
+    def _end_transport(self) -> None:
+        """Close now; abort if what we still have to write has not gone out within CLOSE_TIMEOUT."""
+        transport = self.transport
+        if self.close_timer is not None:
+            self.close_timer.cancel()
+            self.close_timer = None
+        transport.close()  # reads no more; writes what is buffered (our close frame), then closes
+        if transport.get_write_buffer_size() and self._reaper is None:
+            self._reaper = self.loop.call_later(CLOSE_TIMEOUT, transport.abort)
 
     def handle_text(self, event: Frame) -> None:
         super().handle_text(event)
@@ -556,6 +596,15 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
             guard.forget(self)
         self._drop_buffers()
 
+    def _abort_unread(self, code: int, reason: str) -> None:
+        """The app closes a peer that does not read: tell the app it is gone, and reset it."""
+        self.close_sent = True
+        self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
+        if self._guard is not None:
+            self._guard.forget(self)
+        self._drop_buffers()
+        self.transport.abort()
+
     # Outgoing messages.
 
     async def send(self, message: ASGISendEvent) -> None:
@@ -575,12 +624,23 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
                         raise ClientDisconnected() from None
                     self.transport.write(b"".join(self.conn.data_to_send()))
                     return
-        if self._guard is not None and self.close_sent and self.handshake_complete:
-            # We failed the connection (or it is closing): for the app the peer is gone.
-            if message["type"] == "websocket.close":
+        if self._guard is not None and self.handshake_complete:
+            if self.close_sent:
+                # We failed the connection (or it is closing): for the app the peer is gone.
+                if message["type"] == "websocket.close":
+                    return
+                if message["type"] == "websocket.send":
+                    raise ClientDisconnected()
+            elif (
+                message["type"] == "websocket.close"
+                and not self.writable.is_set()
+                and self.initial_response is None
+                and not self.disconnected
+            ):
+                # The peer does not read what we send: it would never read our close frame,
+                # and uvicorn would wait for room to write it while reading the peer's floods.
+                self._abort_unread(message.get("code", 1000), message.get("reason") or "")
                 return
-            if message["type"] == "websocket.send":
-                raise ClientDisconnected()
         await super().send(message)
         if message["type"] == "websocket.http.response.body" and not message.get("more_body", False):
             # A handshake refused with an HTTP answer (403, 429) is a complete handshake too;

@@ -28,7 +28,7 @@ from conftest import make_settings
 pytestmark = pytest.mark.anyio
 
 ProcessorFactory = Callable[..., Processor]
-WIRE_KEYS = ["type", "author", "avatar", "layer_name", "crs_wkt", "crs_authid", "geojson"]
+WIRE_KEYS = ["type", "author", "avatar", "layer_name", "crs_wkt", "crs_authid", "geojson", "style"]
 HELPER_PROCESSES = ("multiprocessing.forkserver", "multiprocessing.resource_tracker")
 
 
@@ -395,6 +395,6 @@ async def test_event_loop_keeps_ticking_while_a_huge_layer_is_processed(
     elapsed = time.perf_counter() - start
     ticking.cancel()
     assert isinstance(prepared, Prepared)
-    assert len(prepared.wire) == len(text)
+    assert len(prepared.wire) == len(text) + len(',"style":null')
     print(f"layer processed in {elapsed:.2f}s, {len(gaps)} ticks, largest loop gap {max(gaps) * 1000:.1f} ms")
     assert max(gaps) < 0.2

@@ -68,6 +68,7 @@ def geojson_message(geojson: Any, author: str = "mapper") -> dict[str, Any]:
         "crs_wkt": WKT,
         "crs_authid": "EPSG:4326",
         "geojson": geojson,
+        "style": None,  # as QTribu 1.2 sends it; test_style.py covers a layer without the key
     }
 
 
@@ -323,6 +324,7 @@ async def test_unknown_room_is_refused_with_403(server: LiveServer) -> None:
             async with ws_client(server, room):
                 pass
         assert info.value.response.status_code == 403, room
+        assert info.value.response.body == f'{{"detail":"room {room!r} not found"}}'.encode()
 
 
 async def test_room_name_with_spaces_works_percent_encoded(
