@@ -18,7 +18,7 @@ from fastapi import APIRouter, FastAPI, HTTPException, Path, Request, WebSocket
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.routing import WebSocketRoute
 
-from gischat import page
+from gischat import page, webclient
 from gischat.broker import create_broker
 from gischat.chat import ChatService, NicknameTaken
 from gischat.models import TextMessage, Uncompliant
@@ -69,6 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.chat = chat
     app.include_router(build_router(settings, chat))
+    webclient.install(app, settings)
     return app
 
 
@@ -85,8 +86,8 @@ def build_router(settings: Settings, chat: ChatService) -> APIRouter:
             RoomStatus(name=r.name, nb_connected_users=len(r.connections)) for r in chat.hub.rooms.values()
         ]
 
-    @router.get("/", response_class=HTMLResponse, include_in_schema=False)
-    async def home() -> HTMLResponse:
+    @router.get("/about", response_class=HTMLResponse, include_in_schema=False)
+    async def about() -> HTMLResponse:
         return HTMLResponse(page.render(settings, [(r.name, r.nb_connected_users) for r in room_counts()]))
 
     @router.get(

@@ -15,6 +15,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_ROOMS = ("QGIS", "Field and mobile", "GIS tribe", "Living room", "Kitchen", "Garden")
 MAX_ROOM_NAME_LENGTH = 100
+DEFAULT_TILE_URL = "https://tile.openstreetmap.org/{z}/{x}/{y}.png"
+DEFAULT_TILE_ATTRIBUTION = '&copy; <a href="https://www.openstreetmap.org/copyright">OpenStreetMap</a> contributors'
 
 
 class SettingsError(Exception):
@@ -61,6 +63,11 @@ class Settings(BaseSettings):
     # aborted by the kernel; this is what finally frees a slow client after it was dropped.
     tcp_user_timeout: float = Field(default=60.0, ge=0, le=3600)
 
+    # The web client's basemap: an XYZ tile URL template (empty: no basemap) and its
+    # attribution, which Leaflet shows as HTML (the operator's text, never a user's).
+    map_tile_url: str = DEFAULT_TILE_URL
+    map_tile_attribution: str = DEFAULT_TILE_ATTRIBUTION
+
     # Process.
     broker_url: str = "memory://"
     host: str = "127.0.0.1"
@@ -92,6 +99,19 @@ class Settings(BaseSettings):
                 raise ValueError(f"room {name!r} is listed twice")
             seen.add(name.casefold())
         return rooms
+
+    @field_validator("map_tile_url")
+    @classmethod
+    def _check_tile_url(cls, url: str) -> str:
+        url = url.strip()
+        if not url:
+            return url
+        if not url.startswith(("https://", "http://")):
+            raise ValueError("must be an http(s) URL template such as https://tile.example.org/{z}/{x}/{y}.png")
+        missing = [part for part in ("{z}", "{x}", "{y}") if part not in url]
+        if missing:
+            raise ValueError(f"must contain {{z}}, {{x}} and {{y}} (missing {', '.join(missing)})")
+        return url
 
     @field_validator("broker_url")
     @classmethod
