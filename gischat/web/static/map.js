@@ -123,12 +123,18 @@ export class GisMap {
   register(entry) {
     this.entries.push(entry);
     if (entry.layer) {
-      entry.layer.addTo(this.map);
+      this.show(entry);
       if (!this.userMoved) this.zoomTo(entry);
     }
     entry.item = this.listItem(entry);
     this.list.querySelector("ul").append(entry.item);
     this.list.classList.add("has-entries");
+  }
+
+  show(entry) {
+    entry.layer.addTo(this.map);
+    // Extents lie under the layers, whose features stay clickable through them.
+    if (entry.kind === "bbox") entry.layer.bringToBack();
   }
 
   zoomTo(entry) {
@@ -139,6 +145,11 @@ export class GisMap {
     const container = this.map.getContainer();
     if (!container.clientWidth || !container.clientHeight) {
       this.pendingZoom = entry; // a hidden map cannot compute a zoom: fit it when shown
+      return true;
+    }
+    if (this.map._animatingZoom) {
+      // Leaflet drops a zoom asked for during a zoom animation: do it once that one ends.
+      this.map.once("zoomend", () => this.zoomTo(entry));
       return true;
     }
     this.fitting = true;
@@ -157,7 +168,7 @@ export class GisMap {
 
   setVisible(entry, visible) {
     if (!entry.layer) return;
-    if (visible) entry.layer.addTo(this.map);
+    if (visible) this.show(entry);
     else entry.layer.remove();
     if (entry.checkbox) entry.checkbox.checked = visible;
   }
