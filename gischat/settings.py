@@ -16,7 +16,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 DEFAULT_ROOMS = ("QGIS", "Field and mobile", "GIS tribe", "Living room", "Kitchen", "Garden")
 MAX_ROOM_NAME_LENGTH = 100
 DEFAULT_TILE_URL = "https://tile.openstreetmap.org/{z}/{x}/{y}.png"
-DEFAULT_TILE_ATTRIBUTION = '&copy; <a href="https://www.openstreetmap.org/copyright">OpenStreetMap</a> contributors'
+DEFAULT_TILE_ATTRIBUTION = (
+    '&copy; <a href="https://www.openstreetmap.org/copyright">OpenStreetMap</a> contributors'
+)
 
 
 class SettingsError(Exception):
@@ -107,7 +109,9 @@ class Settings(BaseSettings):
         if not url:
             return url
         if not url.startswith(("https://", "http://")):
-            raise ValueError("must be an http(s) URL template such as https://tile.example.org/{z}/{x}/{y}.png")
+            raise ValueError(
+                "must be an http(s) URL template such as https://tile.example.org/{z}/{x}/{y}.png"
+            )
         missing = [part for part in ("{z}", "{x}", "{y}") if part not in url]
         if missing:
             raise ValueError(f"must contain {{z}}, {{x}} and {{y}} (missing {', '.join(missing)})")

@@ -75,8 +75,16 @@ WGS84_FEATURES: dict[str, Any] = {
 MERCATOR_FEATURES: dict[str, Any] = {
     "type": "FeatureCollection",
     "features": [
-        {"type": "Feature", "geometry": {"type": "Point", "coordinates": [261_000.0, 6_250_000.0]}, "properties": {}},
-        {"type": "Feature", "geometry": {"type": "Point", "coordinates": [265_000.0, 6_252_000.0]}, "properties": {}},
+        {
+            "type": "Feature",
+            "geometry": {"type": "Point", "coordinates": [261_000.0, 6_250_000.0]},
+            "properties": {},
+        },
+        {
+            "type": "Feature",
+            "geometry": {"type": "Point", "coordinates": [265_000.0, 6_252_000.0]},
+            "properties": {},
+        },
     ],
 }
 
@@ -113,7 +121,9 @@ async def browser() -> AsyncIterator[Browser]:
     executable = chromium_path()
     # `launch` gives the browser a fresh temporary profile (user data dir) of its own.
     async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS, headless=True)
+        launched = await playwright.chromium.launch(
+            executable_path=executable, args=CHROMIUM_ARGS, headless=True
+        )
         yield launched
         await launched.close()
 
@@ -225,16 +235,25 @@ async def test_two_pages_and_a_python_client_chat(server_factory: ServerFactory,
         # Page to page and page to Python, with exactly the documented keys.
         await say(alice, "Hello @carol, the survey is up")
         sent = await bob.expect("text", author="alice")
-        assert sent == {"type": "text", "author": "alice", "avatar": None, "text": "Hello @carol, the survey is up"}
+        assert sent == {
+            "type": "text",
+            "author": "alice",
+            "avatar": None,
+            "text": "Hello @carol, the survey is up",
+        }
         received = message_item(carol, "alice", "the survey is up")
         await expect(received.locator("mark.mention.me")).to_have_text("@carol")
         await expect(received).to_have_class(re.compile(r"\bmentions-me\b"))
 
         # Python to both pages.
-        await bob.send({"type": "text", "author": "qgis_bob", "avatar": "mIconQgis.svg", "text": "Layer coming @alice"})
+        await bob.send(
+            {"type": "text", "author": "qgis_bob", "avatar": "mIconQgis.svg", "text": "Layer coming @alice"}
+        )
         for page in (alice, carol):
             await expect(message_item(page, "qgis_bob", "Layer coming")).to_be_visible()
-        await expect(message_item(alice, "qgis_bob", "Layer coming").locator("mark.mention")).to_have_text("@alice")
+        await expect(message_item(alice, "qgis_bob", "Layer coming").locator("mark.mention")).to_have_text(
+            "@alice"
+        )
 
         # Likes: a page likes the Python client's message, another page's message.
         await message_item(carol, "qgis_bob", "Layer coming").get_by_role("button", name="Like").click()
@@ -273,7 +292,9 @@ async def test_nickname_refusals_are_shown_inline(server_factory: ServerFactory,
         await expect(page.locator("#rules-text")).to_have_text("Be kind and nice to this wonderful world")
 
         await choose(page, "Alice")
-        await expect(page.locator("#join-error")).to_have_text("newcomer: 'Alice' is already taken in this room")
+        await expect(page.locator("#join-error")).to_have_text(
+            "newcomer: 'Alice' is already taken in this room"
+        )
         await expect(page.locator("#join-view")).to_be_visible()
 
         await choose(page, "al")
@@ -441,7 +462,9 @@ async def test_layers_and_extents_from_qgis_land_on_the_map(
     async with ws_client(server) as bob:
         await bob.register("qgis_bob")
         await say(alice, "Morning! Could someone share the survey zone?")
-        await bob.send({"type": "text", "author": "qgis_bob", "avatar": None, "text": "Sure, here it is @alice"})
+        await bob.send(
+            {"type": "text", "author": "qgis_bob", "avatar": None, "text": "Sure, here it is @alice"}
+        )
         base = {"type": "geojson", "author": "qgis_bob", "avatar": "mIconPolygonLayer.svg"}
         await bob.send(
             {
@@ -453,10 +476,22 @@ async def test_layers_and_extents_from_qgis_land_on_the_map(
             }
         )
         await bob.send(
-            {**base, "layer_name": "webmercator wells", "crs_wkt": "", "crs_authid": "EPSG:3857", "geojson": MERCATOR_FEATURES}
+            {
+                **base,
+                "layer_name": "webmercator wells",
+                "crs_wkt": "",
+                "crs_authid": "EPSG:3857",
+                "geojson": MERCATOR_FEATURES,
+            }
         )
         await bob.send(
-            {**base, "layer_name": "lambert parcels", "crs_wkt": "", "crs_authid": "EPSG:2154", "geojson": WGS84_FEATURES}
+            {
+                **base,
+                "layer_name": "lambert parcels",
+                "crs_wkt": "",
+                "crs_authid": "EPSG:2154",
+                "geojson": WGS84_FEATURES,
+            }
         )
         await bob.send(
             {
@@ -471,7 +506,9 @@ async def test_layers_and_extents_from_qgis_land_on_the_map(
                 "ymax": 48.92,
             }
         )
-        await bob.send({"type": "crs", "author": "qgis_bob", "avatar": None, "crs_wkt": "", "crs_authid": "EPSG:2154"})
+        await bob.send(
+            {"type": "crs", "author": "qgis_bob", "avatar": None, "crs_wkt": "", "crs_authid": "EPSG:2154"}
+        )
         await bob.expect("crs")
 
         # 4 WGS 84 features and 2 Web Mercator ones are drawn; the Lambert-93 layer is only listed.
@@ -528,7 +565,8 @@ async def test_the_page_shares_layers_extents_and_positions(
         assert list(layer) == ["type", "author", "avatar", "layer_name", "crs_wkt", "crs_authid", "geojson"]
         assert layer["layer_name"] == "wells"
         assert layer["crs_authid"] == "EPSG:4326"
-        assert layer["crs_wkt"].startswith('GEOGCRS["WGS 84"') and layer["crs_wkt"].endswith('ID["EPSG",4326]]')
+        assert layer["crs_wkt"].startswith('GEOGCRS["WGS 84"')
+        assert layer["crs_wkt"].endswith('ID["EPSG",4326]]')
         assert layer["geojson"] == WGS84_FEATURES
         await expect(page.locator("path.gc-feature")).to_have_count(4)
 
@@ -555,7 +593,9 @@ async def test_the_page_shares_layers_extents_and_positions(
 # --- Reconnection ----------------------------------------------------------------------------
 
 
-async def test_the_page_reconnects_after_a_server_restart(server_factory: ServerFactory, pages: Pages) -> None:
+async def test_the_page_reconnects_after_a_server_restart(
+    server_factory: ServerFactory, pages: Pages
+) -> None:
     server = quiet_server(server_factory)
     page = await pages.open(server)
     await join(page, "alice")
