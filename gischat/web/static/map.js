@@ -19,9 +19,9 @@ export class GisMap {
       L.tileLayer(config.tile_url, { attribution: config.tile_attribution || "", maxZoom: 19 }).addTo(this.map);
     }
     this.map.setView([30, 0], 2);
-    // Until the person pans or zooms, the first drawn layer or extent is brought into view.
-    this.map.on("dragstart zoomstart", (event) => {
-      if (!this.fitting && event.hard !== false) this.userMoved = true;
+    // Until the person pans or zooms, each layer or extent drawn is brought into view.
+    this.map.on("dragstart zoomstart", () => {
+      if (!this.fitting) this.userMoved = true;
     });
   }
 
