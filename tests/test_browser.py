@@ -570,7 +570,7 @@ async def test_the_page_shares_layers_extents_and_positions(
         assert layer["geojson"] == WGS84_FEATURES
         await expect(page.locator("path.gc-feature")).to_have_count(4)
 
-        await page.get_by_role("button", name="Share the view").click()
+        await page.get_by_role("button", name="Share view").click()
         bbox = await bob.expect("bbox", author="alice")
         keys = ["type", "author", "avatar", "crs_wkt", "crs_authid", "xmin", "xmax", "ymin", "ymax"]
         assert list(bbox) == keys
@@ -581,7 +581,7 @@ async def test_the_page_shares_layers_extents_and_positions(
         assert -90 <= bbox["ymin"] <= 48.8 < 48.89 <= bbox["ymax"] <= 90
         await expect(page.locator("path.gc-bbox")).to_have_count(1)
 
-        await page.get_by_role("button", name="Share my position").click()
+        await page.get_by_role("button", name="Share position").click()
         position = await bob.expect("geojson", author="alice", layer_name="position of alice")
         point = position["geojson"]["features"][0]["geometry"]
         assert point == {"type": "Point", "coordinates": [5.72, 45.19]}
