@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 import pytest
 from PIL import Image
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, Page, Route, async_playwright, expect
 
 from conftest import LiveServer, ServerFactory, start_server, ws_client
 
@@ -587,6 +587,30 @@ async def test_the_page_shares_layers_extents_and_positions(
         assert point == {"type": "Point", "coordinates": [5.72, 45.19]}
         assert position["crs_authid"] == "EPSG:4326"
         await expect(page.locator("path.gc-feature")).to_have_count(5)
+    pages.assert_no_console_errors()
+
+
+async def test_basemap_tiles_load_under_the_policy(server_factory: ServerFactory, pages: Pages) -> None:
+    """Tiles come from the configured origin, which the page's policy allows (served here by the test)."""
+    server = server_factory(
+        map_tile_url="https://{s}.tiles.example.test/base/{z}/{x}/{y}.png",
+        map_tile_attribution='Tiles &copy; <a href="https://example.test/">Example</a>',
+    )
+    requested: list[str] = []
+    tile = png(256, 256)
+
+    async def serve_tile(route: Route) -> None:
+        requested.append(route.request.url)
+        await route.fulfill(status=200, content_type="image/png", body=tile)
+
+    page = await pages.open(server)
+    await page.route(re.compile(r"^https://[abc]\.tiles\.example\.test/base/"), serve_tile)
+    await join(page, "alice")
+    await expect(page.locator("img.leaflet-tile-loaded").first).to_be_visible()
+    assert re.fullmatch(r"https://[abc]\.tiles\.example\.test/base/2/\d+/\d+\.png", requested[0])
+    attribution = page.locator(".leaflet-control-attribution")
+    await expect(attribution).to_have_text("Tiles © Example")
+    await expect(attribution.locator("a")).to_have_attribute("href", "https://example.test/")
     pages.assert_no_console_errors()
 
 

@@ -172,6 +172,8 @@ function onJoined({ again }) {
     $("#leave").hidden = false;
     document.body.classList.add("in-room");
     if (!state.map) state.map = new GisMap($("#map"), $("#layers"), state.config);
+    // Wide screens have room for the people list: show it open.
+    if (window.matchMedia("(min-width: 48rem)").matches) $("details.users").open = true;
     showPane("chat");
     $("#message").focus();
   }
