@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 import pytest
 from PIL import Image
-from playwright.async_api import Browser, Page, Route, async_playwright, expect
+from playwright.async_api import Browser, Page, Route, WebSocket, async_playwright, expect
 
 from conftest import LiveServer, ServerFactory, start_server, ws_client
 
@@ -89,6 +89,17 @@ MERCATOR_FEATURES: dict[str, Any] = {
 }
 
 
+# README's protocol table: the keys a client sends, in order.
+PROTOCOL_KEYS = {
+    "text": ["type", "author", "avatar", "text"],
+    "image": ["type", "author", "avatar", "image_data"],
+    "geojson": ["type", "author", "avatar", "layer_name", "crs_wkt", "crs_authid", "geojson"],
+    "crs": ["type", "author", "avatar", "crs_wkt", "crs_authid"],
+    "bbox": ["type", "author", "avatar", "crs_wkt", "crs_authid", "xmin", "xmax", "ymin", "ymax"],
+    "newcomer": ["type", "newcomer"],
+    "like": ["type", "liker_author", "liked_author", "message"],
+}
+
 # Whether the shared extent's rectangle is on screen, inside the map and most of its width
 # or height, as after zooming to it (fitting snaps to whole zoom levels: half of the map or more).
 BBOX_FILLS_MAP = """(expected) => {
@@ -134,6 +145,7 @@ class Pages:
 
     browser: Browser
     errors: list[str] = field(default_factory=list)
+    sent: list[dict[str, Any]] = field(default_factory=list)  # every frame the pages sent
     allowed: list[re.Pattern[str]] = field(default_factory=list)
 
     async def open(self, server: LiveServer, size: dict[str, int] = DESKTOP, **options: Any) -> Page:
@@ -141,6 +153,7 @@ class Pages:
         page = await context.new_page()
         page.on("console", lambda message: self.note(message.type, message.text))
         page.on("pageerror", lambda error: self.note("error", f"uncaught: {error}"))
+        page.on("websocket", self.record)
         await page.goto(f"{server.http_url}/")
         await expect(page.locator("#join-button")).to_be_enabled()
         return page
@@ -149,8 +162,15 @@ class Pages:
         if kind == "error" and not any(pattern.search(text) for pattern in self.allowed):
             self.errors.append(text)
 
-    def assert_no_console_errors(self) -> None:
+    def record(self, socket: WebSocket) -> None:
+        socket.on("framesent", lambda payload: self.sent.append(orjson.loads(payload)))
+
+    def assert_clean(self) -> None:
+        """No console error, and every frame the pages sent has exactly the protocol's keys, in order."""
         assert self.errors == [], f"console errors: {self.errors}"
+        assert self.sent, "the pages sent nothing"
+        for message in self.sent:
+            assert list(message) == PROTOCOL_KEYS[message["type"]], message
 
     async def close(self) -> None:
         for context in self.browser.contexts:
@@ -280,7 +300,7 @@ async def test_two_pages_and_a_python_client_chat(server_factory: ServerFactory,
         await expect(alice.locator("#user-list")).not_to_contain_text("carol")
         await expect(alice.locator("#nb-users")).to_have_text("2 connected")
     await expect(alice.locator("#log")).to_contain_text("qgis_bob left")
-    pages.assert_no_console_errors()
+    pages.assert_clean()
 
 
 async def test_nickname_refusals_are_shown_inline(server_factory: ServerFactory, pages: Pages) -> None:
@@ -309,7 +329,7 @@ async def test_nickname_refusals_are_shown_inline(server_factory: ServerFactory,
         await join(page, "alice_2")
         await expect(page.locator("#join-error")).to_be_hidden()
         await bob.expect("newcomer", newcomer="alice_2")
-    pages.assert_no_console_errors()
+    pages.assert_clean()
 
 
 async def test_uncompliant_reasons_are_shown_to_the_sender(
@@ -330,7 +350,7 @@ async def test_uncompliant_reasons_are_shown_to_the_sender(
     await expect(page.locator("#log li.notice.refused").last).to_have_text(
         "Layer broken.geojson not shared: the file is not valid JSON"
     )
-    pages.assert_no_console_errors()
+    pages.assert_clean()
 
 
 async def test_message_texts_are_never_html(server_factory: ServerFactory, pages: Pages) -> None:
@@ -379,7 +399,7 @@ async def test_message_texts_are_never_html(server_factory: ServerFactory, pages
         await expect(popup.locator("th")).to_have_text("<img src=x onerror=alert(1)>")
     assert await page.locator("#log img, #log script, #log b, #log a, .leaflet-popup img").count() == 0
     assert await page.evaluate("window.pwned") is None
-    pages.assert_no_console_errors()
+    pages.assert_clean()
 
 
 # --- Images ----------------------------------------------------------------------------------
@@ -428,7 +448,7 @@ async def test_images_from_the_page_arrive_resized(
         await expect(page.locator("#image-large")).to_have_js_property("naturalWidth", 200)
         await page.keyboard.press("Escape")
         await expect(page.locator("#image-dialog")).to_be_hidden()
-    pages.assert_no_console_errors()
+    pages.assert_clean()
 
 
 async def test_image_too_large_for_a_frame_is_scaled_down_first(
@@ -445,7 +465,7 @@ async def test_image_too_large_for_a_frame_is_scaled_down_first(
         image = await bob.expect("image", author="alice")
         assert decoded_size(image["image_data"]) == (100, 75)
     await expect(page.locator("#connection")).to_have_text("connected")
-    pages.assert_no_console_errors()
+    pages.assert_clean()
 
 
 # --- The map ---------------------------------------------------------------------------------
@@ -545,7 +565,7 @@ async def test_layers_and_extents_from_qgis_land_on_the_map(
         await screenshot(phone, "busy-room-phone-map.png")
         await phone.locator("#show-chat").click()
         await screenshot(phone, "busy-room-phone-chat.png")
-    pages.assert_no_console_errors()
+    pages.assert_clean()
 
 
 async def test_the_page_shares_layers_extents_and_positions(
@@ -587,7 +607,7 @@ async def test_the_page_shares_layers_extents_and_positions(
         assert point == {"type": "Point", "coordinates": [5.72, 45.19]}
         assert position["crs_authid"] == "EPSG:4326"
         await expect(page.locator("path.gc-feature")).to_have_count(5)
-    pages.assert_no_console_errors()
+    pages.assert_clean()
 
 
 async def test_basemap_tiles_load_under_the_policy(server_factory: ServerFactory, pages: Pages) -> None:
@@ -611,7 +631,7 @@ async def test_basemap_tiles_load_under_the_policy(server_factory: ServerFactory
     attribution = page.locator(".leaflet-control-attribution")
     await expect(attribution).to_have_text("Tiles © Example")
     await expect(attribution.locator("a")).to_have_attribute("href", "https://example.test/")
-    pages.assert_no_console_errors()
+    pages.assert_clean()
 
 
 # --- Reconnection ----------------------------------------------------------------------------
@@ -641,4 +661,4 @@ async def test_the_page_reconnects_after_a_server_restart(
             assert (await bob.expect("text", author="alice"))["text"] == "thanks"
     finally:
         restarted.stop()
-    pages.assert_no_console_errors()
+    pages.assert_clean()

@@ -66,9 +66,9 @@ export function toLatLng(kind, x, y) {
 export function crsOfGeojson(geojson) {
   const name = geojson?.crs?.properties?.name;
   const id = normaliseAuthid(name);
-  if (!id || crsKind(id) === "lonlat") return { crs_authid: WGS84_AUTHID, crs_wkt: WGS84_WKT };
-  if (crsKind(id) === "mercator") return { crs_authid: "EPSG:3857", crs_wkt: WEB_MERCATOR_WKT };
-  return { crs_authid: id, crs_wkt: "" };
+  if (!id || crsKind(id) === "lonlat") return { crs_wkt: WGS84_WKT, crs_authid: WGS84_AUTHID };
+  if (crsKind(id) === "mercator") return { crs_wkt: WEB_MERCATOR_WKT, crs_authid: "EPSG:3857" };
+  return { crs_wkt: "", crs_authid: id };
 }
 
 // A parsed GeoJSON document as a FeatureCollection (a lone Feature or geometry is wrapped).
