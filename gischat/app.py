@@ -20,7 +20,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.routing import WebSocketRoute
 
-from gischat import page
+from gischat import page, webclient
 from gischat.asyncapi import document_json
 from gischat.broker import create_broker
 from gischat.chat import ChatService, NicknameTaken, Refused, client_address
@@ -53,7 +53,7 @@ def package_version() -> str:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build an app for these settings (read from the environment when not given)."""
     settings = settings if settings is not None else load_settings()
-    chat = ChatService(settings, Hub(settings, create_broker(settings.broker_url)))
+    chat = ChatService(settings, Hub(settings, create_broker(settings)))
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, Any]]:
@@ -83,6 +83,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.chat = chat
     app.include_router(build_router(settings, chat))
+    webclient.install(app, settings)
     return app
 
 
@@ -95,12 +96,10 @@ def build_router(settings: Settings, chat: ChatService) -> APIRouter:
             raise HTTPException(status_code=404, detail=f"room {room!r} not found")
 
     def room_counts() -> list[RoomStatus]:
-        return [
-            RoomStatus(name=r.name, nb_connected_users=len(r.connections)) for r in chat.hub.rooms.values()
-        ]
+        return [RoomStatus(name=name, nb_connected_users=chat.hub.count(name)) for name in chat.hub.rooms]
 
-    @router.get("/", response_class=HTMLResponse, include_in_schema=False)
-    async def home() -> HTMLResponse:
+    @router.get("/about", response_class=HTMLResponse, include_in_schema=False)
+    async def about() -> HTMLResponse:
         return HTMLResponse(page.render(settings, [(r.name, r.nb_connected_users) for r in room_counts()]))
 
     @router.get(
@@ -125,10 +124,20 @@ def build_router(settings: Settings, chat: ChatService) -> APIRouter:
             max_geojson_features=settings.max_geojson_features,
         )
 
-    @router.get("/status", response_model=StatusResponse)
+    @router.get("/status", response_model=StatusResponse, response_model_exclude_none=True)
     async def status() -> StatusResponse:
-        """Health and the number of open websockets per room."""
-        return StatusResponse(status="ok", healthy=True, rooms=room_counts())
+        """Health and the number of open websockets per room (on every node).
+
+        With a shared broker, `broker` tells its state; `healthy` is false while this node is
+        cut off from it (it then serves its own sockets only)."""
+        broker = chat.hub.broker
+        healthy = broker.healthy
+        return StatusResponse(
+            status="ok" if healthy else "degraded",
+            healthy=healthy,
+            rooms=room_counts(),
+            broker=broker.status(),
+        )
 
     asyncapi = document_json(settings, current_version)  # built once per app
 
@@ -157,7 +166,7 @@ def build_router(settings: Settings, chat: ChatService) -> APIRouter:
     async def room_users(room: RoomName) -> list[str]:
         """Nicknames registered in the room, sorted case-insensitively."""
         require_room(room)
-        return chat.hub.rooms[room].users()
+        return chat.hub.users(room)
 
     if settings.metrics_enabled:
         networks = [ipaddress.ip_network(network, strict=False) for network in settings.metrics_networks]

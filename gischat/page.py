@@ -37,7 +37,7 @@ layers up to {max_features} features</p>
 {rows}
 </tbody>
 </table>
-<p><a href="docs">API documentation</a> · <a href="status">status</a> · <a href="version">version</a></p>
+<p><a href="./">Web chat</a> · <a href="docs">API documentation</a> · <a href="status">status</a> · <a href="version">version</a></p>
 <script>
 async function refresh() {{
   try {{

@@ -26,6 +26,10 @@ PRIVATE_NETWORKS = (
     "192.168.0.0/16",
     "fc00::/7",
 )
+DEFAULT_TILE_URL = "https://tile.openstreetmap.org/{z}/{x}/{y}.png"
+DEFAULT_TILE_ATTRIBUTION = (
+    '&copy; <a href="https://www.openstreetmap.org/copyright">OpenStreetMap</a> contributors'
+)
 
 
 class SettingsError(Exception):
@@ -131,6 +135,10 @@ class Settings(BaseSettings):
     # GET /metrics (Prometheus): on or off, and the client networks allowed to scrape it.
     metrics_enabled: bool = True
     metrics_networks: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(PRIVATE_NETWORKS))
+    # The web client's basemap: an XYZ tile URL template (empty: no basemap) and its
+    # attribution, which Leaflet shows as HTML (the operator's text, never a user's).
+    map_tile_url: str = DEFAULT_TILE_URL
+    map_tile_attribution: str = DEFAULT_TILE_ATTRIBUTION
 
     # Process.
     broker_url: str = "memory://"
@@ -203,6 +211,21 @@ class Settings(BaseSettings):
     @classmethod
     def _lower_log_format(cls, value: Any) -> Any:
         return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("map_tile_url")
+    @classmethod
+    def _check_tile_url(cls, url: str) -> str:
+        url = url.strip()
+        if not url:
+            return url
+        if not url.startswith(("https://", "http://")):
+            raise ValueError(
+                "must be an http(s) URL template such as https://tile.example.org/{z}/{x}/{y}.png"
+            )
+        missing = [part for part in ("{z}", "{x}", "{y}") if part not in url]
+        if missing:
+            raise ValueError(f"must contain {{z}}, {{x}} and {{y}} (missing {', '.join(missing)})")
+        return url
 
     @field_validator("broker_url")
     @classmethod

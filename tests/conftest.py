@@ -86,8 +86,9 @@ class LiveServer:
         self.thread.join(timeout=10)
 
 
-def start_server(settings: Settings) -> LiveServer:
-    settings = settings.model_copy(update={"host": "127.0.0.1", "port": 0})
+def start_server(settings: Settings, port: int = 0) -> LiveServer:
+    """Start a server on `port` (a free one by default; a stopped server's port to restart it)."""
+    settings = settings.model_copy(update={"host": "127.0.0.1", "port": port})
     sock = listening_socket(settings)  # the socket the `gischat` command would listen on
     port = int(sock.getsockname()[1])
     options = uvicorn_options(settings)

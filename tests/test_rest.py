@@ -381,11 +381,11 @@ async def test_put_text_body_too_large(server_factory: ServerFactory) -> None:
         assert response.status_code == 200, response.text
 
 
-# --- GET / ---------------------------------------------------------------------------------------
+# --- GET /about ---------------------------------------------------------------------------------------
 
 
-async def test_home_page(http: httpx.AsyncClient) -> None:
-    response = await http.get("/")
+async def test_about_page(http: httpx.AsyncClient) -> None:
+    response = await http.get("/about")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/html")
     page = response.text
@@ -395,11 +395,11 @@ async def test_home_page(http: httpx.AsyncClient) -> None:
     assert 'href="docs"' in page
 
 
-async def test_home_page_escapes_configured_text(server_factory: ServerFactory) -> None:
+async def test_about_page_escapes_configured_text(server_factory: ServerFactory) -> None:
     rooms = ["QGIS", "Tom & Jerry", 'say "hi"', "<b>bold<b>"]
     server = server_factory(rules="<script>alert(1)</script>", rooms=rooms)
     async with client_for(server) as http:
-        response = await http.get("/")
+        response = await http.get("/about")
     assert response.status_code == 200
     page = response.text
     assert "<script>alert(1)" not in page

@@ -59,6 +59,8 @@ def test_defaults() -> None:
     assert settings.max_geojson_features == 500
     assert settings.broker_url == "memory://"
     assert settings.workers == 1
+    assert settings.map_tile_url == "https://tile.openstreetmap.org/{z}/{x}/{y}.png"
+    assert "OpenStreetMap" in settings.map_tile_attribution
 
 
 @pytest.mark.usefixtures("clean_env")
@@ -170,6 +172,28 @@ def test_error_duplicate_rooms(monkeypatch: pytest.MonkeyPatch, rooms: str) -> N
 @pytest.mark.usefixtures("clean_env")
 def test_error_room_with_slash(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "ROOMS" in load_error(monkeypatch, ROOMS="QGIS,Field/mobile")
+
+
+@pytest.mark.usefixtures("clean_env")
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("tile.example.org/{z}/{x}/{y}.png", "http(s) URL"),
+        ("javascript:alert(1)//{z}/{x}/{y}", "http(s) URL"),
+        ("https://tile.example.org/{z}/{x}.png", "missing {y}"),
+    ],
+)
+def test_error_tile_url(monkeypatch: pytest.MonkeyPatch, url: str, problem: str) -> None:
+    message = load_error(monkeypatch, MAP_TILE_URL=url)
+    assert "MAP_TILE_URL" in message
+    assert problem in message
+
+
+@pytest.mark.usefixtures("clean_env")
+@pytest.mark.parametrize("value", ["", "  "])
+def test_empty_tile_url_means_no_basemap(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("MAP_TILE_URL", value)
+    assert load_settings().map_tile_url == ""
 
 
 # --- when settings are read ----------------------------------------------------------------------

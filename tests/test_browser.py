@@ -1,0 +1,664 @@
+"""The web client in a real browser: headless Chromium driven by Playwright, against real servers.
+
+Chromium comes from the system (Debian's `chromium` package, which `.ci/run` installs):
+Playwright's own browser download is not used. Without a browser these tests are skipped
+with the reason, except under CI (`CI=true`), where a missing browser is a failure.
+Every wait is on an event (a selector, a websocket message), never a fixed sleep.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import re
+import shutil
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from PIL import Image
+from playwright.async_api import Browser, Page, Route, WebSocket, async_playwright, expect
+
+from conftest import LiveServer, ServerFactory, start_server, ws_client
+
+pytestmark = pytest.mark.anyio
+
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+DESKTOP = {"width": 1280, "height": 800}
+PHONE = {"width": 390, "height": 780}
+# The only console errors a test may accept: the browser reporting refused websocket
+# connections while the server is down.
+WEBSOCKET_REFUSED = re.compile(r"WebSocket connection to 'ws://[^']+' failed")
+
+WGS84_FEATURES: dict[str, Any] = {
+    "type": "FeatureCollection",
+    "features": [
+        {
+            "type": "Feature",
+            "geometry": {
+                "type": "Polygon",
+                "coordinates": [[[2.22, 48.83], [2.32, 48.81], [2.36, 48.86], [2.26, 48.89], [2.22, 48.83]]],
+            },
+            "properties": {"name": "survey zone", "status": "done"},
+        },
+        {
+            "type": "Feature",
+            "geometry": {"type": "LineString", "coordinates": [[2.2, 48.8], [2.29, 48.85], [2.4, 48.87]]},
+            "properties": {"name": "trail", "length_km": 14.2},
+        },
+        {
+            "type": "Feature",
+            "geometry": {"type": "Point", "coordinates": [2.3, 48.845]},
+            "properties": {"name": "well 1", "depth": 12},
+        },
+        {
+            "type": "Feature",
+            "geometry": {"type": "Point", "coordinates": [2.34, 48.86]},
+            "properties": {"name": "well 2", "depth": 30},
+        },
+    ],
+}
+MERCATOR_FEATURES: dict[str, Any] = {
+    "type": "FeatureCollection",
+    "features": [
+        {
+            "type": "Feature",
+            "geometry": {"type": "Point", "coordinates": [261_000.0, 6_250_000.0]},
+            "properties": {},
+        },
+        {
+            "type": "Feature",
+            "geometry": {"type": "Point", "coordinates": [265_000.0, 6_252_000.0]},
+            "properties": {},
+        },
+    ],
+}
+
+
+# README's protocol table: the keys a client sends, in order.
+PROTOCOL_KEYS = {
+    "text": ["type", "author", "avatar", "text"],
+    "image": ["type", "author", "avatar", "image_data"],
+    "geojson": ["type", "author", "avatar", "layer_name", "crs_wkt", "crs_authid", "geojson"],
+    "crs": ["type", "author", "avatar", "crs_wkt", "crs_authid"],
+    "bbox": ["type", "author", "avatar", "crs_wkt", "crs_authid", "xmin", "xmax", "ymin", "ymax"],
+    "newcomer": ["type", "newcomer"],
+    "like": ["type", "liker_author", "liked_author", "message"],
+}
+
+# Whether the shared extent's rectangle is on screen, inside the map and most of its width
+# or height, as after zooming to it (fitting snaps to whole zoom levels: half of the map or more).
+BBOX_FILLS_MAP = """(expected) => {
+    const map = document.querySelector("#map").getBoundingClientRect();
+    const box = document.querySelector("path.gc-bbox").getBoundingClientRect();
+    const inside = box.left >= map.left - 1 && box.right <= map.right + 1
+        && box.top >= map.top - 1 && box.bottom <= map.bottom + 1;
+    return (inside && (box.width > 0.45 * map.width || box.height > 0.45 * map.height)) === expected;
+}"""
+
+
+def chromium_path() -> str:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found:
+        return found
+    reason = "no Chromium found (install Debian's `chromium` package; .ci/run does)"
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason}: browser tests never skip under CI")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def anyio_backend() -> str:
+    """Module-wide, so that one browser serves every test of this file."""
+    return "asyncio"
+
+
+@pytest.fixture(scope="module")
+async def browser() -> AsyncIterator[Browser]:
+    executable = chromium_path()
+    # `launch` gives the browser a fresh temporary profile (user data dir) of its own.
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(
+            executable_path=executable, args=CHROMIUM_ARGS, headless=True
+        )
+        yield launched
+        await launched.close()
+
+
+@dataclass
+class Pages:
+    """Browser pages for one test, each in its own context, with their console errors."""
+
+    browser: Browser
+    errors: list[str] = field(default_factory=list)
+    sent: list[dict[str, Any]] = field(default_factory=list)  # every frame the pages sent
+    allowed: list[re.Pattern[str]] = field(default_factory=list)
+
+    async def open(self, server: LiveServer, size: dict[str, int] = DESKTOP, **options: Any) -> Page:
+        context = await self.browser.new_context(viewport=size, **options)  # type: ignore[arg-type]
+        page = await context.new_page()
+        page.on("console", lambda message: self.note(message.type, message.text))
+        page.on("pageerror", lambda error: self.note("error", f"uncaught: {error}"))
+        page.on("websocket", self.record)
+        await page.goto(f"{server.http_url}/")
+        await expect(page.locator("#join-button")).to_be_enabled()
+        return page
+
+    def note(self, kind: str, text: str) -> None:
+        if kind == "error" and not any(pattern.search(text) for pattern in self.allowed):
+            self.errors.append(text)
+
+    def record(self, socket: WebSocket) -> None:
+        socket.on("framesent", lambda payload: self.sent.append(orjson.loads(payload)))
+
+    def assert_clean(self) -> None:
+        """No console error, and every frame the pages sent has exactly the protocol's keys, in order."""
+        assert self.errors == [], f"console errors: {self.errors}"
+        assert self.sent, "the pages sent nothing"
+        for message in self.sent:
+            assert list(message) == PROTOCOL_KEYS[message["type"]], message
+
+    async def close(self) -> None:
+        for context in self.browser.contexts:
+            await context.close()
+
+
+@pytest.fixture
+async def pages(browser: Browser) -> AsyncIterator[Pages]:
+    opened = Pages(browser)
+    yield opened
+    await opened.close()
+
+
+def quiet_server(server_factory: ServerFactory, **overrides: Any) -> LiveServer:
+    """A server whose page loads nothing from the network: no basemap tiles."""
+    return server_factory(map_tile_url="", **overrides)
+
+
+async def join(page: Page, nickname: str, room: str = "QGIS") -> None:
+    await choose(page, nickname, room)
+    await expect(page.locator("#chat-view")).to_be_visible()
+    await expect(page.locator("#connection")).to_have_text("connected")
+
+
+async def choose(page: Page, nickname: str, room: str = "QGIS") -> None:
+    await page.locator("#room-list li", has=page.locator(f'input[value="{room}"]')).locator("label").click()
+    await page.fill("#nickname", nickname)
+    await page.press("#nickname", "Enter")
+
+
+async def say(page: Page, text: str) -> None:
+    await page.fill("#message", text)
+    await page.press("#message", "Enter")
+    await expect(page.locator("#message")).to_have_value("")
+
+
+def message_item(page: Page, author: str, text: str) -> Any:
+    return page.locator(f'#log li.msg[data-author="{author}"]', has_text=text)
+
+
+def png(width: int, height: int, noise: bool = False) -> bytes:
+    if noise:
+        image = Image.frombytes("RGB", (width, height), os.urandom(width * height * 3))
+    else:
+        image = Image.new("RGB", (width, height), (30, 120, 90))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def decoded_size(image_data: str) -> tuple[int, int]:
+    with Image.open(io.BytesIO(base64.b64decode(image_data))) as image:
+        return image.size
+
+
+async def screenshot(page: Page, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    await page.screenshot(path=str(ARTIFACTS / name), animations="disabled")
+
+
+# --- Chatting --------------------------------------------------------------------------------
+
+
+async def test_two_pages_and_a_python_client_chat(server_factory: ServerFactory, pages: Pages) -> None:
+    server = quiet_server(server_factory)
+    async with ws_client(server) as bob:
+        await bob.register("qgis_bob")
+        alice = await pages.open(server)
+        await expect(alice.locator("#room-list li", has_text="QGIS")).to_contain_text("1 connected")
+        await join(alice, "alice")
+        carol = await pages.open(server)
+        await join(carol, "carol")
+        await bob.expect("newcomer", newcomer="carol")
+
+        # Arrivals, the user list and the count stay live.
+        await expect(alice.locator("#log")).to_contain_text("carol joined")
+        await expect(alice.locator("#user-list")).to_contain_text("qgis_bob")
+        await expect(alice.locator("#user-list")).to_contain_text("carol")
+        await expect(alice.locator("#user-count")).to_have_text("3 named")
+        await expect(alice.locator("#nb-users")).to_have_text("3 connected")
+
+        # Page to page and page to Python, with exactly the documented keys.
+        await say(alice, "Hello @carol, the survey is up")
+        sent = await bob.expect("text", author="alice")
+        assert sent == {
+            "type": "text",
+            "author": "alice",
+            "avatar": None,
+            "text": "Hello @carol, the survey is up",
+        }
+        received = message_item(carol, "alice", "the survey is up")
+        await expect(received.locator("mark.mention.me")).to_have_text("@carol")
+        await expect(received).to_have_class(re.compile(r"\bmentions-me\b"))
+
+        # Python to both pages.
+        await bob.send(
+            {"type": "text", "author": "qgis_bob", "avatar": "mIconQgis.svg", "text": "Layer coming @alice"}
+        )
+        for page in (alice, carol):
+            await expect(message_item(page, "qgis_bob", "Layer coming")).to_be_visible()
+        await expect(message_item(alice, "qgis_bob", "Layer coming").locator("mark.mention")).to_have_text(
+            "@alice"
+        )
+
+        # Likes: a page likes the Python client's message, another page's message.
+        await message_item(carol, "qgis_bob", "Layer coming").get_by_role("button", name="Like").click()
+        like = await bob.expect("like")
+        assert like == {
+            "type": "like",
+            "liker_author": "carol",
+            "liked_author": "qgis_bob",
+            "message": "Layer coming @alice",
+        }
+        await message_item(carol, "alice", "the survey is up").get_by_role("button", name="Like").click()
+        await expect(alice.locator("#log li.notice.liked")).to_contain_text("carol liked your message")
+        await expect(message_item(alice, "alice", "the survey is up").locator(".likes")).to_have_text("♥ 1")
+
+        # A refusal goes to the sender, shown with the server's reason.
+        await bob.send({"type": "text", "author": "qgis_bob", "avatar": None, "text": "x" * 300})
+        await bob.expect("uncompliant")
+
+        # Leaving.
+        await carol.get_by_role("button", name="Leave").click()
+        await expect(carol.locator("#join-view")).to_be_visible()
+        await bob.expect("exiter", exiter="carol")
+        await expect(alice.locator("#log")).to_contain_text("carol left")
+        await expect(alice.locator("#user-list")).not_to_contain_text("carol")
+        await expect(alice.locator("#nb-users")).to_have_text("2 connected")
+    await expect(alice.locator("#log")).to_contain_text("qgis_bob left")
+    pages.assert_clean()
+
+
+async def test_nickname_refusals_are_shown_inline(server_factory: ServerFactory, pages: Pages) -> None:
+    server = quiet_server(server_factory)
+    async with ws_client(server) as bob:
+        await bob.register("alice")
+        page = await pages.open(server)
+        await expect(page.locator("#nickname-hint")).to_contain_text("3 to 32 letters, digits")
+        await expect(page.locator("#rules-text")).to_have_text("Be kind and nice to this wonderful world")
+
+        await choose(page, "Alice")
+        await expect(page.locator("#join-error")).to_have_text(
+            "newcomer: 'Alice' is already taken in this room"
+        )
+        await expect(page.locator("#join-view")).to_be_visible()
+
+        await choose(page, "al")
+        await expect(page.locator("#join-error")).to_have_text(
+            "newcomer: must be 3 to 32 characters long (got 2)"
+        )
+        await choose(page, "alice <3")
+        await expect(page.locator("#join-error")).to_have_text(
+            "newcomer: only letters, digits, '_' and '-' are allowed"
+        )
+
+        await join(page, "alice_2")
+        await expect(page.locator("#join-error")).to_be_hidden()
+        await bob.expect("newcomer", newcomer="alice_2")
+    pages.assert_clean()
+
+
+async def test_uncompliant_reasons_are_shown_to_the_sender(
+    server_factory: ServerFactory, pages: Pages, tmp_path: Path
+) -> None:
+    server = quiet_server(server_factory, max_geojson_features=2)
+    page = await pages.open(server)
+    await join(page, "alice")
+    layer = tmp_path / "too-big.geojson"
+    layer.write_bytes(orjson.dumps(WGS84_FEATURES))
+    await page.set_input_files("#layer-input", str(layer))
+    await expect(page.locator("#log li.notice.refused")).to_have_text(
+        "Not delivered: Too many geojson features : 4 vs max 2 allowed"
+    )
+    broken = tmp_path / "broken.geojson"
+    broken.write_text("{not json")
+    await page.set_input_files("#layer-input", str(broken))
+    await expect(page.locator("#log li.notice.refused").last).to_have_text(
+        "Layer broken.geojson not shared: the file is not valid JSON"
+    )
+    pages.assert_clean()
+
+
+async def test_message_texts_are_never_html(server_factory: ServerFactory, pages: Pages) -> None:
+    server = quiet_server(server_factory)
+    page = await pages.open(server)
+    await join(page, "alice")
+    hostile = [
+        '<img src=x onerror="window.pwned = 1">',
+        "<script>window.pwned = 2</script>",
+        "<b>bold</b> &amp; <a href='javascript:alert(1)'>link</a>",
+    ]
+    async with ws_client(server) as bob:
+        await bob.register("mallory")
+        for body in hostile:
+            await bob.send({"type": "text", "author": "mallory", "avatar": "<img src=x>", "text": body})
+        layer = {
+            "type": "FeatureCollection",
+            "features": [
+                {
+                    "type": "Feature",
+                    "geometry": {"type": "Point", "coordinates": [1.0, 45.0]},
+                    "properties": {"<img src=x onerror=alert(1)>": "<script>window.pwned = 3</script>"},
+                }
+            ],
+        }
+        await bob.send(
+            {
+                "type": "geojson",
+                "author": "mallory",
+                "avatar": None,
+                "layer_name": "<img src=x onerror='window.pwned = 4'>",
+                "crs_wkt": "",
+                "crs_authid": "EPSG:4326",
+                "geojson": layer,
+            }
+        )
+        await bob.expect("geojson")
+        bodies = page.locator('#log li.msg[data-author="mallory"] .body')
+        await expect(bodies).to_have_count(4)
+        for index, body in enumerate(hostile):
+            await expect(bodies.nth(index)).to_have_text(body)
+        await expect(page.locator(".layer-list")).to_contain_text("<img src=x onerror='window.pwned = 4'>")
+        await page.locator("path.gc-feature").click()
+        popup = page.locator(".leaflet-popup-content")
+        await expect(popup).to_contain_text("<script>window.pwned = 3</script>")
+        await expect(popup.locator("th")).to_have_text("<img src=x onerror=alert(1)>")
+    assert await page.locator("#log img, #log script, #log b, #log a, .leaflet-popup img").count() == 0
+    assert await page.evaluate("window.pwned") is None
+    pages.assert_clean()
+
+
+# --- Images ----------------------------------------------------------------------------------
+
+
+async def test_images_from_the_page_arrive_resized(
+    server_factory: ServerFactory, pages: Pages, tmp_path: Path
+) -> None:
+    server = quiet_server(server_factory, max_image_size=200)
+    page = await pages.open(server)
+    await join(page, "alice")
+    async with ws_client(server) as bob:
+        await bob.register("qgis_bob")
+        picked = tmp_path / "photo.png"
+        picked.write_bytes(png(1200, 600))
+        await page.set_input_files("#image-input", str(picked))
+        image = await bob.expect("image", author="alice")
+        assert set(image) == {"type", "author", "avatar", "image_data"}
+        assert decoded_size(image["image_data"]) == (200, 100)
+
+        # Dropped on the room, and pasted into the message field.
+        data = base64.b64encode(png(300, 900)).decode()
+        for target, kind in (("#chat-view", "drop"), ("#message", "paste")):
+            await page.evaluate(
+                """([data, selector, kind]) => {
+                    const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0));
+                    const transfer = new DataTransfer();
+                    transfer.items.add(new File([bytes], "shot.png", {type: "image/png"}));
+                    const init = {bubbles: true, cancelable: true};
+                    const event = kind === "drop"
+                        ? new DragEvent("drop", {...init, dataTransfer: transfer})
+                        : new ClipboardEvent("paste", {...init, clipboardData: transfer});
+                    document.querySelector(selector).dispatchEvent(event);
+                }""",
+                [data, target, kind],
+            )
+            image = await bob.expect("image", author="alice")
+            assert decoded_size(image["image_data"]) == (67, 200)
+
+        # Shown inline; a click enlarges, Escape closes.
+        thumbnails = page.locator("#log .thumb img")
+        await expect(thumbnails).to_have_count(3)
+        await expect(thumbnails.first).to_have_js_property("naturalWidth", 200)
+        await page.locator("#log .thumb").first.click()
+        await expect(page.locator("#image-dialog")).to_be_visible()
+        await expect(page.locator("#image-large")).to_have_js_property("naturalWidth", 200)
+        await page.keyboard.press("Escape")
+        await expect(page.locator("#image-dialog")).to_be_hidden()
+    pages.assert_clean()
+
+
+async def test_image_too_large_for_a_frame_is_scaled_down_first(
+    server_factory: ServerFactory, pages: Pages, tmp_path: Path
+) -> None:
+    server = quiet_server(server_factory, max_frame_size=65_536, max_image_size=100)
+    page = await pages.open(server)
+    await join(page, "alice")
+    async with ws_client(server) as bob:
+        await bob.register("qgis_bob")
+        big = tmp_path / "noise.png"
+        big.write_bytes(png(400, 300, noise=True))  # ~360 kB, far above one 64 kB frame
+        await page.set_input_files("#image-input", str(big))
+        image = await bob.expect("image", author="alice")
+        assert decoded_size(image["image_data"]) == (100, 75)
+    await expect(page.locator("#connection")).to_have_text("connected")
+    pages.assert_clean()
+
+
+# --- The map ---------------------------------------------------------------------------------
+
+
+async def test_layers_and_extents_from_qgis_land_on_the_map(
+    server_factory: ServerFactory, pages: Pages
+) -> None:
+    server = quiet_server(server_factory)
+    alice = await pages.open(server)
+    await join(alice, "alice")
+    phone = await pages.open(server, PHONE)
+    await join(phone, "field_ana")
+    async with ws_client(server) as bob:
+        await bob.register("qgis_bob")
+        await say(alice, "Morning! Could someone share the survey zone?")
+        await bob.send(
+            {"type": "text", "author": "qgis_bob", "avatar": None, "text": "Sure, here it is @alice"}
+        )
+        base = {"type": "geojson", "author": "qgis_bob", "avatar": "mIconPolygonLayer.svg"}
+        await bob.send(
+            {
+                **base,
+                "layer_name": "survey 2024",
+                "crs_wkt": 'GEOGCRS["WGS 84",...]',
+                "crs_authid": "EPSG:4326",
+                "geojson": WGS84_FEATURES,
+            }
+        )
+        await bob.send(
+            {
+                **base,
+                "layer_name": "webmercator wells",
+                "crs_wkt": "",
+                "crs_authid": "EPSG:3857",
+                "geojson": MERCATOR_FEATURES,
+            }
+        )
+        await bob.send(
+            {
+                **base,
+                "layer_name": "lambert parcels",
+                "crs_wkt": "",
+                "crs_authid": "EPSG:2154",
+                "geojson": WGS84_FEATURES,
+            }
+        )
+        await bob.send(
+            {
+                "type": "bbox",
+                "author": "qgis_bob",
+                "avatar": None,
+                "crs_wkt": "",
+                "crs_authid": "EPSG:4326",
+                "xmin": 2.15,
+                "xmax": 2.45,
+                "ymin": 48.78,
+                "ymax": 48.92,
+            }
+        )
+        await bob.send(
+            {"type": "crs", "author": "qgis_bob", "avatar": None, "crs_wkt": "", "crs_authid": "EPSG:2154"}
+        )
+        await bob.expect("crs")
+
+        # 4 WGS 84 features and 2 Web Mercator ones are drawn; the Lambert-93 layer is only listed.
+        await expect(alice.locator(".leaflet-overlay-pane path.gc-feature")).to_have_count(6)
+        await expect(alice.locator(".leaflet-overlay-pane path.gc-bbox")).to_have_count(1)
+        entries = alice.locator(".layer-list > li")
+        await expect(entries).to_have_count(4)
+        await expect(entries.nth(0)).to_contain_text("survey 2024")
+        await expect(entries.nth(0)).to_contain_text("by qgis_bob · 4 features · EPSG:4326")
+        await expect(entries.nth(2)).to_contain_text("EPSG:2154")
+        await expect(entries.nth(2)).to_contain_text("not drawn")
+        await expect(alice.locator("#log")).to_contain_text("CRS EPSG:2154")
+
+        # Hiding, popups and zooming.
+        await entries.nth(1).get_by_role("checkbox").uncheck()
+        await expect(alice.locator("path.gc-feature")).to_have_count(4)
+        await entries.nth(1).get_by_role("checkbox").check()
+        await expect(alice.locator("path.gc-feature")).to_have_count(6)
+        await entries.nth(1).get_by_role("button", name="Zoom to").click()
+        await alice.wait_for_function(BBOX_FILLS_MAP, arg=False)
+        await entries.nth(3).get_by_role("button", name="Zoom to").click()
+        await alice.wait_for_function(BBOX_FILLS_MAP, arg=True)
+
+        # The phone shows the chat first and flags the map; the map pane has everything drawn.
+        await expect(phone.locator("#show-map")).to_have_class(re.compile(r"\bhas-news\b"))
+        await expect(phone.locator("#map-pane")).to_be_hidden()
+        await phone.locator("#show-map").click()
+        await expect(phone.locator("#map-pane")).to_be_visible()
+        await expect(phone.locator("path.gc-feature")).to_have_count(6)
+
+        await alice.locator("path.gc-feature").nth(2).click()
+        await expect(alice.locator(".leaflet-popup-content")).to_contain_text("well 1")
+        await screenshot(alice, "busy-room-desktop.png")
+        await screenshot(phone, "busy-room-phone-map.png")
+        await phone.locator("#show-chat").click()
+        await screenshot(phone, "busy-room-phone-chat.png")
+    pages.assert_clean()
+
+
+async def test_the_page_shares_layers_extents_and_positions(
+    server_factory: ServerFactory, pages: Pages, tmp_path: Path
+) -> None:
+    server = quiet_server(server_factory)
+    page = await pages.open(
+        server, DESKTOP, permissions=["geolocation"], geolocation={"latitude": 45.19, "longitude": 5.72}
+    )
+    await join(page, "alice")
+    async with ws_client(server) as bob:
+        await bob.register("qgis_bob")
+        upload = tmp_path / "wells.geojson"
+        upload.write_bytes(orjson.dumps(WGS84_FEATURES))
+        await page.set_input_files("#layer-input", str(upload))
+        layer = await bob.expect("geojson", author="alice")
+        assert list(layer) == ["type", "author", "avatar", "layer_name", "crs_wkt", "crs_authid", "geojson"]
+        assert layer["layer_name"] == "wells"
+        assert layer["crs_authid"] == "EPSG:4326"
+        assert layer["crs_wkt"].startswith('GEOGCRS["WGS 84"')
+        assert layer["crs_wkt"].endswith('ID["EPSG",4326]]')
+        assert layer["geojson"] == WGS84_FEATURES
+        await expect(page.locator("path.gc-feature")).to_have_count(4)
+
+        await page.get_by_role("button", name="Share view").click()
+        bbox = await bob.expect("bbox", author="alice")
+        keys = ["type", "author", "avatar", "crs_wkt", "crs_authid", "xmin", "xmax", "ymin", "ymax"]
+        assert list(bbox) == keys
+        assert bbox["crs_authid"] == "EPSG:4326"
+        assert bbox["crs_wkt"] == layer["crs_wkt"]
+        # The view was fitted to the layer: the extent shared holds it.
+        assert -180 <= bbox["xmin"] <= 2.2 < 2.4 <= bbox["xmax"] <= 180
+        assert -90 <= bbox["ymin"] <= 48.8 < 48.89 <= bbox["ymax"] <= 90
+        await expect(page.locator("path.gc-bbox")).to_have_count(1)
+
+        await page.get_by_role("button", name="Share position").click()
+        position = await bob.expect("geojson", author="alice", layer_name="position of alice")
+        point = position["geojson"]["features"][0]["geometry"]
+        assert point == {"type": "Point", "coordinates": [5.72, 45.19]}
+        assert position["crs_authid"] == "EPSG:4326"
+        await expect(page.locator("path.gc-feature")).to_have_count(5)
+    pages.assert_clean()
+
+
+async def test_basemap_tiles_load_under_the_policy(server_factory: ServerFactory, pages: Pages) -> None:
+    """Tiles come from the configured origin, which the page's policy allows (served here by the test)."""
+    server = server_factory(
+        map_tile_url="https://{s}.tiles.example.test/base/{z}/{x}/{y}.png",
+        map_tile_attribution='Tiles &copy; <a href="https://example.test/">Example</a>',
+    )
+    requested: list[str] = []
+    tile = png(256, 256)
+
+    async def serve_tile(route: Route) -> None:
+        requested.append(route.request.url)
+        await route.fulfill(status=200, content_type="image/png", body=tile)
+
+    page = await pages.open(server)
+    await page.route(re.compile(r"^https://[abc]\.tiles\.example\.test/base/"), serve_tile)
+    await join(page, "alice")
+    await expect(page.locator("img.leaflet-tile-loaded").first).to_be_visible()
+    assert re.fullmatch(r"https://[abc]\.tiles\.example\.test/base/2/\d+/\d+\.png", requested[0])
+    attribution = page.locator(".leaflet-control-attribution")
+    await expect(attribution).to_have_text("Tiles © Example")
+    await expect(attribution.locator("a")).to_have_attribute("href", "https://example.test/")
+    pages.assert_clean()
+
+
+# --- Reconnection ----------------------------------------------------------------------------
+
+
+async def test_the_page_reconnects_after_a_server_restart(
+    server_factory: ServerFactory, pages: Pages
+) -> None:
+    server = quiet_server(server_factory)
+    page = await pages.open(server)
+    await join(page, "alice")
+    pages.allowed.append(WEBSOCKET_REFUSED)
+
+    server.stop()
+    await expect(page.locator("#log")).to_contain_text("Connection lost. Reconnecting…")
+    await expect(page.locator("#connection")).to_contain_text("reconnecting")
+    restarted = start_server(server.settings, port=server.port)
+    try:
+        await expect(page.locator("#log li.notice.ok")).to_have_text("Reconnected as alice.", timeout=15_000)
+        await expect(page.locator("#connection")).to_have_text("connected")
+        async with ws_client(restarted) as bob:
+            await bob.register("qgis_bob")
+            await bob.send({"type": "text", "author": "qgis_bob", "avatar": None, "text": "welcome back"})
+            await expect(message_item(page, "qgis_bob", "welcome back")).to_be_visible()
+            await expect(page.locator("#user-list")).to_contain_text("alice")
+            await say(page, "thanks")
+            assert (await bob.expect("text", author="alice"))["text"] == "thanks"
+    finally:
+        restarted.stop()
+    pages.assert_clean()
