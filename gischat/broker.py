@@ -1,22 +1,26 @@
 """Fan-out between server processes, behind one small interface.
 
-A room's messages are published to the broker and come back to every process that holds
-sockets of that room, which then hands them to its local sockets. With the default
-`memory://` broker there is one process and "coming back" is a plain function call, so a
+A room's messages are published to the broker and come back to every process (node) that
+holds sockets of that room, which then hands them to its local sockets. With the default
+`memory://` broker there is one node and "coming back" is a plain function call, so a
 message reaches local sockets in the same event-loop step it was published in.
 
 `publish` never waits: it hands the envelope over in call order, and that order is the
 order everyone sees (one sender's messages, or an `exiter` before the next `newcomer` of
-the same nickname). A networked broker (Redis, in a later release) keeps the same promise
-by appending to one ordered outgoing queue that a single task drains; it plugs in behind
-the same three methods, chosen by URL.
+the same nickname). The Redis broker (`gischat.redis_broker`) keeps the same promise by
+appending to one ordered outgoing queue that a single task drains, and adds what a shared
+service needs: nickname claims decided in Redis, and a mirror of the other nodes' sockets
+and nicknames, so that counts, user lists and identity checks are global without a round
+trip per message.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from gischat.settings import Settings
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,42 +36,116 @@ class Envelope:
     keep: bool = False
 
 
-Deliver = Callable[[str, Envelope], None]
+class Node(Protocol):
+    """What a broker needs from the rooms of its process (the hub)."""
+
+    def deliver(self, room: str, envelope: Envelope) -> None:
+        """Hand an envelope to the local sockets of `room`."""
+
+    def remote_changed(self, room: str) -> None:
+        """Other nodes' sockets in `room` changed: the room's count is due again."""
+
+    def local_count(self, room: str) -> int:
+        """Open sockets of `room` on this node."""
+
+    def local_nicknames(self) -> list[tuple[str, str, str]]:
+        """(room, nickname key, nickname) of every nickname registered on this node."""
+
+    def revoke(self, room: str, key: str, reason: str) -> None:
+        """A local socket loses its nickname (another node holds it): tell it why."""
+
+    def reset_history(self, room: str, payloads: list[str]) -> None:
+        """Replace a room's history with the shared one."""
 
 
 class Broker(Protocol):
-    """Where a room's messages go to reach every process that serves the room."""
+    """Where a room's messages go to reach every node that serves the room."""
 
-    async def start(self, deliver: Deliver) -> None:
-        """Begin handing published envelopes to `deliver(room, envelope)`."""
+    async def start(self, node: Node) -> None:
+        """Begin handing published envelopes to `node.deliver(room, envelope)`."""
 
     async def stop(self) -> None:
-        """Release connections; nothing is delivered afterwards."""
+        """Leave the service (others see this node's users go) and release connections."""
 
     def publish(self, room: str, envelope: Envelope) -> None:
-        """Send an envelope to every process that serves `room`, this one included, in call order."""
+        """Send an envelope to every node that serves `room`, this one included, in call order."""
+
+    async def claim(self, room: str, key: str, nickname: str, payload: str) -> bool:
+        """Register `nickname` for this node, first come first served across nodes; on success
+        `payload` (the `newcomer`) is published, ordered after everything published before."""
+
+    def release(self, room: str, key: str, nickname: str, payload: str) -> None:
+        """This node's socket registered as `nickname` left: free it and publish `payload` (`exiter`)."""
+
+    def count_changed(self, room: str) -> None:
+        """The number of this node's sockets in `room` changed."""
+
+    def remote_count(self, room: str) -> int:
+        """Sockets of `room` on the other nodes."""
+
+    def remote_owner(self, room: str, key: str) -> str | None:
+        """The nickname registered under `key` in `room` on another node, if any."""
+
+    def remote_users(self, room: str) -> list[str]:
+        """Nicknames registered in `room` on the other nodes."""
+
+    def status(self) -> dict[str, Any] | None:
+        """The broker's state for `/status` (None: a single process, nothing to say)."""
+
+    @property
+    def healthy(self) -> bool:
+        """Whether this node is part of the shared service right now."""
 
 
 class MemoryBroker:
-    """Single-process broker: publishing is delivering."""
+    """Single-process broker: publishing is delivering, and there are no other nodes."""
+
+    healthy = True
 
     def __init__(self) -> None:
-        self._deliver: Deliver | None = None
+        self._node: Node | None = None
 
-    async def start(self, deliver: Deliver) -> None:
-        self._deliver = deliver
+    async def start(self, node: Node) -> None:
+        self._node = node
 
     async def stop(self) -> None:
-        self._deliver = None
+        self._node = None
 
     def publish(self, room: str, envelope: Envelope) -> None:
-        if self._deliver is not None:
-            self._deliver(room, envelope)
+        if self._node is not None:
+            self._node.deliver(room, envelope)
+
+    async def claim(self, room: str, key: str, nickname: str, payload: str) -> bool:
+        # The hub checked its own registry: with one node that is the whole truth.
+        self.publish(room, Envelope(payload))
+        return True
+
+    def release(self, room: str, key: str, nickname: str, payload: str) -> None:
+        self.publish(room, Envelope(payload))
+
+    def count_changed(self, room: str) -> None:
+        return None
+
+    def remote_count(self, room: str) -> int:
+        return 0
+
+    def remote_owner(self, room: str, key: str) -> str | None:
+        return None
+
+    def remote_users(self, room: str) -> list[str]:
+        return []
+
+    def status(self) -> dict[str, Any] | None:
+        return None
 
 
-def create_broker(url: str) -> Broker:
-    """Pick the broker implementation from its URL scheme."""
-    scheme = url.split("://", 1)[0]
-    if scheme != "memory":  # settings validation refuses other schemes first
-        raise ValueError(f"unsupported broker URL scheme {scheme!r}")
-    return MemoryBroker()
+def create_broker(settings: Settings) -> Broker:
+    """Pick the broker implementation from the URL scheme of `BROKER_URL`."""
+    scheme = settings.broker_url.split("://", 1)[0]
+    if scheme == "memory":
+        return MemoryBroker()
+    if scheme in ("redis", "rediss"):
+        from gischat.redis_broker import RedisBroker
+
+        return RedisBroker(settings)
+    raise ValueError(f"unsupported broker URL scheme {scheme!r}")  # settings refuse it first

@@ -92,6 +92,8 @@ class ChatService:
         self.processor = Processor(settings)
         self.metrics = hub.metrics
         self.metrics.watch(live_state(hub, self.processor))
+        # A socket whose nickname another node won (after a split) no longer holds one.
+        hub.on_nickname_lost = lambda conn: self.addresses.drop_nickname(conn.address)
         self.refusal_log = RefusalLog(logger, settings.log_rate)
         self._housekeeping: asyncio.Task[None] | None = None
 
@@ -260,8 +262,7 @@ class ChatService:
         """Act on one valid message from a websocket."""
         self.metrics.received.labels(message.kind if isinstance(message, Prepared) else message.type).inc()
         if isinstance(message, NewcomerMessage):
-            self._register(conn, message.newcomer)
-            self.hub.publish(conn.room, message.to_wire())
+            await self._register(conn, message.newcomer, message.to_wire())
         elif isinstance(message, LikeMessage):
             self.hub.check_author(conn, conn.room, message.liker_author, "liker_author")
             # Only the liked author hears of it; nobody registered under that name, no delivery.
@@ -278,16 +279,17 @@ class ChatService:
             said = message.text if isinstance(message, TextMessage) else None
             self.hub.publish(conn.room, message.to_wire(), keep=worth_keeping(message.type, said))
 
-    def _register(self, conn: Connection, nickname: str) -> None:
-        """Per-address quotas on nicknames, then the room's own first-come rule."""
+    async def _register(self, conn: Connection, nickname: str, payload: str) -> None:
+        """Per-address quotas on nicknames, then the room's own first-come rule (on every node)."""
         if not self.addresses.may_register(conn.address):
             raise SlowDown("registrations", self.rates.registrations.reason())
         limit = self.settings.max_nicknames_per_ip
         if conn.nickname is None and self.addresses.nicknames.get(conn.address, 0) >= limit:
             self.metrics.rate_limited.labels("nicknames_per_ip").inc()
             raise Uncompliant(f"newcomer: too many nicknames registered from your address (max {limit})")
-        self.hub.register(conn, nickname)
-        self.addresses.add_nickname(conn.address)
+        await self.hub.register(conn, nickname, payload)
+        if conn.nickname is not None:  # it may have gone while the claim was decided
+            self.addresses.add_nickname(conn.address)
 
     def check_post(self, address: str, origin: str | None, host: str | None) -> None:
         """Whether this address may post a text now (origin, then its rate)."""
@@ -304,7 +306,7 @@ class ChatService:
                 raise Uncompliant("type: only 'text' messages can be sent here")
         message = models.parse_object(body, self.limits)
         assert isinstance(message, TextMessage)
-        if self.hub.rooms[room].owner(message.author) is not None:
+        if self.hub.taken(room, message.author):
             raise NicknameTaken(f"author '{message.author}' is registered by a user of room '{room}'")
         self.hub.publish(room, message.to_wire(), keep=worth_keeping("text", message.text))
         logger.info("text posted over HTTP to %r by %r", room, message.author, extra=context(room=room))

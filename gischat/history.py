@@ -44,6 +44,10 @@ class History:
         while len(self._items) > self.max_messages or self._bytes > self.max_bytes:
             self._bytes -= self._items.popleft().size
 
+    def clear(self) -> None:
+        self._items.clear()
+        self._bytes = 0
+
     def items(self) -> list[Outgoing]:
         """Oldest first, as they were said."""
         return list(self._items)

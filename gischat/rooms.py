@@ -1,9 +1,11 @@
 """Rooms: who is connected, who has registered which nickname, and local delivery.
 
 The hub owns every room of the instance. Outgoing room messages go through the broker and
-come back through `_deliver`, which pushes the one serialised text to each local socket's
+come back through `deliver`, which pushes the one serialised text to each local socket's
 queue. Membership changes are synchronous, so the counts and the user list never include
-a socket that is gone, whichever way it went.
+a socket that is gone, whichever way it went. With several nodes (a shared broker) the
+rooms hold this node's sockets and nicknames; the broker mirrors the other nodes', and
+counts, user lists and identity checks add both.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ import unicodedata
 from starlette.websockets import WebSocket
 
 from gischat import models
-from gischat.broker import Broker, Envelope
+from collections.abc import Callable
+
+from gischat.broker import Broker, Envelope, MemoryBroker
 from gischat.connection import Connection, Outgoing
 from gischat.history import History
 from gischat.metrics import Metrics
@@ -42,22 +46,39 @@ class Room:
         "history",
         "name",
         "nicknames",
+        "pending",
+        "remote",
     )
 
-    def __init__(self, name: str, count_interval: float, history: History, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        name: str,
+        count_interval: float,
+        history: History,
+        metrics: Metrics,
+        remote: Callable[[str], int] | None = None,
+    ) -> None:
         self.name = name
         self._metrics = metrics
+        # Sockets of this room on other nodes (none with the memory broker).
+        self.remote = remote
         self.connections: set[Connection] = set()
         self.history = history
         # nickname_key(nickname) -> the socket that registered it: nicknames are unique
         # regardless of case and width, so "Alice" and "alice" cannot both be in one room.
         self.nicknames: dict[str, Connection] = {}
+        # Keys of nicknames this node is claiming from the shared registry right now.
+        self.pending: set[str] = set()
         self.count_interval = count_interval
         self._count_timer: asyncio.TimerHandle | None = None
         self._last_count_sent = float("-inf")
 
     def owner(self, nickname: str) -> Connection | None:
         return self.nicknames.get(nickname_key(nickname))
+
+    def total(self) -> int:
+        """Open sockets of the room on every node."""
+        return len(self.connections) + (self.remote(self.name) if self.remote is not None else 0)
 
     def users(self) -> list[str]:
         """Registered nicknames, sorted the way people read them (case-insensitively)."""
@@ -91,7 +112,7 @@ class Room:
         self.count_changed()
         backlog = self.history.items()
         if backlog:
-            conn.push_text(models.nb_users(len(self.connections)))
+            conn.push_text(models.nb_users(self.total()))
             for item in backlog:
                 conn.push(item)
 
@@ -112,7 +133,7 @@ class Room:
     def _send_count(self) -> None:
         self._count_timer = None
         self._last_count_sent = asyncio.get_running_loop().time()
-        self.deliver(Envelope(models.nb_users(len(self.connections))))
+        self.deliver(Envelope(models.nb_users(self.total())))
 
     def close(self) -> None:
         if self._count_timer is not None:
@@ -127,31 +148,93 @@ class Hub:
         self.settings = settings
         self.broker = broker
         self.metrics = metrics if metrics is not None else Metrics()
+        remote = None if isinstance(broker, MemoryBroker) else broker.remote_count
         self.rooms = {
             name: Room(
                 name,
                 settings.nb_users_interval,
                 History(settings.max_stored_messages, settings.max_stored_bytes),
                 self.metrics,
+                remote,
             )
             for name in settings.rooms
         }
+        # Called when a socket loses its nickname without leaving (see `revoke`).
+        self.on_nickname_lost: Callable[[Connection], None] | None = None
 
     async def start(self) -> None:
-        await self.broker.start(self._deliver)
+        await self.broker.start(self)
 
     async def stop(self) -> None:
         for room in self.rooms.values():
             room.close()
         await self.broker.stop()
 
-    def _deliver(self, room: str, envelope: Envelope) -> None:
+    # What the broker calls (gischat.broker.Node).
+
+    def deliver(self, room: str, envelope: Envelope) -> None:
         target = self.rooms.get(room)
         if target is not None:
             target.deliver(envelope)
 
+    _deliver = deliver
+
+    def remote_changed(self, room: str) -> None:
+        target = self.rooms.get(room)
+        if target is not None:
+            target.count_changed()
+
+    def local_count(self, room: str) -> int:
+        target = self.rooms.get(room)
+        return len(target.connections) if target is not None else 0
+
+    def local_nicknames(self) -> list[tuple[str, str, str]]:
+        return [
+            (room.name, key, conn.nickname)
+            for room in self.rooms.values()
+            for key, conn in room.nicknames.items()
+            if conn.nickname is not None
+        ]
+
+    def revoke(self, room: str, key: str, reason: str) -> None:
+        target = self.rooms.get(room)
+        conn = target.nicknames.pop(key, None) if target is not None else None
+        if conn is None:
+            return
+        logger.warning("%s in %r: nickname %r lost to another node", conn.peer, room, conn.nickname)
+        conn.nickname = None
+        if self.on_nickname_lost is not None:
+            self.on_nickname_lost(conn)
+        conn.push_text(models.uncompliant(reason))
+
+    def reset_history(self, room: str, payloads: list[str]) -> None:
+        target = self.rooms.get(room)
+        if target is not None:
+            target.history.clear()
+            for payload in payloads:
+                target.history.add(Outgoing.of(payload))
+
+    # What the chat service calls.
+
     def publish(self, room: str, payload: str, to: str | None = None, keep: bool = False) -> None:
         self.broker.publish(room, Envelope(payload, to, keep))
+
+    def count(self, room: str) -> int:
+        """Open sockets of a room, all nodes together."""
+        return self.rooms[room].total()
+
+    def users(self, room: str) -> list[str]:
+        """Registered nicknames of a room on every node, sorted case-insensitively."""
+        target = self.rooms[room]
+        names = [conn.nickname for conn in target.nicknames.values() if conn.nickname is not None]
+        names.extend(self.broker.remote_users(room))
+        return sorted(names, key=lambda name: (name.casefold(), name))
+
+    def taken(self, room: str, nickname: str) -> bool:
+        """Whether a socket (of any node) registered this nickname in the room, or is registering it."""
+        key = nickname_key(nickname)
+        target = self.rooms[room]
+        return key in target.nicknames or key in target.pending or self.broker.remote_owner(room, key) is not None
 
     def join(self, websocket: WebSocket, room: str) -> Connection:
         conn = Connection(
@@ -163,6 +246,7 @@ class Hub:
         )
         target = self.rooms[room]
         target.welcome(conn)
+        self.broker.count_changed(room)
         logger.info("%s joined %r (%d connected)", conn.peer, room, len(target.connections))
         return conn
 
@@ -177,21 +261,40 @@ class Hub:
             return
         room.connections.discard(conn)
         room.count_changed()
+        self.broker.count_changed(room.name)
         nickname = conn.nickname
-        if nickname is not None and room.nicknames.get(nickname_key(nickname)) is conn:
-            del room.nicknames[nickname_key(nickname)]
-            self.publish(room.name, models.exiter(nickname))
+        if nickname is not None:
+            key = nickname_key(nickname)
+            if room.nicknames.get(key) is conn:
+                del room.nicknames[key]
+                self.broker.release(room.name, key, nickname, models.exiter(nickname))
         logger.info("%s left %r (%d connected)", conn.peer, room.name, len(room.connections))
 
-    def register(self, conn: Connection, nickname: str) -> None:
-        """Give a socket its nickname in its room, first come first served."""
+    async def register(self, conn: Connection, nickname: str, payload: str) -> None:
+        """Give a socket its nickname in its room, first come first served, and announce it.
+
+        With the memory broker this completes in the calling loop step. With a shared broker
+        the claim is decided in Redis, ordered after everything this node published before it.
+        """
         room = self.rooms[conn.room]
         if conn.nickname is not None:
             raise Uncompliant(f"newcomer: this connection is already registered as '{conn.nickname}'")
-        if room.owner(nickname) is not None:
+        if self.taken(room.name, nickname):
             raise Uncompliant(f"newcomer: '{nickname}' is already taken in this room")
+        key = nickname_key(nickname)
+        room.pending.add(key)
+        try:
+            won = await self.broker.claim(room.name, key, nickname, payload)
+        finally:
+            room.pending.discard(key)
+        if not won:
+            raise Uncompliant(f"newcomer: '{nickname}' is already taken in this room")
+        if conn not in room.connections:
+            # It went while the claim was on its way: give the nickname back at once.
+            self.broker.release(room.name, key, nickname, models.exiter(nickname))
+            return
         conn.nickname = nickname
-        room.nicknames[nickname_key(nickname)] = conn
+        room.nicknames[key] = conn
         logger.info("%s registered as %r in %r", conn.peer, nickname, room.name)
 
     def check_author(self, conn: Connection | None, room: str, author: str, field: str = "author") -> None:
@@ -200,5 +303,5 @@ class Hub:
             if author != conn.nickname:
                 raise Uncompliant(f"{field}: this connection is registered as '{conn.nickname}'")
             return
-        if self.rooms[room].owner(author) is not None:
+        if self.taken(room, author):
             raise Uncompliant(f"{field}: '{author}' is registered by another user in this room")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict
 
 
@@ -55,6 +57,8 @@ class StatusResponse(BaseModel):
     status: str
     healthy: bool
     rooms: list[RoomStatus]
+    # Only with a shared broker (BROKER_URL=redis://...): its state as this node sees it.
+    broker: dict[str, Any] | None = None
 
 
 class VersionResponse(BaseModel):

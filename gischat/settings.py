@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from typing import Annotated, Any, Literal, Self
+from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -141,7 +142,15 @@ class Settings(BaseSettings):
     map_tile_attribution: str = DEFAULT_TILE_ATTRIBUTION
 
     # Process.
+    # Fan-out and presence shared by several processes: memory:// (one process) or
+    # redis://[user:password@]host[:port][/db], rediss:// for TLS.
     broker_url: str = "memory://"
+    # Prefix of every Redis key and channel: several instances may share one Redis.
+    redis_key_prefix: str = Field(default="gischat", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    # A node whose heartbeat is this old is dead: the others free its users and nicknames.
+    node_timeout: float = Field(default=5.0, ge=0.2, le=60)
+    # Longest wait between two attempts to reach Redis.
+    redis_reconnect_max_delay: float = Field(default=5.0, gt=0, le=300)
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     workers: int = Field(default=1, ge=1, le=64)
@@ -230,8 +239,20 @@ class Settings(BaseSettings):
     @field_validator("broker_url")
     @classmethod
     def _check_broker_url(cls, url: str) -> str:
-        if not url.startswith("memory://"):
-            raise ValueError(f"unsupported broker {url.split(':', 1)[0]!r}; this release supports memory://")
+        # Never echo the URL: it may carry a password.
+        scheme = url.split("://", 1)[0] if "://" in url else ""
+        if scheme not in ("memory", "redis", "rediss"):
+            raise ValueError("unsupported broker: use memory://, redis://host:port or rediss://host:port")
+        if scheme != "memory":
+            try:
+                parsed = urlsplit(url)
+                parsed.port  # noqa: B018 (raises on a port that is not a number)
+            except ValueError:
+                raise ValueError("not a valid redis:// URL (port?)") from None
+            if not parsed.hostname:
+                raise ValueError("a redis:// URL needs a host: redis://host:6379")
+            if parsed.path not in ("", "/") and not parsed.path[1:].isdigit():
+                raise ValueError("the path of a redis:// URL is a database number: redis://host:6379/0")
         return url
 
     @model_validator(mode="after")
