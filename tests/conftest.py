@@ -22,6 +22,7 @@ import orjson
 import pytest
 import uvicorn
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
 
 from gischat.app import create_app
 from gischat.cli import listening_socket, uvicorn_options
@@ -195,6 +196,15 @@ class Client:
 async def ws_client(server: LiveServer, room: str = "QGIS", **kwargs: Any) -> AsyncIterator[Client]:
     async with connect(server.ws_url(room), open_timeout=TIMEOUT, max_size=None, **kwargs) as ws:
         yield Client(ws)
+
+
+async def closing(client: Client) -> ConnectionClosed:
+    """Read until the server ends the socket; how it ended is what the caller looks at."""
+    while True:
+        try:
+            await client.recv()
+        except ConnectionClosed as exc:
+            return exc
 
 
 async def wait_for(predicate: Callable[[], Any], timeout: float = TIMEOUT) -> None:

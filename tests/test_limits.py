@@ -19,7 +19,7 @@ from gischat.limits import AddressBook, Rate, Rates, TokenBucket
 from gischat.logs import LINES_PER_CONNECTION, RefusalLog
 from gischat.settings import Settings
 
-from conftest import TIMEOUT, Client, LiveServer, ServerFactory, text, wait_for, ws_client
+from conftest import TIMEOUT, Client, LiveServer, ServerFactory, closing, text, wait_for, ws_client
 from wire import next_frame, wait_type
 
 pytestmark = pytest.mark.anyio
@@ -35,15 +35,6 @@ def source(address: str) -> dict[str, Any]:
 async def echo(client: Client, author: str, body: str) -> None:
     await client.send(text(author, body))
     await wait_type(client, "text", author=author, text=body)
-
-
-async def closing(client: Client) -> ConnectionClosed:
-    """Read until the server closes the socket; the close is what the test looks at."""
-    while True:
-        try:
-            await client.recv()
-        except ConnectionClosed as exc:
-            return exc
 
 
 # Buckets and books, with a clock the test turns.

@@ -45,7 +45,7 @@ from test_cli import clean_env
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from conftest import TIMEOUT, Client, ServerFactory, free_port, text, wait_for
+from conftest import TIMEOUT, Client, ServerFactory, closing, free_port, text, wait_for
 
 pytestmark = pytest.mark.anyio
 
@@ -286,15 +286,6 @@ async def wss(
         **kwargs,
     ) as ws:
         yield Client(ws)
-
-
-async def closing(client: Client) -> ConnectionClosed:
-    """Read until the socket ends; how it ended is what the caller looks at."""
-    while True:
-        try:
-            await client.recv()
-        except ConnectionClosed as exc:
-            return exc
 
 
 async def refused_status(port: int, tls: ssl.SSLContext, source: str, **kwargs: Any) -> int:
