@@ -267,7 +267,16 @@ def cli() -> int:
         action="store_true",
         help="profile each server with py-spy (bench extra); stacks go to bench/results/*.py-spy.txt",
     )
+    parser.add_argument(
+        "--redis",
+        action="store_true",
+        help="run the scale-out scenarios instead (bench/scenarios_redis.py: 2 nodes on Redis vs 1 on memory://)",
+    )
     args = parser.parse_args()
+    if args.redis:
+        from scenarios_redis import main as redis_main
+
+        return uvloop.run(redis_main())
     OPTIONS.profile = args.py_spy
     # These scenarios measure the relay, with hundreds of clients on one loopback address
     # sending as fast as they can: the per-address quotas and per-client rates, which

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
+import os
 import socket
 import sys
 from typing import Any
 
 import uvicorn
+from uvicorn.supervisors.multiprocess import Multiprocess
 
 from gischat.settings import Settings, SettingsError, load_settings
 from gischat.transport import (
@@ -118,16 +121,37 @@ def log_connection_ceiling(log: logging.Logger, requested: int, nofile: int) -> 
         )
 
 
+# How the `gischat` command hands its settings to worker processes (WORKERS above 1).
+WORKER_SETTINGS = "GISCHAT_WORKER_SETTINGS"
+
+
+def worker_app() -> Any:
+    """The app of one worker process, built from the settings the `gischat` command read."""
+    from gischat.app import create_app
+
+    values = json.loads(os.environ[WORKER_SETTINGS])
+    return create_app(Settings(_env_file=None, **values))
+
+
 def serve(settings: Settings) -> None:
-    """Run one server process on a socket bound with our options."""
+    """Run the server on a socket bound with our options: one process, or WORKERS of them.
+
+    Worker processes share the one listening socket (the kernel hands each connection to one of
+    them) and each is a node of the shared broker; uvicorn's supervisor replaces a worker that
+    dies. Workers are spawned, so each builds its own app from the settings.
+    """
     from gischat.app import create_app
 
     options = uvicorn_options(settings)
-    options.pop("workers")
+    workers = options.pop("workers")
     sock = listening_socket(settings)
     # Before the app is built: its transport guard sizes the connection cap from this limit.
     nofile = raise_nofile_limit()
-    config = uvicorn.Config(create_app(settings), **options)  # also sets up logging
+    if workers > 1:
+        os.environ[WORKER_SETTINGS] = settings.model_dump_json()
+        config = uvicorn.Config("gischat.cli:worker_app", factory=True, workers=workers, **options)
+    else:
+        config = uvicorn.Config(create_app(settings), **options)  # also sets up logging
     host, port = sock.getsockname()[:2]
     log = logging.getLogger("gischat")
     log.info("listening on http://%s:%d", f"[{host}]" if ":" in host else host, port)
@@ -136,7 +160,11 @@ def serve(settings: Settings) -> None:
         log.warning("LOG_FORMAT=%s has no effect: LOG_CONFIG sets the format", settings.log_format)
     # Ctrl+C is re-raised after the graceful shutdown; swallow it as `uvicorn.run` does.
     with contextlib.suppress(KeyboardInterrupt):
-        uvicorn.Server(config).run(sockets=[sock])
+        if workers > 1:
+            log.info("%d worker processes, each a node of the broker", workers)
+            Multiprocess(config, sockets=[sock]).run()
+        else:
+            uvicorn.Server(config).run(sockets=[sock])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -151,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"gischat: {exc}", file=sys.stderr)
         return 2
-    # One process: settings refuse WORKERS above 1 until a shared broker exists.
+    # Settings refuse WORKERS above 1 without a shared broker.
     try:
         serve(settings)
     except OSError as exc:  # the port is taken, the address is not ours...

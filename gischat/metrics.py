@@ -21,6 +21,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
+    from gischat.broker import Broker
     from gischat.processing import Processor
     from gischat.rooms import Hub
 
@@ -183,6 +184,23 @@ def live_state(hub: Hub, processor: Processor) -> Callable[[], Iterable[Metric]]
             "gischat_processing_bytes",
             "Characters of images and layers queued or in work",
             value=processor.bytes_in_flight,
+        )
+
+    return collect
+
+
+def broker_state(broker: Broker) -> Callable[[], Iterable[Metric]]:
+    """Gauges of a shared broker (BROKER_URL=redis://...), read when Prometheus scrapes."""
+
+    def collect() -> Iterable[Metric]:
+        status = broker.status() or {}
+        yield GaugeMetricFamily(
+            "gischat_broker_up", "1 while this node is part of the shared service", value=int(broker.healthy)
+        )
+        yield GaugeMetricFamily(
+            "gischat_broker_nodes",
+            "Nodes this node sees in the shared service, itself included",
+            value=int(status.get("nodes", 1)),
         )
 
     return collect

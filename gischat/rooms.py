@@ -13,16 +13,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import unicodedata
+from collections.abc import Callable
 
 from starlette.websockets import WebSocket
 
 from gischat import models
-from collections.abc import Callable
-
 from gischat.broker import Broker, Envelope, MemoryBroker
 from gischat.connection import Connection, Outgoing
 from gischat.history import History
-from gischat.metrics import Metrics
+from gischat.metrics import Metrics, broker_state
 from gischat.models import Uncompliant
 from gischat.settings import Settings
 
@@ -149,6 +148,8 @@ class Hub:
         self.broker = broker
         self.metrics = metrics if metrics is not None else Metrics()
         remote = None if isinstance(broker, MemoryBroker) else broker.remote_count
+        if remote is not None:
+            self.metrics.watch(broker_state(broker))
         self.rooms = {
             name: Room(
                 name,
@@ -234,7 +235,11 @@ class Hub:
         """Whether a socket (of any node) registered this nickname in the room, or is registering it."""
         key = nickname_key(nickname)
         target = self.rooms[room]
-        return key in target.nicknames or key in target.pending or self.broker.remote_owner(room, key) is not None
+        return (
+            key in target.nicknames
+            or key in target.pending
+            or self.broker.remote_owner(room, key) is not None
+        )
 
     def join(self, websocket: WebSocket, room: str) -> Connection:
         conn = Connection(

@@ -153,7 +153,13 @@ def test_error_workers_with_memory_broker(monkeypatch: pytest.MonkeyPatch) -> No
 
 @pytest.mark.usefixtures("clean_env")
 @pytest.mark.parametrize(
-    "url", ["redis://user:secret@host", "redis://:secret@host:6379/0", "rediss://user:secret@host"]
+    "url",
+    [
+        "amqp://user:secret@host",
+        "redis://:secret@host:port/0",
+        "rediss://user:secret@/0",
+        "redis://user:secret@host/db",
+    ],
 )
 def test_error_unsupported_broker_hides_password(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
     message = load_error(monkeypatch, BROKER_URL=url)

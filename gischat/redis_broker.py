@@ -1,0 +1,820 @@
+"""The Redis broker: any number of gischat processes (nodes) serving one set of rooms.
+
+What travels, and in which order
+    Every node subscribes to one pub/sub channel, `{prefix}:events`, and delivers what comes
+    back to its own sockets; a node never delivers its own messages directly, so every node
+    sees one order, the order in which Redis ran the scripts that published them. A node
+    sends everything (messages, nickname claims and releases, its socket counts, heartbeats)
+    through one ordered outgoing queue, drained by a single task that pipelines the commands
+    on one connection: one sender's messages, and a `newcomer` after what its socket said
+    before it, keep their order.
+
+Presence, without counters that drift
+    Nicknames live in one hash per room, `{prefix}:nicks:{room}`, nickname key -> owning node
+    and nickname, changed only by Lua scripts that check and write in one step and publish
+    the matching `newcomer`/`exiter` in that same step: a race for a nickname has exactly one
+    winner, and an `exiter` precedes the next claim of the nickname. Socket counts are
+    absolute (each node writes its own per-room numbers, never increments), so nothing adds
+    up wrongly after a crash: a room's count is the sum over the nodes alive.
+
+Mirror
+    Each node keeps in memory what the other nodes hold (their nicknames and counts), loaded
+    from a snapshot when it (re)connects and kept current from the events: identity checks,
+    counts, user lists and likes never wait on Redis. Every event carries a sequence number
+    from `{prefix}:seq`; the snapshot carries the number it was taken at, so an event is
+    applied once, whether it arrived before or after the snapshot.
+
+Nodes that die
+    Each node refreshes its heartbeat (a score in `{prefix}:nodes`, Redis time) several times
+    per `NODE_TIMEOUT`, and asks Redis to reap the nodes whose heartbeat is older. Reaping is
+    one script, so exactly one caller does it: it frees the dead node's nicknames (publishing
+    their `exiter`s), deletes its counts and publishes that the node is gone. A node that
+    stops cleanly reaps itself.
+
+Redis going away
+    The node keeps its own sockets chatting (messages delivered locally, nicknames unique
+    among its own sockets), says `healthy: false` in `/status`, and reconnects with backoff.
+    Back, it runs one script that re-registers it, rewrites its counts, frees the nicknames
+    its sockets gave up meanwhile and claims again those they took; a nickname another node
+    holds by then stays with that node, and the local socket keeps its connection but loses
+    the nickname, with an `uncompliant` saying so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlsplit
+
+import orjson
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import NoScriptError
+
+from gischat.broker import Envelope, Node
+
+if TYPE_CHECKING:
+    from gischat.settings import Settings
+
+logger = logging.getLogger("gischat.broker")
+
+SPLIT_REASON = (
+    "newcomer: '{nickname}' was registered by another user while the server was split; "
+    "register another nickname"
+)
+FIRST_RETRY = 0.1  # seconds before the first reconnection attempt, doubled up to the maximum
+
+# Events are "<seq> <header JSON>\n<payload>"; the header is a JSON array:
+#   ["m", room, node, n, to, keep]          a message (payload: its wire text)
+#   ["c", room, node, n, key, nickname, q]  a nickname claimed (payload: the newcomer)
+#   ["r", room, node, n, key, nickname, q]  a nickname freed (payload: the exiter)
+#   ["n", "", node, n, {room: count}]       a node's socket counts
+#   ["g", "", node, 0]                      a node is gone
+# `n` numbers a node's own commands (0: written by a script on another node's behalf); `q`
+# (quiet) marks what the node's own sockets were already told while Redis was away.
+
+EMIT = """
+local keep = tonumber(ARGV[3])
+if keep > 0 and #ARGV[2] <= tonumber(ARGV[4]) then
+  redis.call('RPUSH', KEYS[3], ARGV[2])
+  redis.call('LTRIM', KEYS[3], -keep, -1)
+end
+local seq = redis.call('INCR', KEYS[1])
+redis.call('PUBLISH', KEYS[2], seq .. ' ' .. ARGV[1] .. '\\n' .. ARGV[2])
+return seq
+"""
+
+CLAIM = """
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return -1 end
+local mine = ARGV[1] .. '\\0' .. ARGV[4]
+local owner = redis.call('HGET', KEYS[4], ARGV[3])
+if owner then
+  if owner == mine then return 2 end
+  return 0
+end
+redis.call('HSET', KEYS[4], ARGV[3], mine)
+redis.call('HSET', KEYS[5], ARGV[2] .. '\\0' .. ARGV[3], ARGV[4] .. '\\0' .. ARGV[7])
+local seq = redis.call('INCR', KEYS[2])
+redis.call('PUBLISH', KEYS[3], seq .. ' ' .. ARGV[5] .. '\\n' .. ARGV[6])
+return 1
+"""
+
+RELEASE = """
+if redis.call('HGET', KEYS[3], ARGV[3]) ~= ARGV[1] .. '\\0' .. ARGV[4] then return 0 end
+redis.call('HDEL', KEYS[3], ARGV[3])
+redis.call('HDEL', KEYS[4], ARGV[2] .. '\\0' .. ARGV[3])
+local seq = redis.call('INCR', KEYS[1])
+redis.call('PUBLISH', KEYS[2], seq .. ' ' .. ARGV[5] .. '\\n' .. ARGV[6])
+return 1
+"""
+
+COUNTS = """
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return -1 end
+for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[4], ARGV[i], ARGV[i + 1]) end
+local seq = redis.call('INCR', KEYS[2])
+redis.call('PUBLISH', KEYS[3], seq .. ' ' .. ARGV[2] .. '\\n')
+return 1
+"""
+
+HEARTBEAT = """
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
+local t = redis.call('TIME')
+redis.call('ZADD', KEYS[1], t[1] * 1000 + math.floor(t[2] / 1000), ARGV[1])
+return 1
+"""
+
+# Shared by REAP and SYNC: free one entry of a node's nickname index if the node still holds it.
+FREE = """
+local function free(prefix, node, field, value, quiet, seqkey, channel)
+  local at = string.find(field, '\\0', 1, true)
+  local room, key = string.sub(field, 1, at - 1), string.sub(field, at + 1)
+  local sep = string.find(value, '\\0', 1, true)
+  local nickname, exiter = string.sub(value, 1, sep - 1), string.sub(value, sep + 1)
+  local nicks = prefix .. ':nicks:' .. room
+  if redis.call('HGET', nicks, key) == node .. '\\0' .. nickname then
+    redis.call('HDEL', nicks, key)
+    local seq = redis.call('INCR', seqkey)
+    local head = cjson.encode({'r', room, node, 0, key, nickname, quiet})
+    redis.call('PUBLISH', channel, seq .. ' ' .. head .. '\\n' .. exiter)
+  end
+end
+"""
+
+REAP = (
+    FREE
+    + """
+local dead
+if ARGV[3] ~= '' then
+  dead = {ARGV[3]}
+else
+  local t = redis.call('TIME')
+  local now = t[1] * 1000 + math.floor(t[2] / 1000)
+  dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
+end
+for _, node in ipairs(dead) do
+  redis.call('ZREM', KEYS[1], node)
+  local index = ARGV[1] .. ':nodenicks:' .. node
+  local entries = redis.call('HGETALL', index)
+  for i = 1, #entries, 2 do free(ARGV[1], node, entries[i], entries[i + 1], 0, KEYS[2], KEYS[3]) end
+  redis.call('DEL', index, ARGV[1] .. ':counts:' .. node)
+  local seq = redis.call('INCR', KEYS[2])
+  redis.call('PUBLISH', KEYS[3], seq .. ' ' .. cjson.encode({'g', '', node, 0}) .. '\\n')
+end
+return #dead
+"""
+)
+
+SYNC = (
+    FREE
+    + """
+local prefix, node = ARGV[1], ARGV[2]
+local t = redis.call('TIME')
+redis.call('ZADD', KEYS[1], t[1] * 1000 + math.floor(t[2] / 1000), node)
+redis.call('DEL', KEYS[4])
+local rooms = tonumber(ARGV[4])
+for i = 0, rooms - 1 do redis.call('HSET', KEYS[4], ARGV[5 + 2 * i], ARGV[6 + 2 * i]) end
+local first = 5 + 2 * rooms
+local here = {}
+for i = first, #ARGV, 6 do here[ARGV[i] .. '\\0' .. ARGV[i + 1]] = true end
+local entries = redis.call('HGETALL', KEYS[5])
+for i = 1, #entries, 2 do
+  if not here[entries[i]] then
+    free(prefix, node, entries[i], entries[i + 1], 1, KEYS[2], KEYS[3])
+    redis.call('HDEL', KEYS[5], entries[i])
+  end
+end
+local results = {}
+for i = first, #ARGV, 6 do
+  local room, key, nickname = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local nicks = prefix .. ':nicks:' .. room
+  local mine = node .. '\\0' .. nickname
+  local owner = redis.call('HGET', nicks, key)
+  local field = room .. '\\0' .. key
+  if owner == mine then
+    redis.call('HSET', KEYS[5], field, nickname .. '\\0' .. ARGV[i + 5])
+    results[#results + 1] = 2
+  elseif owner then
+    redis.call('HDEL', KEYS[5], field)
+    results[#results + 1] = 0
+  else
+    redis.call('HSET', nicks, key, mine)
+    redis.call('HSET', KEYS[5], field, nickname .. '\\0' .. ARGV[i + 5])
+    local seq = redis.call('INCR', KEYS[2])
+    redis.call('PUBLISH', KEYS[3], seq .. ' ' .. ARGV[i + 3] .. '\\n' .. ARGV[i + 4])
+    results[#results + 1] = 1
+  end
+end
+local seq = redis.call('INCR', KEYS[2])
+redis.call('PUBLISH', KEYS[3], seq .. ' ' .. ARGV[3] .. '\\n')
+return results
+"""
+)
+
+SNAPSHOT = """
+local nodes = redis.call('ZRANGE', KEYS[2], 0, -1)
+local counts, nicks, history = {}, {}, {}
+for i, node in ipairs(nodes) do counts[i] = redis.call('HGETALL', ARGV[1] .. ':counts:' .. node) end
+for i = 2, #ARGV do
+  nicks[i - 1] = redis.call('HGETALL', ARGV[1] .. ':nicks:' .. ARGV[i])
+  history[i - 1] = redis.call('LRANGE', ARGV[1] .. ':history:' .. ARGV[i], 0, -1)
+end
+return {redis.call('GET', KEYS[1]) or '0', nodes, counts, nicks, history}
+"""
+
+SCRIPTS = {
+    "emit": EMIT,
+    "claim": CLAIM,
+    "release": RELEASE,
+    "counts": COUNTS,
+    "heartbeat": HEARTBEAT,
+    "reap": REAP,
+    "sync": SYNC,
+    "snapshot": SNAPSHOT,
+}
+
+
+class NodeReaped(Exception):
+    """Redis no longer lists this node (it was taken for dead): it must register again."""
+
+
+def redis_location(url: str) -> str:
+    """Where a broker URL points, for logs and /status: scheme, host, port and database, no credentials."""
+    parts = urlsplit(url)
+    host = parts.hostname or "?"
+    if ":" in host:
+        host = f"[{host}]"
+    try:
+        port = parts.port or 6379
+    except ValueError:
+        port = 6379
+    db = parts.path.strip("/") or "0"
+    return f"{parts.scheme}://{host}:{port}/{db}"
+
+
+def redis_secrets(url: str) -> list[str]:
+    """The parts of a URL that must never reach a log line or an answer."""
+    parts = urlsplit(url)
+    found = [url]
+    if parts.password:
+        found += [parts.password, unquote(parts.password)]
+    if parts.username:
+        found += [parts.username, unquote(parts.username)]
+    return [secret for secret in found if len(secret) >= 3]
+
+
+@dataclass(slots=True)
+class Command:
+    """One script call in the outgoing queue, with what to deliver locally if its fate is unknown."""
+
+    script: str
+    keys: list[str]
+    args: list[Any]
+    future: asyncio.Future[Any] | None = None
+    local: tuple[str, Envelope] | None = None  # what this node's sockets would have got
+    n: int = 0
+    on_result: Any = field(default=None)
+
+
+class RedisBroker:
+    """Rooms shared by every gischat process connected to the same Redis and key prefix."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.url = settings.broker_url
+        self.where = redis_location(self.url)
+        self._secrets = redis_secrets(self.url)
+        self.prefix = settings.redis_key_prefix
+        self.node = secrets.token_hex(6)
+        self.node_timeout = settings.node_timeout
+        # Several heartbeats per timeout, so one late beat does not get a live node reaped.
+        self.beat_interval = max(0.05, settings.node_timeout / 5)
+        self.max_delay = settings.redis_reconnect_max_delay
+        self.rooms = list(settings.rooms)
+        self.history_size = settings.max_stored_messages
+        self.history_bytes = settings.max_stored_bytes
+        self.state = "connecting"  # "up", "syncing", "down", "connecting", "stopped"
+        self._online = False  # commands go to Redis (else: everything stays on this node)
+        self._hub: Node | None = None
+        self._runner: asyncio.Task[None] | None = None
+        self._client: Redis | None = None
+        self._sha: dict[str, str] = {}
+        self._outbox: list[Command] = []
+        self._inflight: list[Command] = []
+        self._unconfirmed: deque[Command] = deque()
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()  # the drainer has nothing left to send
+        self._settled = asyncio.Event()  # the first connection attempt is over, either way
+        self._dirty: set[str] = set()
+        self._lost: asyncio.Future[None] | None = None
+        self._n = 0  # this node's commands, numbered
+        self._last_own = 0  # the last of them that came back through the channel
+        self._base = 0  # sequence number of the snapshot the mirror was loaded from
+        self._buffer: list[tuple[int, list[Any], bytes]] | None = None
+        self._stopping = False
+        self._down_since_logged = False
+        # The mirror of the other nodes: room -> key -> (nickname, node); node -> room -> sockets.
+        self._nicks: dict[str, dict[str, tuple[str, str]]] = {room: {} for room in self.rooms}
+        self._counts: dict[str, dict[str, int]] = {}
+        self._nodes_seen = 0
+        k = self.prefix
+        self.k_channel = f"{k}:events"
+        self.k_seq = f"{k}:seq"
+        self.k_nodes = f"{k}:nodes"
+        self.k_counts = f"{k}:counts:{self.node}"
+        self.k_index = f"{k}:nodenicks:{self.node}"
+
+    # --- the Broker interface ---------------------------------------------------------------
+
+    @property
+    def healthy(self) -> bool:
+        return self.state == "up"
+
+    def status(self) -> dict[str, Any] | None:
+        return {
+            "url": self.where,
+            "state": self.state,
+            "node": self.node,
+            "nodes": len(self._counts) + 1 if self.state == "up" else 1,
+        }
+
+    async def start(self, node: Node) -> None:
+        self._hub = node
+        self._runner = asyncio.get_running_loop().create_task(self._run())
+        # Serve as soon as Redis answered (or at once, alone, if it does not: _run keeps trying).
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(min(2.0, self.node_timeout)):
+                await self._settled.wait()
+
+    async def stop(self) -> None:
+        self._stopping = True
+        client = self._client
+        if self._online and client is not None:
+            try:
+                async with asyncio.timeout(2):
+                    self._wake.set()
+                    await self._idle.wait()
+                    # Leave at once: the other nodes drop this one's users now, not after a timeout.
+                    await client.evalsha(
+                        self._sha["reap"],
+                        3,
+                        self.k_nodes,
+                        self.k_seq,
+                        self.k_channel,
+                        self.prefix,
+                        0,
+                        self.node,
+                    )
+            except Exception as exc:
+                logger.warning("broker: could not leave %s cleanly: %s", self.where, self._describe(exc))
+        self._online = False
+        self.state = "stopped"
+        if self._runner is not None:
+            self._runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._runner
+        self._hub = None
+
+    def publish(self, room: str, envelope: Envelope) -> None:
+        if not self._online:
+            if self._hub is not None:
+                self._hub.deliver(room, envelope)
+            return
+        self._n += 1
+        header = orjson.dumps(["m", room, self.node, self._n, envelope.to, envelope.keep])
+        self._send(
+            Command(
+                "emit",
+                [self.k_seq, self.k_channel, f"{self.prefix}:history:{room}"],
+                [header, envelope.payload, self.history_size if envelope.keep else 0, self.history_bytes],
+                local=(room, envelope),
+                n=self._n,
+            )
+        )
+
+    async def claim(self, room: str, key: str, nickname: str, payload: str) -> bool:
+        if not self._online:
+            self._deliver_local(room, Envelope(payload))
+            return True
+        self._n += 1
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        header = orjson.dumps(["c", room, self.node, self._n, key, nickname, 0])
+        self._send(
+            Command(
+                "claim",
+                [self.k_nodes, self.k_seq, self.k_channel, f"{self.prefix}:nicks:{room}", self.k_index],
+                [self.node, room, key, nickname, header, payload, exiter_wire(nickname)],
+                future=future,
+                local=(room, Envelope(payload)),
+                n=self._n,
+            )
+        )
+        result = await future
+        if result == -1:
+            # Redis took this node for dead: register again; the nickname is claimed then.
+            self._deliver_local(room, Envelope(payload))
+            self._fail(NodeReaped("this node was reaped"))
+            return True
+        # None: Redis went away before answering; the node now serves alone, and claims the
+        # nickname again when it is back.
+        return result is None or int(result) > 0
+
+    def release(self, room: str, key: str, nickname: str, payload: str) -> None:
+        if not self._online:
+            self._deliver_local(room, Envelope(payload))
+            return
+        self._n += 1
+        header = orjson.dumps(["r", room, self.node, self._n, key, nickname, 0])
+        self._send(
+            Command(
+                "release",
+                [self.k_seq, self.k_channel, f"{self.prefix}:nicks:{room}", self.k_index],
+                [self.node, room, key, nickname, header, payload],
+                local=(room, Envelope(payload)),
+                n=self._n,
+            )
+        )
+
+    def count_changed(self, room: str) -> None:
+        if self._online:
+            self._dirty.add(room)
+            self._wake.set()
+
+    def remote_count(self, room: str) -> int:
+        return sum(counts.get(room, 0) for counts in self._counts.values())
+
+    def remote_owner(self, room: str, key: str) -> str | None:
+        entry = self._nicks.get(room, {}).get(key)
+        return entry[0] if entry is not None else None
+
+    def remote_users(self, room: str) -> list[str]:
+        return [nickname for nickname, _ in self._nicks.get(room, {}).values()]
+
+    # --- the outgoing queue -------------------------------------------------------------------
+
+    def _send(self, command: Command) -> None:
+        self._outbox.append(command)
+        if command.local is not None:
+            self._unconfirmed.append(command)
+        self._wake.set()
+
+    def _deliver_local(self, room: str, envelope: Envelope) -> None:
+        if self._hub is not None:
+            self._hub.deliver(room, envelope)
+
+    def _counts_command(self) -> Command:
+        assert self._hub is not None
+        counts = {room: self._hub.local_count(room) for room in sorted(self._dirty)}
+        self._dirty.clear()
+        self._n += 1
+        header = orjson.dumps(["n", "", self.node, self._n, counts])
+        args: list[Any] = [self.node, header]
+        for room, count in counts.items():
+            args += [room, count]
+        return Command("counts", [self.k_nodes, self.k_seq, self.k_channel, self.k_counts], args, n=self._n)
+
+    async def _drain(self, client: Redis) -> None:
+        """The one task that talks to Redis for this node: whatever is queued, in order, pipelined."""
+        while True:
+            while not self._outbox and not self._dirty:
+                self._idle.set()
+                self._wake.clear()
+                await self._wake.wait()
+            self._idle.clear()
+            if self._dirty:
+                self._outbox.append(self._counts_command())
+            batch, self._outbox = self._outbox, []
+            self._inflight = batch
+            pipe = client.pipeline(transaction=False)
+            for command in batch:
+                pipe.evalsha(self._sha[command.script], len(command.keys), *command.keys, *command.args)
+            results = await pipe.execute(raise_on_error=False)
+            self._inflight = []
+            for command, result in zip(batch, results, strict=True):
+                if isinstance(result, NoScriptError):
+                    raise result  # Redis lost its scripts (restarted, flushed): start over
+                if isinstance(result, Exception):
+                    logger.error("broker: %s failed: %s", command.script, self._describe(result))
+                    result = 0
+                self._settle(command, result)
+
+    def _settle(self, command: Command, result: Any) -> None:
+        if command.script in ("claim", "release") and result in (0, -1, 2):
+            command.local = None  # nothing was published: nothing to make up for
+        if command.on_result is not None:
+            command.on_result(result)
+        if command.future is not None and not command.future.done():
+            command.future.set_result(result)
+
+    # --- the connection's life ----------------------------------------------------------------
+
+    def _client_for(self) -> Redis:
+        return Redis.from_url(
+            self.url,
+            retry=Retry(NoBackoff(), 0),
+            socket_timeout=None,
+            socket_connect_timeout=min(5.0, max(1.0, self.node_timeout)),
+            socket_keepalive=True,
+            decode_responses=False,
+            client_name=f"gischat-{self.node}",
+        )
+
+    async def _run(self) -> None:
+        delay = FIRST_RETRY
+        while not self._stopping:
+            reached = False
+            try:
+                reached = await self._session()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                reason = self._describe(exc)
+            else:
+                reason = "connection closed"
+            if self._stopping:
+                return
+            self._go_down(reason)
+            if reached:
+                delay = FIRST_RETRY
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.max_delay)
+
+    async def _session(self) -> bool:
+        """Connect, register, load the mirror, then serve until the connection fails."""
+        client = self._client_for()
+        self._client = client
+        tasks: list[asyncio.Task[Any]] = []
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(max(2.0, self.node_timeout)):
+                await client.ping()
+                self._sha = {name: await client.script_load(source) for name, source in SCRIPTS.items()}
+                pubsub = client.pubsub()
+                await pubsub.subscribe(self.k_channel)
+                while True:
+                    message = await pubsub.get_message(timeout=1.0)
+                    if message is not None and message["type"] == "subscribe":
+                        break
+            # From here on, this node's commands go to Redis, behind the one that registers it.
+            self._lost = loop.create_future()
+            self._buffer = []
+            self._online = True
+            self.state = "syncing"
+            self._outbox.insert(0, self._sync_command())
+            self._dirty.clear()
+            tasks = [
+                loop.create_task(self._read(pubsub)),
+                loop.create_task(self._drain(client)),
+            ]
+            async with asyncio.timeout(max(2.0, self.node_timeout)):
+                snapshot_task = loop.create_task(self._snapshot(client))
+                done, _ = await asyncio.wait([snapshot_task, *tasks], return_when=asyncio.FIRST_COMPLETED)
+                if snapshot_task not in done:
+                    snapshot_task.cancel()
+                    for task in done:
+                        task.result()
+                    raise ConnectionError("lost during the snapshot")
+            self._load(snapshot_task.result())
+            self.state = "up"
+            self._settled.set()
+            if self._down_since_logged:
+                logger.warning("broker: back on %s as node %s; presence restored", self.where, self.node)
+            else:
+                logger.info("broker: connected to %s as node %s", self.where, self.node)
+            self._down_since_logged = False
+            tasks.append(loop.create_task(self._beat()))
+            watched: list[asyncio.Future[Any]] = [self._lost, *tasks]
+            await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+            for future in watched:
+                error = future.exception() if future.done() else None
+                if error is not None:
+                    raise error
+            return True
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(BaseException):
+                    await task
+            self._client = None
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(1):
+                    await client.aclose()
+
+    async def _snapshot(self, client: Redis) -> list[Any]:
+        result = await client.evalsha(
+            self._sha["snapshot"], 2, self.k_seq, self.k_nodes, self.prefix, *self.rooms
+        )
+        assert isinstance(result, list)
+        return result
+
+    def _sync_command(self) -> Command:
+        """Register (again), rewrite the counts, free what was given up and claim what was taken."""
+        assert self._hub is not None
+        self._n += 1
+        counts = {room: self._hub.local_count(room) for room in self.rooms}
+        header = orjson.dumps(["n", "", self.node, self._n, counts])
+        args: list[Any] = [self.prefix, self.node, header, len(counts)]
+        for room, count in counts.items():
+            args += [room, count]
+        held = self._hub.local_nicknames()
+        for room, key, nickname in held:
+            claim_header = orjson.dumps(["c", room, self.node, 0, key, nickname, 1])
+            args += [room, key, nickname, claim_header, newcomer_wire(nickname), exiter_wire(nickname)]
+
+        def settle(results: Any) -> None:
+            if not isinstance(results, list) or self._hub is None:
+                return
+            for (room, key, nickname), result in zip(held, results, strict=False):
+                if int(result) == 0:
+                    self._hub.revoke(room, key, SPLIT_REASON.format(nickname=nickname))
+
+        return Command(
+            "sync",
+            [self.k_nodes, self.k_seq, self.k_channel, self.k_counts, self.k_index],
+            args,
+            n=self._n,
+            on_result=settle,
+        )
+
+    async def _beat(self) -> None:
+        loop = asyncio.get_running_loop()
+        timeout_ms = int(self.node_timeout * 1000)
+        while True:
+            await asyncio.sleep(self.beat_interval)
+            future: asyncio.Future[Any] = loop.create_future()
+            self._send(Command("heartbeat", [self.k_nodes], [self.node], future=future))
+            self._send(
+                Command("reap", [self.k_nodes, self.k_seq, self.k_channel], [self.prefix, timeout_ms, ""])
+            )
+            try:
+                async with asyncio.timeout(self.node_timeout):
+                    alive = await future
+            except TimeoutError:
+                raise ConnectionError(f"Redis did not answer within {self.node_timeout:g} s") from None
+            if alive == 0:
+                raise NodeReaped("Redis took this node for dead; registering again")
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._lost is not None and not self._lost.done():
+            self._lost.set_exception(exc)
+
+    def _go_down(self, reason: str) -> None:
+        """Redis is away: serve this node's sockets alone, and make up for what was in flight."""
+        was = self.state
+        self._online = False
+        self.state = "down"
+        self._settled.set()
+        self._buffer = None
+        pending = [command for command in self._unconfirmed if command.local is not None]
+        self._unconfirmed.clear()
+        for command in [*self._inflight, *self._outbox]:
+            if command.future is not None and not command.future.done():
+                command.future.set_result(None)
+        self._inflight = []
+        self._outbox = []
+        self._dirty.clear()
+        for command in pending:
+            if command.n > self._last_own and command.local is not None:
+                self._deliver_local(*command.local)
+        self._nicks = {room: {} for room in self.rooms}
+        self._counts = {}
+        if self._hub is not None:
+            for room in self.rooms:
+                self._hub.remote_changed(room)
+        if not self._down_since_logged:
+            verb = "cannot reach" if was == "connecting" else "lost"
+            logger.warning(
+                "broker: %s %s (%s); serving this node's sockets alone, retrying", verb, self.where, reason
+            )
+            self._down_since_logged = True
+
+    def _describe(self, exc: BaseException) -> str:
+        text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    # --- what comes back ----------------------------------------------------------------------
+
+    async def _read(self, pubsub: PubSub) -> None:
+        while True:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
+            if message is not None and message["type"] == "message":
+                self._on_event(message["data"])
+
+    def _on_event(self, data: bytes) -> None:
+        hub = self._hub
+        if hub is None:
+            return
+        head, _, rest = data.partition(b" ")
+        header_text, _, payload = rest.partition(b"\n")
+        seq = int(head)
+        header = orjson.loads(header_text)
+        kind, room, node = header[0], header[1], header[2]
+        mine = node == self.node
+        if mine and header[3]:
+            self._confirm(header[3])
+        if kind == "m":
+            keep = bool(header[5])
+            if keep and self._buffer is not None:
+                self._buffer.append((seq, header, payload))
+                keep = False
+            hub.deliver(room, Envelope(payload.decode(), header[4], keep and seq > self._base))
+            return
+        if kind in ("c", "r") and not (mine and header[6]):
+            hub.deliver(room, Envelope(payload.decode()))
+        if kind == "g" and mine:
+            if not self._stopping:
+                self._fail(NodeReaped("Redis took this node for dead; registering again"))
+            return
+        if mine:
+            return
+        if self._buffer is not None:
+            self._buffer.append((seq, header, payload))
+        elif seq > self._base:
+            self._apply(header)
+
+    def _confirm(self, n: int) -> None:
+        self._last_own = max(self._last_own, n)
+        unconfirmed = self._unconfirmed
+        while unconfirmed and unconfirmed[0].n <= n:
+            unconfirmed.popleft()
+
+    def _apply(self, header: list[Any]) -> None:
+        """An event about another node, in the mirror."""
+        kind, room, node = header[0], header[1], header[2]
+        hub = self._hub
+        assert hub is not None
+        if kind == "c":
+            if room in self._nicks:
+                self._nicks[room][header[4]] = (header[5], node)
+        elif kind == "r":
+            entries = self._nicks.get(room)
+            if entries is not None and entries.get(header[4], ("", ""))[1] == node:
+                del entries[header[4]]
+        elif kind == "n":
+            counts = self._counts.setdefault(node, {})
+            for name, count in header[4].items():
+                counts[name] = int(count)
+                if name in self._nicks:
+                    hub.remote_changed(name)
+        elif kind == "g":
+            self._counts.pop(node, None)
+            for name, entries in self._nicks.items():
+                for key in [key for key, (_, owner) in entries.items() if owner == node]:
+                    del entries[key]
+                hub.remote_changed(name)
+
+    def _load(self, snapshot: list[Any]) -> None:
+        """The state of every other node, as of the snapshot; then what arrived meanwhile."""
+        hub = self._hub
+        assert hub is not None
+        seq_raw, nodes, counts, nicks, history = snapshot
+        self._base = int(seq_raw)
+        self._counts = {}
+        for node_raw, flat in zip(nodes, counts, strict=True):
+            node = node_raw.decode()
+            if node == self.node:
+                continue
+            self._counts[node] = {flat[i].decode(): int(flat[i + 1]) for i in range(0, len(flat), 2)}
+        self._nicks = {}
+        for room, flat in zip(self.rooms, nicks, strict=True):
+            entries: dict[str, tuple[str, str]] = {}
+            for i in range(0, len(flat), 2):
+                owner, _, nickname = flat[i + 1].decode().partition("\0")
+                if owner != self.node:
+                    entries[flat[i].decode()] = (nickname, owner)
+            self._nicks[room] = entries
+        buffered = self._buffer or []
+        self._buffer = None
+        kept: dict[str, list[str]] = {
+            room: [item.decode() for item in items] for room, items in zip(self.rooms, history, strict=True)
+        }
+        for seq, header, payload in buffered:
+            if seq <= self._base:
+                continue
+            if header[0] == "m":
+                kept.setdefault(header[1], []).append(payload.decode())
+            else:
+                self._apply(header)
+        for room in self.rooms:
+            hub.reset_history(room, kept.get(room, []))
+            hub.remote_changed(room)
+
+
+def newcomer_wire(nickname: str) -> str:
+    from gischat import models
+
+    return models.NewcomerMessage.model_construct(newcomer=nickname).to_wire()
+
+
+def exiter_wire(nickname: str) -> str:
+    from gischat import models
+
+    return models.exiter(nickname)
