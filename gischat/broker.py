@@ -42,6 +42,9 @@ class Node(Protocol):
     def deliver(self, room: str, envelope: Envelope) -> None:
         """Hand an envelope to the local sockets of `room`."""
 
+    def claim_settled(self, room: str, key: str, nickname: str) -> None:
+        """This node's claim of a nickname was decided in its favour, at this point of the stream."""
+
     def remote_changed(self, room: str) -> None:
         """Other nodes' sockets in `room` changed: the room's count is due again."""
 

@@ -728,6 +728,8 @@ class RedisBroker:
             hub.deliver(room, Envelope(payload.decode(), header[4], keep and seq > self._base))
             return
         if kind in ("c", "r") and not (mine and header[6]):
+            if kind == "c" and mine:
+                hub.claim_settled(room, header[4], header[5])
             hub.deliver(room, Envelope(payload.decode()))
         if kind == "g" and mine:
             if not self._stopping:

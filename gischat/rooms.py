@@ -66,8 +66,8 @@ class Room:
         # nickname_key(nickname) -> the socket that registered it: nicknames are unique
         # regardless of case and width, so "Alice" and "alice" cannot both be in one room.
         self.nicknames: dict[str, Connection] = {}
-        # Keys of nicknames this node is claiming from the shared registry right now.
-        self.pending: set[str] = set()
+        # Nickname keys this node is claiming from the shared registry, and the socket claiming each.
+        self.pending: dict[str, Connection] = {}
         self.count_interval = count_interval
         self._count_timer: asyncio.TimerHandle | None = None
         self._last_count_sent = float("-inf")
@@ -180,6 +180,18 @@ class Hub:
 
     _deliver = deliver
 
+    def claim_settled(self, room: str, key: str, nickname: str) -> None:
+        """This node's claim won, as the ordered event stream says: the nickname is the socket's
+        from this point of the stream on, so a like right behind the `newcomer` finds it even
+        before the answer to the claim itself comes back on the command connection."""
+        target = self.rooms.get(room)
+        if target is None:
+            return
+        conn = target.pending.get(key)
+        if conn is not None and conn.nickname is None and conn in target.connections:
+            conn.nickname = nickname
+            target.nicknames[key] = conn
+
     def remote_changed(self, room: str) -> None:
         target = self.rooms.get(room)
         if target is not None:
@@ -287,13 +299,15 @@ class Hub:
         if self.taken(room.name, nickname):
             raise Uncompliant(f"newcomer: '{nickname}' is already taken in this room")
         key = nickname_key(nickname)
-        room.pending.add(key)
+        room.pending[key] = conn
         try:
             won = await self.broker.claim(room.name, key, nickname, payload)
         finally:
-            room.pending.discard(key)
+            room.pending.pop(key, None)
         if not won:
             raise Uncompliant(f"newcomer: '{nickname}' is already taken in this room")
+        if conn.nickname == nickname:
+            return  # settled already by the broker's event (`claim_settled`)
         if conn not in room.connections:
             # It went while the claim was on its way: give the nickname back at once.
             self.broker.release(room.name, key, nickname, models.exiter(nickname))

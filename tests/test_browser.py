@@ -582,7 +582,17 @@ async def test_the_page_shares_layers_extents_and_positions(
         upload.write_bytes(orjson.dumps(WGS84_FEATURES))
         await page.set_input_files("#layer-input", str(upload))
         layer = await bob.expect("geojson", author="alice")
-        assert list(layer) == ["type", "author", "avatar", "layer_name", "crs_wkt", "crs_authid", "geojson"]
+        assert list(layer) == [
+            "type",
+            "author",
+            "avatar",
+            "layer_name",
+            "crs_wkt",
+            "crs_authid",
+            "geojson",
+            "style",
+        ]
+        assert layer["style"] is None  # the page shares no QML style
         assert layer["layer_name"] == "wells"
         assert layer["crs_authid"] == "EPSG:4326"
         assert layer["crs_wkt"].startswith('GEOGCRS["WGS 84"')
