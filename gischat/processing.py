@@ -48,6 +48,7 @@ __all__ = [
     "Prepared",
     "Processor",
     "release_memory",
+    "trim_heap_soon",
     "tune_allocator",
 ]
 
@@ -74,6 +75,10 @@ WORKER_NICENESS = 10
 TRIM_DELAY = 1.0
 # Seconds `stop()` lets workers finish their jobs before terminating them.
 STOP_GRACE = 0.5
+# Workers are stopped once no job came for this long, handing back everything they hold
+# (two workers are ~70 MB of RSS even when idle); the next job starts new ones, a fork of the
+# forkserver each, in a thread.
+POOL_IDLE = 5.0
 
 BUSY_REASON = "server busy: too many images and layers being processed, try again shortly"
 CRASH_REASON = "server error while handling this message; it was not delivered"
@@ -161,6 +166,56 @@ def tune_allocator() -> bool:
     if libc is None or MMAP_THRESHOLD <= 0:
         return False
     return bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD))
+
+
+class _HeapTrimmer:
+    """Trims the main heap TRIM_DELAY seconds after the last large buffer was let go.
+
+    Called for every large frame the transport receives or drops (most of them never reach a
+    worker: refused for their rate, or left unfinished), so one timer is kept and moved.
+    """
+
+    def __init__(self) -> None:
+        self.due = 0.0
+        self.trims = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._running = False
+
+    def soon(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.due = loop.time() + TRIM_DELAY
+        if self._timer is None or self._loop is not loop:  # none yet, or one of a loop now gone
+            self._loop, self._running = loop, False
+            self._timer = loop.call_at(self.due, self._fire, loop)
+
+    def _fire(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer = None
+        if loop.is_closed():
+            return
+        if loop.time() < self.due:  # more came since: wait for quiet
+            self._timer = loop.call_at(self.due, self._fire, loop)
+            return
+        if self._running:
+            return  # the running trim schedules the next one when it is done
+        self._running = True
+        self.due = float("inf")  # nothing new since this trim
+        self.trims += 1
+        loop.run_in_executor(None, release_memory).add_done_callback(self._done)
+
+    def _done(self, _: object) -> None:
+        self._running = False
+        loop = self._loop
+        if self._timer is None and self.due != float("inf") and loop is not None and not loop.is_closed():
+            self._timer = loop.call_at(self.due, self._fire, loop)  # more came during the trim
+
+
+_heap_trimmer = _HeapTrimmer()
+
+
+def trim_heap_soon() -> None:
+    """On the event loop: a large buffer was just freed, trim the heap once they stop coming."""
+    _heap_trimmer.soon()
 
 
 # --- in the worker --------------------------------------------------------------------------------
@@ -290,6 +345,9 @@ class Processor:
         self.trims = 0  # heap trims of the main process after large jobs
         self._trim_timer: asyncio.TimerHandle | None = None
         self._trimming: asyncio.Task[bool] | None = None
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._idle_due = 0.0
+        self.idle_stops = 0  # pools stopped for lack of work
 
     async def start(self) -> None:
         """Nothing heavy: the pool is created on the first job.
@@ -305,6 +363,9 @@ class Processor:
         if self._trim_timer is not None:
             self._trim_timer.cancel()
             self._trim_timer = None
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
         with self._pool_lock:
             pool, self._pool = self._pool, None
         if pool is not None:
@@ -408,6 +469,29 @@ class Processor:
     def _release(self, size: int) -> None:
         self.jobs_in_flight -= 1
         self.bytes_in_flight -= size
+        if self.jobs_in_flight == 0 and not self._stopped:
+            self._watch_idle()
+
+    def _watch_idle(self) -> None:
+        """Stop the workers POOL_IDLE seconds after the last job, unless another came."""
+        loop = asyncio.get_running_loop()
+        self._idle_due = loop.time() + POOL_IDLE
+        if self._idle_timer is None:
+            self._idle_timer = loop.call_at(self._idle_due, self._idle_check)
+
+    def _idle_check(self) -> None:
+        self._idle_timer = None
+        if self._stopped or self.jobs_in_flight:
+            return  # the last of those jobs will watch again
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._idle_due:
+            self._idle_timer = loop.call_at(self._idle_due, self._idle_check)
+            return
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            self.idle_stops += 1
+            loop.run_in_executor(None, _shut_down, pool)
 
     async def _submit(self, function: Callable[..., Outcome], *args: Any) -> Future[Outcome]:
         """Hand a job to the pool; a pool found broken before the job went in is replaced."""

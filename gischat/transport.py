@@ -9,7 +9,10 @@ everybody else:
 - a deadline (408) and a size limit (431) on every request head, websocket handshakes included;
 - on websockets: reading stops while the peer does not read what we send (pongs included), a
   ping flood is closed (1008), an unfinished message must keep receiving data (1008), and the
-  unfinished messages of all connections share one memory budget (1013).
+  unfinished messages of all connections share one memory budget (1013);
+- once we sent a close frame, what the peer still sends is not parsed (past a little for its
+  close reply) and the connection ends within a second, not uvicorn's 10 s of parsing a flood;
+- peers uploading big messages take turns: one read each per loop iteration.
 
 The shared counters live in a `TransportGuard` that the app's lifespan publishes in its state under
 `STATE_KEY`; uvicorn hands that state to every protocol it creates. Without a guard the classes
@@ -20,6 +23,7 @@ no timer, task or object exists for an idle connection.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import resource
 import sys
@@ -39,6 +43,7 @@ from uvicorn.server import ServerState
 from websockets.exceptions import InvalidState
 from websockets.frames import Frame
 
+from gischat.processing import trim_heap_soon
 from gischat.settings import Settings
 
 logger = logging.getLogger("gischat.transport")
@@ -71,7 +76,14 @@ RETRY_AFTER = 5
 # frames it still sends are parsed only up to this many bytes: enough for a polite peer's close
 # reply behind a message in flight, while a flood after our close costs no parsing at all.
 CLOSE_TIMEOUT = 1.0
+# A peer closed while it does not read gets this long to read what is left, our close frame last.
+UNREAD_CLOSE_TIMEOUT = 10.0
 CLOSING_READ_BYTES = 64 * 1024
+# A read at least this large means the peer is streaming a big message: reading from it stops
+# until the loop has served everybody else once. Left alone, the event loop (libuv) reads up to
+# 32 chunks in a row from each ready socket: with a hundred peers uploading at once, one loop
+# iteration copied gigabytes and stalled every room for a quarter of a second.
+BULK_READ = 64 * 1024
 
 CLOSE_POLICY_VIOLATION = 1008
 CLOSE_TRY_AGAIN_LATER = 1013
@@ -522,6 +534,25 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
         super().data_received(data)
         if guard is not None:
             guard.update(self)
+            if len(data) >= BULK_READ:
+                self._take_turns()
+                # Big buffers will be let go soon: hand the heap back once they stop coming.
+                trim_heap_soon()
+
+    def _take_turns(self) -> None:
+        """Stop reading until the next loop iteration, so that every socket gets its turn."""
+        transport = self.transport
+        if transport.is_closing() or not transport.is_reading():
+            return
+        transport.pause_reading()
+        self.loop.call_soon(self._next_turn)
+
+    def _next_turn(self) -> None:
+        transport = self.transport
+        if self.read_paused or not self.writable.is_set() or self.disconnected:
+            return  # someone else paused reading; whoever resumes it will
+        if not transport.is_closing():
+            transport.resume_reading()
 
     def _data_after_close(self, size: int) -> None:
         """We sent our close frame: parse a little more (the peer's close reply), then nothing."""
@@ -596,14 +627,24 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
             guard.forget(self)
         self._drop_buffers()
 
-    def _abort_unread(self, code: int, reason: str) -> None:
-        """The app closes a peer that does not read: tell the app it is gone, and reset it."""
+    def _close_unread(self, code: int, reason: str) -> None:
+        """The app closes a peer that does not read: our close frame joins what it has not read,
+        the app hears at once that the peer is gone, and nothing it sends is parsed any more.
+
+        The connection ends when the peer has read everything (or after UNREAD_CLOSE_TIMEOUT).
+        """
+        with contextlib.suppress(InvalidState):
+            self.conn.send_close(code, reason)
+            self.transport.write(b"".join(self.conn.data_to_send()))
         self.close_sent = True
+        self._closing_budget = -1
         self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
         if self._guard is not None:
             self._guard.forget(self)
         self._drop_buffers()
-        self.transport.abort()
+        self.transport.close()
+        if self._reaper is None:
+            self._reaper = self.loop.call_later(UNREAD_CLOSE_TIMEOUT, self.transport.abort)
 
     # Outgoing messages.
 
@@ -637,9 +678,9 @@ class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
                 and self.initial_response is None
                 and not self.disconnected
             ):
-                # The peer does not read what we send: it would never read our close frame,
-                # and uvicorn would wait for room to write it while reading the peer's floods.
-                self._abort_unread(message.get("code", 1000), message.get("reason") or "")
+                # The peer does not read what we send: uvicorn would wait (without end) for room
+                # to write our close frame, reading and parsing whatever the peer sends meanwhile.
+                self._close_unread(message.get("code", 1000), message.get("reason") or "")
                 return
         await super().send(message)
         if message["type"] == "websocket.http.response.body" and not message.get("more_body", False):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import io
 import os
 import signal
@@ -253,6 +254,37 @@ async def test_main_heap_is_trimmed_after_large_jobs(
     big = layer(feature({"type": "Point", "coordinates": [1, 2]}, notes="x" * (processing.LARGE_INPUT + 1)))
     await processor.process_frame(frame(big))
     await wait_until(lambda: processor.trims == 1)
+
+
+async def test_heap_is_trimmed_once_large_buffers_stop_coming(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(processing, "TRIM_DELAY", 0.05)
+    before = processing._heap_trimmer.trims
+    for _ in range(5):  # a burst of large frames: one trim, after the last
+        processing.trim_heap_soon()
+        await asyncio.sleep(0.01)
+    await wait_until(lambda: processing._heap_trimmer.trims == before + 1)
+    await asyncio.sleep(0.1)
+    assert processing._heap_trimmer.trims == before + 1
+
+
+async def test_idle_workers_are_stopped_and_come_back(
+    processor_factory: ProcessorFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(processing, "POOL_IDLE", 0.2)
+    processor = processor_factory()
+    await processor.process_frame(frame(layer(point())))
+    workers = processor.worker_pids()
+    assert workers
+    await wait_until(lambda: processor.idle_stops == 1 and not processor.worker_pids())
+
+    def gone(pid: int) -> bool:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            return bool(psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
+        return True
+
+    await wait_until(lambda: all(gone(pid) for pid in workers))
+    assert isinstance(await processor.process_frame(frame(layer(point()))), Prepared)
+    assert processor.worker_pids()
 
 
 def test_memory_error_in_a_job_becomes_a_refusal() -> None:

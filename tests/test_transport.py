@@ -150,6 +150,7 @@ class RawSocket:
             buffer += chunk
         head, _, self.buffer = buffer.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 101"), head
+        self.opened = time.monotonic()
 
     def _need(self, n: int) -> bytes:
         while len(self.buffer) < n:
@@ -428,6 +429,36 @@ async def test_peer_that_does_not_read_is_not_read(server_factory: ServerFactory
     assert select.select([], [sock], [], 0.2)[1] == []  # still not reading
     await round_trip(server, "127.0.0.3")
     sock.close()
+    await all_released(server)
+
+
+async def test_peer_we_closed_is_not_parsed_and_is_gone_within_a_second(
+    server_factory: ServerFactory,
+) -> None:
+    """After our close frame a flooding peer costs no parsing: the TCP ends within CLOSE_TIMEOUT."""
+    server = server_factory(message_rate=1, message_burst=1, rate_strikes_per_minute=1)
+    flood = RawSocket(server, "127.0.0.3")
+    spam = frame(TEXT, orjson.dumps(text("flooder", "spam"))) * 200
+    stop = threading.Event()
+
+    def keep_sending() -> None:
+        with contextlib.suppress(OSError):
+            while not stop.is_set():
+                flood.sock.sendall(spam)
+
+    sender = threading.Thread(target=keep_sending, daemon=True)
+    sender.start()
+    try:
+        code, _ = await asyncio.to_thread(flood.read_close)  # also waits for the end of the TCP
+        assert code == 1008
+    finally:
+        stop.set()
+        sender.join(TIMEOUT)
+    ended = time.monotonic()
+    # uvicorn alone would read and parse the flood for its 10 s close timeout.
+    assert ended - flood.opened < 5.0
+    flood.close()
+    await round_trip(server, "127.0.0.2")
     await all_released(server)
 
 
