@@ -375,19 +375,25 @@ async def huge_header(target: Target, size: int = 64 * 2**20) -> None:
 
 async def text_flood(target: Target) -> None:
     """Small valid texts as fast as the server takes them, reading the echoes."""
+    await flood(target, "spammer", "spam {}", "texts")
+
+
+async def flood(target: Target, author: str, body: str, what: str) -> None:
+    """Texts from `author` (`body` formatted with a counter) in batches of 500, as fast as taken."""
     try:
-        client, replies = await join(target, "spammer")
+        client, replies = await join(target, author)
     except (OSError, TimeoutError, HandshakeRefused) as exc:
         target.answers.add(f"join refused: {exc!r}"[:80])
         return
-    batch = b"".join(encode(TEXT, text_message("spammer", f"spam {i}")) for i in range(500))
+    batch = b"".join(encode(TEXT, text_message(author, body.format(i))) for i in range(500))
     sent = 0
     while not target.over() and client.is_open:
         client.send_raw(batch)
         if not await client.flush(target.left()):
             break
         sent += 500
-    target.answers.note(f"{sent:,} texts sent, {replies.echoes:,} echoed back to the spammer")
+    echoed = f", {replies.echoes:,} echoed back to the {author}" if replies.echoes else ""
+    target.answers.note(f"{sent:,} {what} sent{echoed}")
     for reason, n in replies.refusals.most_common(3):
         target.answers.add(f"uncompliant: {reason}", n)
     target.answers.add(f"connection {client.outcome()}")
@@ -498,22 +504,7 @@ def photo_attack(photo_b64: str) -> Attack:
 
 async def refused_flood(target: Target) -> None:
     """Messages the server refuses (texts of 300 characters), as fast as it takes them."""
-    try:
-        client, replies = await join(target, "refused")
-    except (OSError, TimeoutError, HandshakeRefused) as exc:
-        target.answers.add(f"join refused: {exc!r}"[:80])
-        return
-    batch = b"".join(encode(TEXT, text_message("refused", "x" * 300)) for _ in range(500))
-    sent = 0
-    while not target.over() and client.is_open:
-        client.send_raw(batch)
-        if not await client.flush(target.left()):
-            break
-        sent += 500
-    target.answers.note(f"{sent:,} refused messages sent")
-    for reason, n in replies.refusals.most_common(3):
-        target.answers.add(f"uncompliant: {reason}", n)
-    target.answers.add(f"connection {client.outcome()}")
+    await flood(target, "refused", "x" * 300, "refused messages")
 
 
 async def foreign_origin(target: Target, origin: str = "https://evil.example") -> None:

@@ -684,3 +684,23 @@ def raise_fd_limit(needed: int) -> int:
     if wanted < needed + 200:
         raise SystemExit(f"RLIMIT_NOFILE hard limit {hard} is too low for {needed} connections")
     return max(soft, wanted)
+
+
+def split_frame(buffer: bytearray, pos: int) -> tuple[int, bytes, int] | None:
+    """The server frame (unmasked) starting at `pos`: opcode, payload and the position after it;
+    None while it has not fully arrived. Shared by the bench's raw-socket clients."""
+    available = len(buffer) - pos
+    if available < 2:
+        return None
+    opcode, length, header = buffer[pos] & 0x0F, buffer[pos + 1] & 0x7F, 2
+    if length == 126:
+        if available < 4:
+            return None
+        length, header = int.from_bytes(buffer[pos + 2 : pos + 4], "big"), 4
+    elif length == 127:
+        if available < 10:
+            return None
+        length, header = int.from_bytes(buffer[pos + 2 : pos + 10], "big"), 10
+    if available < header + length:
+        return None
+    return opcode, bytes(buffer[pos + header : pos + header + length]), pos + header + length

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from harness import HOST
+from harness import HOST, split_frame
 
 TEXT, BINARY, CLOSE, PING, PONG = 0x1, 0x2, 0x8, 0x9, 0xA
 READ_CHUNK = 1 << 18
@@ -255,20 +255,8 @@ class WsClient:
 
     def _parse(self, buffer: bytearray, pos: int) -> int:
         """Handle every complete server frame from `pos`; the position after the last one."""
-        while len(buffer) - pos >= 2:
-            opcode, length, header = buffer[pos] & 0x0F, buffer[pos + 1] & 0x7F, 2
-            if length == 126:
-                if len(buffer) - pos < 4:
-                    break
-                length, header = int.from_bytes(buffer[pos + 2 : pos + 4], "big"), 4
-            elif length == 127:
-                if len(buffer) - pos < 10:
-                    break
-                length, header = int.from_bytes(buffer[pos + 2 : pos + 10], "big"), 10
-            if len(buffer) - pos < header + length:
-                break
-            payload = bytes(buffer[pos + header : pos + header + length])
-            pos += header + length
+        while (frame := split_frame(buffer, pos)) is not None:
+            opcode, payload, pos = frame
             self._frame(opcode, payload)
             if self.closed.is_set():
                 break

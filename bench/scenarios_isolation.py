@@ -36,6 +36,7 @@ from harness import (
     num,
     paced_sends,
     percentile,
+    split_frame,
     text_message,
     warm_up,
 )
@@ -110,20 +111,8 @@ class StalledSocket:
 def parse_frames(buffer: bytearray, pos: int) -> tuple[int, int, int | None]:
     """Parse complete server frames (unmasked) from `pos`: new position, chat messages, close code."""
     texts = 0
-    while len(buffer) - pos >= 2:
-        opcode, length, header = buffer[pos] & 0x0F, buffer[pos + 1] & 0x7F, 2
-        if length == 126:
-            if len(buffer) - pos < 4:
-                break
-            length, header = int.from_bytes(buffer[pos + 2 : pos + 4], "big"), 4
-        elif length == 127:
-            if len(buffer) - pos < 10:
-                break
-            length, header = int.from_bytes(buffer[pos + 2 : pos + 10], "big"), 10
-        if len(buffer) - pos < header + length:
-            break
-        payload = bytes(buffer[pos + header : pos + header + length])
-        pos += header + length
+    while (frame := split_frame(buffer, pos)) is not None:
+        opcode, payload, pos = frame
         if opcode == 0x1 and orjson.loads(payload).get("type") in ("text", "crs"):
             texts += 1
         elif opcode == 0x8:
