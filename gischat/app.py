@@ -100,7 +100,10 @@ def build_router(settings: Settings, chat: ChatService) -> APIRouter:
 
     @router.get("/about", response_class=HTMLResponse, include_in_schema=False)
     async def about() -> HTMLResponse:
-        return HTMLResponse(page.render(settings, [(r.name, r.nb_connected_users) for r in room_counts()]))
+        return HTMLResponse(
+            page.render(settings, [(r.name, r.nb_connected_users) for r in room_counts()]),
+            headers={"Content-Security-Policy": page.CONTENT_SECURITY_POLICY},
+        )
 
     @router.get(
         "/rooms",

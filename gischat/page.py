@@ -1,4 +1,8 @@
-"""The small HTML page shown to people who open the instance's URL in a browser."""
+"""The small status page at /about: rules, rooms and live counts.
+
+Its style and script are static files, so the page can carry a Content-Security-Policy that
+forbids inline code, like the web client's.
+"""
 
 from __future__ import annotations
 
@@ -13,14 +17,8 @@ TEMPLATE = """<!doctype html>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>gischat</title>
-<style>
-body {{ font-family: system-ui, sans-serif; max-width: 42rem; margin: 2rem auto; padding: 0 1rem; color: #222; }}
-h1 {{ margin-bottom: 0.2rem; }}
-table {{ border-collapse: collapse; width: 100%; }}
-td, th {{ text-align: left; padding: 0.3rem 0.5rem; border-bottom: 1px solid #ddd; }}
-td.count {{ text-align: right; font-variant-numeric: tabular-nums; }}
-code {{ background: #f3f3f3; padding: 0 0.2rem; }}
-</style>
+<link rel="icon" href="static/favicon.svg" type="image/svg+xml">
+<link rel="stylesheet" href="static/about.css">
 </head>
 <body>
 <h1>gischat</h1>
@@ -38,24 +36,20 @@ layers up to {max_features} features</p>
 </tbody>
 </table>
 <p><a href="./">Web chat</a> · <a href="docs">API documentation</a> · <a href="status">status</a> · <a href="version">version</a></p>
-<script>
-async function refresh() {{
-  try {{
-    const response = await fetch("status", {{cache: "no-store"}});
-    const status = await response.json();
-    for (const room of status.rooms) {{
-      const cell = document.querySelector(`td.count[data-room="${{CSS.escape(room.name)}}"]`);
-      if (cell) cell.textContent = room.nb_connected_users;
-    }}
-  }} catch (error) {{ /* keep the last counts */ }}
-}}
-setInterval(refresh, 10000);
-</script>
+<script type="module" src="static/about.js"></script>
 </body>
 </html>
 """
 
 ROW = '<tr><td>{name}</td><td><code>room/{path}/ws</code></td><td class="count" data-room="{name}">{count}</td></tr>'
+
+
+# Only this instance's own files and its /status: the page shows operator text (rules, room
+# names), escaped, and nothing a client sent.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self'; "
+    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
 
 
 def render(settings: Settings, counts: list[tuple[str, int]]) -> str:

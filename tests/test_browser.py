@@ -672,3 +672,24 @@ async def test_the_page_reconnects_after_a_server_restart(
     finally:
         restarted.stop()
     pages.assert_clean()
+
+
+async def test_the_about_page_loads_its_files_under_its_policy(
+    server_factory: ServerFactory, browser: Browser
+) -> None:
+    server = quiet_server(server_factory)
+    context = await browser.new_context(viewport=DESKTOP)  # type: ignore[arg-type]
+    try:
+        page = await context.new_page()
+        errors: list[str] = []
+        page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+        page.on("pageerror", lambda error: errors.append(f"uncaught: {error}"))
+        async with page.expect_response(lambda response: response.url.endswith("/static/about.js")) as script:
+            await page.goto(f"{server.http_url}/about")
+        assert (await script.value).status == 200
+        count = page.locator("td.count").first
+        await expect(count).to_have_css("text-align", "right")  # the stylesheet applied
+        await expect(count).to_have_text("0")
+        assert errors == []
+    finally:
+        await context.close()

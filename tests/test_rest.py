@@ -395,6 +395,22 @@ async def test_about_page(http: httpx.AsyncClient) -> None:
     assert 'href="docs"' in page
 
 
+async def test_about_page_runs_no_inline_code(http: httpx.AsyncClient) -> None:
+    response = await http.get("/about")
+    policy = response.headers["content-security-policy"]
+    assert "script-src 'self'" in policy
+    assert "style-src 'self'" in policy
+    assert "unsafe-inline" not in policy
+    page = response.text
+    assert "<script>" not in page
+    assert "<style>" not in page
+    for asset in ("static/about.js", "static/about.css"):
+        assert asset in page
+        served = await http.get(f"/{asset}")
+        assert served.status_code == 200
+        assert served.text
+
+
 async def test_about_page_escapes_configured_text(server_factory: ServerFactory) -> None:
     rooms = ["QGIS", "Tom & Jerry", 'say "hi"', "<b>bold<b>"]
     server = server_factory(rules="<script>alert(1)</script>", rooms=rooms)
