@@ -534,6 +534,8 @@ async def test_layers_and_extents_from_qgis_land_on_the_map(
         # 4 WGS 84 features and 2 Web Mercator ones are drawn; the Lambert-93 layer is only listed.
         await expect(alice.locator(".leaflet-overlay-pane path.gc-feature")).to_have_count(6)
         await expect(alice.locator(".leaflet-overlay-pane path.gc-bbox")).to_have_count(1)
+        await alice.locator(".leaflet-overlay-pane path.gc-bbox").dispatch_event("mouseover")
+        await expect(alice.locator(".leaflet-tooltip")).to_have_text("extent shared by qgis_bob")
         entries = alice.locator(".layer-list > li")
         await expect(entries).to_have_count(4)
         await expect(entries.nth(0)).to_contain_text("survey 2024")

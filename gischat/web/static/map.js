@@ -112,7 +112,8 @@ export class GisMap {
         fillOpacity: 0.08,
         className: "gc-bbox",
       });
-      entry.layer.bindTooltip(`extent shared by ${entry.author}`, { sticky: true });
+      // An element, not a string: Leaflet would parse a string tooltip as HTML.
+      entry.layer.bindTooltip(el("span", {}, `extent shared by ${entry.author}`), { sticky: true });
     } else {
       entry.notDrawn = `not drawn: the browser map draws EPSG:4326 and EPSG:3857 only`;
     }
