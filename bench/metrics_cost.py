@@ -22,6 +22,7 @@ import uvloop
 from harness import (
     HOST,
     OPTIONS,
+    RELAY_ONLY,
     ROOM,
     Server,
     drop,
@@ -31,7 +32,6 @@ from harness import (
     raise_fd_limit,
     running,
 )
-from run import RELAY_ONLY
 from scenarios_fanout import FANOUT_CLIENTS, fanout_round
 
 ROUNDS = 4

@@ -41,6 +41,7 @@ import uvloop
 from harness import (
     CONNECT_CONCURRENCY,
     OPTIONS,
+    RELAY_ONLY,
     RESULTS_DIR,
     SERVERS,
     Results,
@@ -238,19 +239,6 @@ async def main(scenarios: Sequence[int], servers: Sequence[str]) -> int:
     return 0
 
 
-RELAY_ONLY = {
-    "MAX_WEBSOCKETS_PER_IP": "100000",
-    "MAX_NICKNAMES_PER_IP": "100000",
-    "REGISTRATIONS_PER_MINUTE": "0",
-    "MESSAGE_RATE": "0",
-    "BYTE_RATE": "0",
-    "IMAGES_PER_MINUTE": "0",
-    "LAYERS_PER_MINUTE": "0",
-    # New sockets of a round would be greeted with the last round's texts.
-    "MAX_STORED_MESSAGES": "0",
-}
-
-
 def cli() -> int:
     parser = argparse.ArgumentParser(description="gischat load benchmark against a naive server")
     parser.add_argument("--scenarios", default="1,2,3,4,5,6", help="comma-separated scenario numbers")
@@ -278,10 +266,7 @@ def cli() -> int:
 
         return uvloop.run(redis_main())
     OPTIONS.profile = args.py_spy
-    # These scenarios measure the relay, with hundreds of clients on one loopback address
-    # sending as fast as they can: the per-address quotas and per-client rates, which
-    # bench/hostile.py measures with their defaults, would refuse them.
-    OPTIONS.gischat_env.update(RELAY_ONLY)
+    OPTIONS.gischat_env.update(RELAY_ONLY)  # see harness.RELAY_ONLY
     for item in args.gischat_env:
         name, sep, value = item.partition("=")
         if not sep or not name:
