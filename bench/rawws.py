@@ -178,7 +178,7 @@ class WsClient:
 
     def start(self, parse: bool = True) -> None:
         """Read in the background; `parse=False` only drains (thousands of sockets, cheap)."""
-        self.reading = asyncio.create_task(self._read() if parse else self._drain())
+        self.reading = asyncio.create_task(self._read(parse))
 
     @property
     def is_open(self) -> bool:
@@ -222,23 +222,15 @@ class WsClient:
             self.ended, self.ended_at = why, time.monotonic()
             self.closed.set()
 
-    async def _drain(self) -> None:
-        try:
-            while chunk := await self.reader.read(READ_CHUNK):
-                self.received_bytes += len(chunk)
-            self._end("eof")
-        except OSError:
-            self._end("reset")
-        except asyncio.CancelledError:
-            self._end("cancelled")
-            raise
-
-    async def _read(self) -> None:
+    async def _read(self, parse: bool) -> None:
+        """Read until the peer is done; frames are handled only when `parse` (else just counted)."""
         buffer = bytearray()
         pos = 0
         try:
             while chunk := await self.reader.read(READ_CHUNK):
                 self.received_bytes += len(chunk)
+                if not parse:
+                    continue
                 buffer += chunk
                 pos = self._parse(buffer, pos)
                 if self.closed.is_set():

@@ -24,6 +24,7 @@ from PIL import Image
 from playwright.async_api import Browser, Page, Route, WebSocket, async_playwright, expect
 
 from conftest import LiveServer, ServerFactory, start_server, ws_client
+from wire import GEOJSON_ORDER
 
 pytestmark = pytest.mark.anyio
 
@@ -584,16 +585,7 @@ async def test_the_page_shares_layers_extents_and_positions(
         upload.write_bytes(orjson.dumps(WGS84_FEATURES))
         await page.set_input_files("#layer-input", str(upload))
         layer = await bob.expect("geojson", author="alice")
-        assert list(layer) == [
-            "type",
-            "author",
-            "avatar",
-            "layer_name",
-            "crs_wkt",
-            "crs_authid",
-            "geojson",
-            "style",
-        ]
+        assert list(layer) == GEOJSON_ORDER
         assert layer["style"] is None  # the page shares no QML style
         assert layer["layer_name"] == "wells"
         assert layer["crs_authid"] == "EPSG:4326"

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from conftest import ServerFactory, ws_client
-from wire import WIRE_KEYS, next_frame, parse_strict, refused
+from wire import GEOJSON_ORDER, WIRE_KEYS, next_frame, parse_strict, refused
 
 pytestmark = pytest.mark.anyio
 
@@ -64,16 +64,7 @@ async def test_a_qml_style_round_trips_byte_for_byte(server_factory: ServerFacto
     style = QML + "<!--" + "p" * padding + "-->"
     raw = await relayed(server_factory, layer(style))
     received = parse_strict(raw)
-    assert list(received) == [
-        "type",
-        "author",
-        "avatar",
-        "layer_name",
-        "crs_wkt",
-        "crs_authid",
-        "geojson",
-        "style",
-    ]
+    assert list(received) == GEOJSON_ORDER
     assert received["style"] == style
     assert json.dumps(style, ensure_ascii=False) in raw
 

@@ -12,6 +12,9 @@ from typing import Any
 
 from conftest import Client
 
+# A layer's keys in the order the server writes them.
+GEOJSON_ORDER = ["type", "author", "avatar", "layer_name", "crs_wkt", "crs_authid", "geojson", "style"]
+
 WIRE_KEYS: dict[str, set[str]] = {
     "text": {"type", "author", "avatar", "text"},
     "image": {"type", "author", "avatar", "image_data"},
