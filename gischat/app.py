@@ -9,38 +9,28 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
-from typing import Annotated, Any
+from typing import Any
 
-import orjson
-from fastapi import APIRouter, FastAPI, HTTPException, Path, Request, WebSocket
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.routing import WebSocketRoute
 
 from gischat import page, webclient
 from gischat.asyncapi import document_json
 from gischat.broker import create_broker
-from gischat.chat import ChatService, NicknameTaken, Refused, client_address
-from gischat.models import TextMessage, Uncompliant
+from gischat.chat import ChatService, client_address
+from gischat.conversation_routes import add_conversation_routes
+from gischat.dialects import Dialect
 from gischat.rooms import Hub
-from gischat.schemas import ErrorResponse, RoomStatus, RulesResponse, StatusResponse, VersionResponse
-from gischat.settings import Settings, SettingsError, load_settings
+from gischat.schemas import RoomStatus, RulesResponse, StatusResponse, VersionResponse
+from gischat.settings import Settings, SettingsError, ignored_upstream_settings, load_settings
 from gischat.transport import STATE_KEY, TransportGuard
 
 logger = logging.getLogger("gischat")
-
-RoomName = Annotated[str, Path(description="Room name, percent-encoded in the URL", examples=["QGIS"])]
-
-TEXT_BODY_EXAMPLE = {
-    "type": "text",
-    "author": "curl-bot",
-    "avatar": "mActionRun.svg",
-    "text": "Deploy finished",
-}
-NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": ErrorResponse, "description": "Unknown room"}}
 
 
 def package_version() -> str:
@@ -63,6 +53,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         guard = TransportGuard(settings)
         guard.start()
         logger.info("serving rooms %s (%s)", ", ".join(settings.rooms), settings.environment)
+        ignored = ignored_upstream_settings(os.environ)
+        if ignored is not None:
+            logger.warning(ignored)
         try:
             yield {STATE_KEY: guard}
         finally:
@@ -91,10 +84,6 @@ def build_router(settings: Settings, chat: ChatService) -> APIRouter:
     router = APIRouter()
     current_version = package_version()
 
-    def require_room(room: str) -> None:
-        if room not in chat.hub.rooms:
-            raise HTTPException(status_code=404, detail=f"room {room!r} not found")
-
     def room_counts() -> list[RoomStatus]:
         return [RoomStatus(name=name, nb_connected_users=chat.hub.count(name)) for name in chat.hub.rooms]
 
@@ -114,6 +103,15 @@ def build_router(settings: Settings, chat: ChatService) -> APIRouter:
         """Names of the rooms of this instance, in the configured order."""
         return list(settings.rooms)
 
+    @router.get(
+        "/channels",
+        response_model=list[str],
+        responses={200: {"content": {"application/json": {"example": settings.rooms}}}},
+    )
+    async def channels() -> list[str]:
+        """Names of the channels (3.x dialect): the rooms, in the same order; channel X is room X."""
+        return list(settings.rooms)
+
     @router.get("/rules", response_model=RulesResponse)
     async def rules() -> RulesResponse:
         """The rules every message is checked against."""
@@ -129,16 +127,19 @@ def build_router(settings: Settings, chat: ChatService) -> APIRouter:
 
     @router.get("/status", response_model=StatusResponse, response_model_exclude_none=True)
     async def status() -> StatusResponse:
-        """Health and the number of open websockets per room (on every node).
+        """Health and the number of open websockets per room (on every node); `channels` lists
+        the same conversations for 3.x clients.
 
         With a shared broker, `broker` tells its state; `healthy` is false while this node is
         cut off from it (it then serves its own sockets only)."""
         broker = chat.hub.broker
         healthy = broker.healthy
+        counts = room_counts()
         return StatusResponse(
             status="ok" if healthy else "degraded",
             healthy=healthy,
-            rooms=room_counts(),
+            rooms=counts,
+            channels=counts,
             broker=broker.status(),
         )
 
@@ -158,19 +159,6 @@ def build_router(settings: Settings, chat: ChatService) -> APIRouter:
     async def get_version() -> VersionResponse:
         return VersionResponse(version=current_version)
 
-    @router.get(
-        "/room/{room}/users",
-        response_model=list[str],
-        responses={
-            **NOT_FOUND,
-            200: {"content": {"application/json": {"example": ["alice", "Bob", "carol"]}}},
-        },
-    )
-    async def room_users(room: RoomName) -> list[str]:
-        """Nicknames registered in the room, sorted case-insensitively."""
-        require_room(room)
-        return chat.hub.users(room)
-
     if settings.metrics_enabled:
         networks = [ipaddress.ip_network(network, strict=False) for network in settings.metrics_networks]
 
@@ -183,89 +171,9 @@ def build_router(settings: Settings, chat: ChatService) -> APIRouter:
                 )
             return Response(generate_latest(chat.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @router.get(
-        "/room/{room}/last",
-        response_model=list[dict[str, Any]],
-        responses={
-            **NOT_FOUND,
-            200: {"content": {"application/json": {"example": [TEXT_BODY_EXAMPLE]}}},
-        },
-    )
-    async def room_last(room: RoomName) -> Response:
-        """The room's last messages (MAX_STORED_MESSAGES), oldest first, exactly as they were sent.
-
-        History lives in memory only: it is lost when the server restarts.
-        """
-        require_room(room)
-        return Response(chat.hub.rooms[room].history.as_json(), media_type="application/json")
-
-    @router.put(
-        "/room/{room}/text",
-        response_model=TextMessage,
-        responses={
-            **NOT_FOUND,
-            403: {"model": ErrorResponse, "description": "A browser page from an origin not allowed"},
-            409: {"model": ErrorResponse, "description": "The author is a nickname registered in the room"},
-            413: {"model": ErrorResponse, "description": "Body above MAX_FRAME_SIZE"},
-            422: {"model": ErrorResponse, "description": "The message breaks a rule"},
-            429: {"model": ErrorResponse, "description": "Too many messages from this address (PUT_RATE)"},
-        },
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "application/json": {
-                        "schema": TextMessage.model_json_schema(),
-                        "example": TEXT_BODY_EXAMPLE,
-                    }
-                },
-            }
-        },
-    )
-    async def put_text(room: RoomName, request: Request) -> Any:
-        """Send a text message to a room (bots, scripts, curl); it is echoed back as broadcast."""
-        require_room(room)
-        try:
-            chat.check_post(
-                client_address(request.client), request.headers.get("origin"), request.headers.get("host")
-            )
-        except Refused as exc:
-            headers = {"Retry-After": "1"} if exc.status == 429 else None
-            return JSONResponse(status_code=exc.status, content={"detail": exc.detail}, headers=headers)
-        body = await read_json_body(request, settings.max_frame_size)
-        try:
-            message = await chat.post_text(room, body)
-        except Uncompliant as exc:
-            return JSONResponse(status_code=422, content={"detail": exc.reason})
-        except NicknameTaken as exc:
-            return JSONResponse(status_code=409, content={"detail": str(exc)})
-        return message
-
-    async def room_socket(websocket: WebSocket) -> None:
-        await chat.serve(websocket, websocket.path_params["room"])
-
-    # A plain Starlette route: FastAPI's websocket wrapper (dependency solving, exit stacks)
-    # would stay alive for the whole connection and cost ~5 kB per idle socket.
-    router.routes.append(WebSocketRoute("/room/{room}/ws", room_socket))
+    add_conversation_routes(router, settings, chat, Dialect.ROOM)
+    add_conversation_routes(router, settings, chat, Dialect.CHANNEL)
     return router
-
-
-async def read_json_body(request: Request, limit: int) -> Any:
-    """Read at most `limit` bytes of JSON; a larger or broken body is the client's error."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise HTTPException(status_code=413, detail=f"body larger than {limit} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise HTTPException(status_code=413, detail=f"body larger than {limit} bytes")
-        chunks.append(chunk)
-    try:
-        return orjson.loads(b"".join(chunks))
-    except orjson.JSONDecodeError:
-        raise HTTPException(status_code=422, detail="body is not valid JSON") from None
 
 
 def address_in(address: str, networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:

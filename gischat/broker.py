@@ -19,19 +19,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from gischat.dialects import Post
+
 if TYPE_CHECKING:
     from gischat.settings import Settings
 
 
 @dataclass(frozen=True, slots=True)
 class Envelope:
-    """One serialised message for a room; `to` narrows delivery to one nickname (likes).
+    """One message for a conversation; `to` narrows delivery to one nickname (likes).
 
     `keep` marks what people said (as opposed to the room's bookkeeping): it goes into the
     room's history as well.
     """
 
-    payload: str
+    post: Post
     to: str | None = None
     keep: bool = False
 
@@ -57,7 +59,7 @@ class Node(Protocol):
     def revoke(self, room: str, key: str, reason: str) -> None:
         """A local socket loses its nickname (another node holds it): tell it why."""
 
-    def reset_history(self, room: str, payloads: list[str]) -> None:
+    def reset_history(self, room: str, posts: list[Post]) -> None:
         """Replace a room's history with the shared one."""
 
 
@@ -73,11 +75,11 @@ class Broker(Protocol):
     def publish(self, room: str, envelope: Envelope) -> None:
         """Send an envelope to every node that serves `room`, this one included, in call order."""
 
-    async def claim(self, room: str, key: str, nickname: str, payload: str) -> bool:
+    async def claim(self, room: str, key: str, nickname: str, payload: Post) -> bool:
         """Register `nickname` for this node, first come first served across nodes; on success
         `payload` (the `newcomer`) is published, ordered after everything published before."""
 
-    def release(self, room: str, key: str, nickname: str, payload: str) -> None:
+    def release(self, room: str, key: str, nickname: str, payload: Post) -> None:
         """This node's socket registered as `nickname` left: free it and publish `payload` (`exiter`)."""
 
     def count_changed(self, room: str) -> None:
@@ -118,12 +120,12 @@ class MemoryBroker:
         if self._node is not None:
             self._node.deliver(room, envelope)
 
-    async def claim(self, room: str, key: str, nickname: str, payload: str) -> bool:
+    async def claim(self, room: str, key: str, nickname: str, payload: Post) -> bool:
         # The hub checked its own registry: with one node that is the whole truth.
         self.publish(room, Envelope(payload))
         return True
 
-    def release(self, room: str, key: str, nickname: str, payload: str) -> None:
+    def release(self, room: str, key: str, nickname: str, payload: Post) -> None:
         self.publish(room, Envelope(payload))
 
     def count_changed(self, room: str) -> None:

@@ -19,14 +19,14 @@ from typing import Any
 from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket
 
-from gischat import models
+from gischat import dialects, models
 from gischat.connection import CLOSE_POLICY_VIOLATION, Connection
+from gischat.dialects import AnyClientMessage, Dialect, Post, is_message_id
 from gischat.history import worth_keeping
 from gischat.limits import AddressBook, ConnectionLimits, Rates
 from gischat.logs import SUMMARY_INTERVAL, FloodFilter, RefusalLog, context, install_flood_filter
 from gischat.metrics import live_state
 from gischat.models import (
-    ClientMessage,
     GeojsonMessage,
     ImageMessage,
     LikeMessage,
@@ -52,6 +52,7 @@ ORIGIN_REASON = "origin not allowed: this page may not open a chat on this serve
 # The type a large frame says it is, looked up in its first bytes only to pick the rate bucket
 # it pays into; the worker that parses it decides what it really is.
 SNIFF_TYPE = re.compile(r'"type"\s*:\s*"(\w+)"')
+REPLY_REASON = "in_reply_to_id: not the id of a recent message of this conversation"
 
 
 class SlowDown(Uncompliant):
@@ -125,12 +126,12 @@ class ChatService:
         if not origin_allowed(origin, host, self.settings.allowed_origins):
             raise Refused(403, ORIGIN_REASON)
 
-    async def serve(self, websocket: WebSocket, room: str) -> None:
-        """Run one websocket from handshake to goodbye."""
+    async def serve(self, websocket: WebSocket, room: str, dialect: Dialect = Dialect.ROOM) -> None:
+        """Run one websocket from handshake to goodbye; `dialect` is the route's (rooms or channels)."""
         address = client_address(websocket.client)
         try:
             if room not in self.hub.rooms:
-                raise Refused(403, f"room {room!r} not found")
+                raise Refused(403, f"{dialect} {room!r} not found")
             self.check_origin(websocket.headers.get("origin"), websocket.headers.get("host"))
             limit = self.settings.max_websockets_per_ip
             if not self.addresses.open_websocket(address, limit):
@@ -148,7 +149,7 @@ class ChatService:
             return
         try:
             await websocket.accept()
-            conn = self.hub.join(websocket, room)
+            conn = self.hub.join(websocket, room, dialect)
             try:
                 await self._receive_loop(conn)
             finally:
@@ -177,6 +178,8 @@ class ChatService:
                 if text is None:
                     raise Uncompliant(BINARY_REASON)
                 await self.handle(conn, await self._read(conn, text))
+            except models.Ignored:
+                pass  # QField's own `exiter`: the server announces departures itself
             except SlowDown as exc:
                 self.metrics.rate_limited.labels(exc.limit).inc()
                 self._refuse(conn, exc.reason)
@@ -191,7 +194,7 @@ class ChatService:
                     conn.room,
                     extra=context(conn.peer, conn.room),
                 )
-                conn.push_text(models.uncompliant(INTERNAL_ERROR_REASON))
+                conn.refuse(INTERNAL_ERROR_REASON)
             handled += 1
             if handled % YIELD_EVERY == 0:
                 # Frames that arrived together are handled without waiting; yield now and then
@@ -239,17 +242,17 @@ class ChatService:
         conn.refusals += 1
         self.metrics.refused(reason)
         self.refusal_log.refused(conn.peer, conn.room, reason, conn.refusals)
-        conn.push_text(models.uncompliant(reason))
+        conn.refuse(reason)
 
-    async def _read(self, conn: Connection, text: str) -> ClientMessage | Prepared:
+    async def _read(self, conn: Connection, text: str) -> AnyClientMessage | Prepared:
         """Parse a frame; large frames and heavy types are parsed and prepared off the loop."""
         if len(text) > OFFLOAD_THRESHOLD:
             sniffed = SNIFF_TYPE.search(text, 0, 256)
             kind = sniffed.group(1) if sniffed else None
             self._charge(conn, kind)
             with self.metrics.processing.labels("image" if kind == "image" else "geojson").time():
-                return await self.processor.process_frame(text)
-        message = models.parse_frame(text, self.limits)
+                return await self.processor.process_frame(text, conn.dialect)
+        message = dialects.parse_frame(text, self.limits, conn.dialect)
         if isinstance(message, GeojsonMessage | ImageMessage):
             # Cheap checks first: no worker time for a message that would be refused anyway.
             self.hub.check_author(conn, conn.room, message.author)
@@ -258,28 +261,40 @@ class ChatService:
                 return await self.processor.process_message(message)
         return message
 
-    async def handle(self, conn: Connection, message: ClientMessage | Prepared) -> None:
+    async def handle(self, conn: Connection, message: AnyClientMessage | Prepared) -> None:
         """Act on one valid message from a websocket."""
         self.metrics.received.labels(message.kind if isinstance(message, Prepared) else message.type).inc()
         if isinstance(message, NewcomerMessage):
-            await self._register(conn, message.newcomer, message.to_wire())
+            await self._register(conn, message.newcomer, Post.of(message))
         elif isinstance(message, LikeMessage):
             self.hub.check_author(conn, conn.room, message.liker_author, "liker_author")
             # Only the liked author hears of it; nobody registered under that name, no delivery.
-            self.hub.publish(conn.room, message.to_wire(), to=message.liked_author)
+            self.hub.publish(conn.room, Post.of(message), to=message.liked_author)
         elif isinstance(message, Prepared):
             # The world moved on while a worker prepared it: the socket may have been dropped, or
             # its author's nickname registered by another.
             if conn.closing or conn not in self.hub.rooms[conn.room].connections:
                 return
             self.hub.check_author(conn, conn.room, message.author)
-            self.hub.publish(conn.room, message.wire, keep=worth_keeping(message.kind))
+            reply = self._reply_target(conn.room, message.reply)
+            post = Post(message.kind, message.body, message.style, reply)
+            self.hub.publish(conn.room, post, keep=worth_keeping(message.kind))
         else:
             self.hub.check_author(conn, conn.room, message.author)
             said = message.text if isinstance(message, TextMessage) else None
-            self.hub.publish(conn.room, message.to_wire(), keep=worth_keeping(message.type, said))
+            post = Post.of(message, self._reply_target(conn.room, message.in_reply_to_id))
+            self.hub.publish(conn.room, post, keep=worth_keeping(post.kind, said))
 
-    async def _register(self, conn: Connection, nickname: str, payload: str) -> None:
+    def _reply_target(self, room: str, given: Any) -> str | None:
+        """The id a reply points to, sent on (3.x, REPLY_THREADS) only when it names a recent message
+        of this conversation; without REPLY_THREADS the key is accepted and forgotten."""
+        if given is None or not self.settings.reply_threads:
+            return None
+        if not is_message_id(given) or not self.hub.rooms[room].replied_to(given):
+            raise Uncompliant(REPLY_REASON)
+        return str(given)
+
+    async def _register(self, conn: Connection, nickname: str, payload: Post) -> None:
         """Per-address quotas on nicknames, then the room's own first-come rule (on every node)."""
         if not self.addresses.may_register(conn.address):
             raise SlowDown("registrations", self.rates.registrations.reason())
@@ -298,8 +313,10 @@ class ChatService:
             self.metrics.rate_limited.labels("put").inc()
             raise Refused(429, self.rates.puts.reason())
 
-    async def post_text(self, room: str, body: Any) -> TextMessage:
-        """A text message from REST: same rules as a websocket's, author not registered by anyone."""
+    async def post_text(self, room: str, body: Any) -> Post:
+        """A text message from REST: same rules as a websocket's, author not registered by anyone.
+
+        Returns the post as broadcast, for the route to echo in its own dialect."""
         if isinstance(body, dict):
             body = {"type": "text", **body}
             if body["type"] != "text":
@@ -308,9 +325,10 @@ class ChatService:
         assert isinstance(message, TextMessage)
         if self.hub.taken(room, message.author):
             raise NicknameTaken(f"author '{message.author}' is registered by a user of room '{room}'")
-        self.hub.publish(room, message.to_wire(), keep=worth_keeping("text", message.text))
+        post = Post.of(message, self._reply_target(room, message.in_reply_to_id))
+        self.hub.publish(room, post, keep=worth_keeping("text", message.text))
         logger.info("text posted over HTTP to %r by %r", room, message.author, extra=context(room=room))
-        return message
+        return post
 
 
 async def deny(websocket: WebSocket, refusal: Refused) -> None:

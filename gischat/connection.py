@@ -15,11 +15,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
 
 from starlette.websockets import WebSocket
 
+from gischat.dialects import Dialect, Outgoing, Post, uncompliant
 from gischat.limits import ConnectionLimits
 from gischat.logs import context
 
@@ -32,23 +31,6 @@ HARD_LIMIT_FACTOR = 4
 # Messages waiting for a peer beyond which we stop reading from it until they are sent: a
 # client that talks faster than it listens only ever waits for itself.
 READ_PAUSE_MESSAGES = 64
-
-
-@dataclass(frozen=True, slots=True)
-class Outgoing:
-    """One message on its way to many sockets: encoded once, one ASGI event for every recipient.
-
-    The `gischat.bytes` key lets gischat's websocket protocol skip encoding the text again for
-    each recipient; any other ASGI server simply ignores it and sends `text`.
-    """
-
-    event: dict[str, Any]
-    size: int
-
-    @classmethod
-    def of(cls, text: str) -> Outgoing:
-        data = text.encode()
-        return cls({"type": "websocket.send", "text": text, "gischat.bytes": data}, len(data))
 
 
 class Connection:
@@ -66,6 +48,7 @@ class Connection:
         "_writer",
         "address",
         "closing",
+        "dialect",
         "limits",
         "max_bytes",
         "max_messages",
@@ -80,6 +63,7 @@ class Connection:
         self,
         websocket: WebSocket,
         room: str,
+        dialect: Dialect,
         *,
         max_messages: int,
         max_bytes: int,
@@ -87,6 +71,7 @@ class Connection:
     ) -> None:
         self.websocket = websocket
         self.room = room
+        self.dialect = dialect
         self.nickname: str | None = None
         self.max_messages = max_messages
         self.max_bytes = max_bytes
@@ -123,9 +108,15 @@ class Connection:
         if self._writer is None:
             self._writer = self._loop.create_task(self._write())
 
-    def push_text(self, text: str) -> None:
-        """Queue a message for this socket alone (a refusal, say)."""
-        self.push(Outgoing.of(text))
+    def push_post(self, post: Post, send_style: bool = True) -> None:
+        """Queue a message in this socket's dialect; one its dialect lacks is not sent."""
+        item = post.frame(self.dialect, send_style)
+        if item is not None:
+            self.push(item)
+
+    def refuse(self, reason: str) -> None:
+        """Tell this socket alone that its message was refused, and why."""
+        self.push_post(uncompliant(reason))
 
     @property
     def pending(self) -> int:

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from collections import deque
 
-from gischat.connection import Outgoing
+from gischat.dialects import Dialect, Post
 
-STORED_TYPES = frozenset({"text", "image", "geojson", "crs", "bbox"})
+STORED_TYPES = frozenset({"text", "image", "geojson", "crs", "bbox", "position", "model", "script"})
 # Texts that trigger a QTribu easter egg: fun once, noise when replayed to every newcomer.
 EASTER_EGGS = frozenset({"givemesomecheese", "iamarobot", "its10oclock", "qgisprolicense"})
 
@@ -26,17 +26,22 @@ def worth_keeping(kind: str, text: str | None = None) -> bool:
 
 
 class History:
-    """At most `max_messages` messages holding at most `max_bytes` bytes, oldest dropped first."""
+    """At most `max_messages` messages holding at most `max_bytes` characters, oldest dropped first.
+
+    One history per conversation, kept as posts: a socket of either dialect gets the replay in
+    its own shape, with the ids and timestamps the live recipients saw; the 2.x replay skips
+    the types the 2.x dialect does not have.
+    """
 
     __slots__ = ("_bytes", "_items", "max_bytes", "max_messages")
 
     def __init__(self, max_messages: int, max_bytes: int) -> None:
         self.max_messages = max_messages
         self.max_bytes = max_bytes
-        self._items: deque[Outgoing] = deque()
+        self._items: deque[Post] = deque()
         self._bytes = 0
 
-    def add(self, item: Outgoing) -> None:
+    def add(self, item: Post) -> None:
         if self.max_messages == 0 or item.size > self.max_bytes:
             return
         self._items.append(item)
@@ -48,10 +53,11 @@ class History:
         self._items.clear()
         self._bytes = 0
 
-    def items(self) -> list[Outgoing]:
+    def items(self) -> list[Post]:
         """Oldest first, as they were said."""
         return list(self._items)
 
-    def as_json(self) -> bytes:
-        """The stored messages as one JSON array, built from their wire text without re-parsing."""
-        return b"[" + b",".join(item.event["gischat.bytes"] for item in self._items) + b"]"
+    def as_json(self, dialect: Dialect = Dialect.ROOM, send_style: bool = True) -> bytes:
+        """The stored messages in `dialect` as one JSON array, from their frames without re-parsing."""
+        frames = (post.frame(dialect, send_style) for post in self._items)
+        return b"[" + b",".join(frame.data for frame in frames if frame is not None) + b"]"

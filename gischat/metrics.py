@@ -65,6 +65,16 @@ REFUSAL_KINDS = frozenset(
         "xmax",
         "ymin",
         "ymax",
+        # Fields of the 3.x dialect's own types and replies.
+        "x",
+        "y",
+        "model_name",
+        "model_group",
+        "raw_xml",
+        "name",
+        "raw_pycode",
+        "script",
+        "in_reply_to_id",
     }
 )
 PROCESSING_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -132,10 +142,9 @@ class Metrics:
             self.received.labels(kind)
             self.delivered.labels(kind)
 
-    def sent(self, payload: str, size: int, recipients: int) -> None:
-        """A message went to `recipients` queues; its type is read off the wire text we wrote."""
-        # Every payload is ours and starts with {"type":"<type>", so no parsing is needed.
-        self.delivered.labels(payload[9 : payload.find('"', 9)]).inc(recipients)
+    def sent(self, kind: str, size: int, recipients: int) -> None:
+        """A message of type `kind` went to `recipients` queues, `size` bytes each."""
+        self.delivered.labels(kind).inc(recipients)
         self.bytes_sent.inc(size * recipients)
 
     def watch(self, collect: Callable[[], Iterable[Metric]]) -> None:

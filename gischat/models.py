@@ -10,6 +10,8 @@ context, so one set of models serves apps built with different settings.
 from __future__ import annotations
 
 import re
+import unicodedata
+from collections.abc import Mapping
 from dataclasses import dataclass
 from itertools import chain
 from typing import Annotated, Any, Literal, Self
@@ -21,12 +23,10 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    PrivateAttr,
     TypeAdapter,
     ValidationError,
     ValidationInfo,
     field_validator,
-    model_validator,
 )
 
 from gischat.settings import Settings
@@ -71,14 +71,20 @@ class Limits:
     max_geojson_features: int = 500
     max_geojson_vertices: int = 1_000_000
     max_style_length: int = 2 * 1024 * 1024
-    # Whether outgoing layers carry `style`: QTribu 1.1.x refuses the key, 1.2 and QChat need it.
-    send_style: bool = True
+    # The 3.x dialect's Processing attachments: scripts run code on the receiver's machine.
+    allow_scripts: bool = False
+    max_script_length: int = 1024 * 1024
+    max_model_length: int = 1024 * 1024
+    max_image_length: int = 16 * 1024 * 1024
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Self:
         return cls(
             max_style_length=settings.max_style_length,
-            send_style=settings.geojson_style,
+            allow_scripts=settings.allow_scripts,
+            max_script_length=settings.max_script_length,
+            max_model_length=settings.max_model_length,
+            max_image_length=settings.max_image_length,
             min_author_length=settings.min_author_length,
             max_author_length=settings.max_author_length,
             max_message_length=settings.max_message_length,
@@ -105,7 +111,19 @@ def check_length(value: str, maximum: int, field: str) -> str:
     return value
 
 
-def _limits(info: ValidationInfo) -> Limits:
+def check_file_name(value: str, field: str) -> str:
+    """Names a client may turn into a file name (QChat saves scripts, models and layers under
+    them): no path separator, no `..` segment, no control character."""
+    if "/" in value or "\\" in value:
+        raise Uncompliant(f"{field}: must not contain '/' or '\\'")
+    if value.strip() in (".", ".."):
+        raise Uncompliant(f"{field}: must not be '.' or '..'")
+    if any(unicodedata.category(char) == "Cc" for char in value):
+        raise Uncompliant(f"{field}: must not contain control characters")
+    return value
+
+
+def limits_of(info: ValidationInfo) -> Limits:
     context = info.context
     return context if isinstance(context, Limits) else Limits()
 
@@ -119,20 +137,36 @@ class WireMessage(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     def to_wire(self) -> str:
-        """Serialise once; the same text is handed to every recipient."""
+        """The message as the 2.x dialect writes it (`{"type": ..., keys...}`)."""
         return self.model_dump_json()
+
+    def body(self) -> tuple[str, str | None]:
+        """The keys after `type`, as JSON text without braces, and the `style` tail of a layer.
+
+        Both dialects write the same keys in the same order after their own envelope, so a
+        broadcast is serialised once here and each dialect's frame is a concatenation.
+        """
+        wire = self.to_wire()
+        return wire[wire.index('",', 9) + 2 : -1], None  # after '{"type":"<type>",'
 
 
 Avatar = Annotated[str, Field(max_length=MAX_AVATAR_LENGTH)] | None
 
 
 class AuthoredMessage(WireMessage):
-    """A message shown under an author's name. Subclasses declare the fields in wire order."""
+    """A message shown under an author's name. Subclasses declare the fields in wire order.
+
+    `in_reply_to_id` is what QChat 1.7 sends on a reply: accepted on input, never serialised
+    with the message's keys (QChat 1.0-1.6 lose a frame that carries it); the chat service
+    checks it and, with REPLY_THREADS on, appends it to the 3.x rendering.
+    """
+
+    in_reply_to_id: Any = Field(default=None, exclude=True)
 
     @field_validator("author", check_fields=False)
     @classmethod
     def _check_author(cls, value: str, info: ValidationInfo) -> str:
-        return check_nickname(value, _limits(info), "author")
+        return check_nickname(value, limits_of(info), "author")
 
 
 class TextMessage(AuthoredMessage):
@@ -152,7 +186,7 @@ class TextMessage(AuthoredMessage):
     @field_validator("text")
     @classmethod
     def _check_text(cls, value: str, info: ValidationInfo) -> str:
-        return check_length(value, _limits(info).max_message_length, "text")
+        return check_length(value, limits_of(info).max_message_length, "text")
 
 
 class ImageMessage(AuthoredMessage):
@@ -160,6 +194,11 @@ class ImageMessage(AuthoredMessage):
     author: str
     avatar: Avatar = None
     image_data: str
+
+    @field_validator("image_data")
+    @classmethod
+    def _check_image_data(cls, value: str, info: ValidationInfo) -> str:
+        return check_length(value, limits_of(info).max_image_length, "image_data")
 
 
 class NewcomerMessage(WireMessage):
@@ -169,7 +208,7 @@ class NewcomerMessage(WireMessage):
     @field_validator("newcomer")
     @classmethod
     def _check_newcomer(cls, value: str, info: ValidationInfo) -> str:
-        return check_nickname(value, _limits(info), "newcomer")
+        return check_nickname(value, limits_of(info), "newcomer")
 
 
 class LikeMessage(WireMessage):
@@ -181,12 +220,12 @@ class LikeMessage(WireMessage):
     @field_validator("liker_author", "liked_author")
     @classmethod
     def _check_authors(cls, value: str, info: ValidationInfo) -> str:
-        return check_nickname(value, _limits(info), str(info.field_name))
+        return check_nickname(value, limits_of(info), str(info.field_name))
 
     @field_validator("message")
     @classmethod
     def _check_message(cls, value: str, info: ValidationInfo) -> str:
-        return check_length(value, _limits(info).max_message_length, "message")
+        return check_length(value, limits_of(info).max_message_length, "message")
 
 
 class CrsMessage(AuthoredMessage):
@@ -215,23 +254,22 @@ class GeojsonMessage(AuthoredMessage):
     # The layer's QGIS style (a QML document), null when the sender shared none. QTribu 1.2
     # and QChat send it and require it on every layer they receive.
     style: str | None = None
-    _send_style: bool = PrivateAttr(default=True)
 
     @field_validator("style")
     @classmethod
     def _check_style(cls, value: str | None, info: ValidationInfo) -> str | None:
-        return None if value is None else check_length(value, _limits(info).max_style_length, "style")
+        return None if value is None else check_length(value, limits_of(info).max_style_length, "style")
 
-    @model_validator(mode="after")
-    def _remember_style_policy(self, info: ValidationInfo) -> Self:
-        self._send_style = _limits(info).send_style
-        return self
+    @field_validator("layer_name")
+    @classmethod
+    def _check_layer_name(cls, value: str) -> str:
+        return check_file_name(value, "layer_name")
 
     @field_validator("geojson")
     @classmethod
     def _check_geojson(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
         features = value.get("features")
-        maximum = _limits(info).max_geojson_features
+        maximum = limits_of(info).max_geojson_features
         # Counted before anything else so an oversized layer costs almost nothing.
         if isinstance(features, list) and len(features) > maximum:
             raise Uncompliant(f"Too many geojson features : {len(features)} vs max {maximum} allowed")
@@ -250,14 +288,23 @@ class GeojsonMessage(AuthoredMessage):
         return features
 
     def to_wire(self) -> str:
-        """orjson writes a large layer many times faster than pydantic's serialiser of `Any`."""
+        body, style = self.body()
+        return f'{{"type":"geojson",{body}{style}}}'
+
+    def body(self) -> tuple[str, str | None]:
+        """orjson writes a large layer many times faster than pydantic's serialiser of `Any`.
+
+        `style` comes apart, as the tail: the 2.x dialect leaves it out when GEOJSON_STYLE is
+        off (QTribu 1.1.x refuses the key), the 3.x dialect always sends it.
+        """
         fields = dict(self)
-        if not self._send_style:  # an instance whose users all run QTribu 1.1.x
-            del fields["style"]
+        del fields["type"], fields["in_reply_to_id"]
+        style = fields.pop("style")
         try:
-            return orjson.dumps(fields).decode()
+            body = orjson.dumps(fields).decode()
         except orjson.JSONEncodeError:  # orjson refuses nesting deeper than 255 levels
             raise Uncompliant("geojson: nested too deeply") from None
+        return body[1:-1], ',"style":' + orjson.dumps(style).decode()
 
 
 def check_feature(index: int, feature: Any) -> None:
@@ -477,33 +524,50 @@ CLIENT_MODELS: dict[str, type[WireMessage]] = {
 }
 
 
-def parse_frame(text: str, limits: Limits) -> ClientMessage:
+class Ignored(Exception):
+    """A frame the dialect expects from its clients and drops without a word (QField's `exiter`)."""
+
+
+def parse_frame(
+    text: str,
+    limits: Limits,
+    types: Mapping[str, type[WireMessage]] = CLIENT_MODELS,
+    ignored: frozenset[str] = frozenset(),
+) -> Any:
     """Turn one text frame into a validated message, or raise `Uncompliant` with a short reason."""
     try:
         # orjson is strict JSON: NaN and Infinity are refused here rather than re-emitted.
         data = orjson.loads(text)
     except orjson.JSONDecodeError:
         raise Uncompliant("message is not valid JSON") from None
-    return parse_object(data, limits)
+    return parse_object(data, limits, types, ignored)
 
 
-def parse_object(data: Any, limits: Limits) -> ClientMessage:
-    """Validate an already decoded JSON value against the model its `type` names."""
+def parse_object(
+    data: Any,
+    limits: Limits,
+    types: Mapping[str, type[WireMessage]] = CLIENT_MODELS,
+    ignored: frozenset[str] = frozenset(),
+) -> Any:
+    """Validate an already decoded JSON value against the model its `type` names in `types`
+    (the client types of the socket's dialect); a type in `ignored` raises `Ignored`."""
     if not isinstance(data, dict):
         raise Uncompliant("message must be a JSON object")
     kind = data.get("type")
     if kind is None:
         raise Uncompliant("type: missing")
+    if kind in ignored:
+        raise Ignored(kind)
     if kind in SERVER_ONLY_TYPES:
         raise Uncompliant(f"type: '{kind}' messages are sent by the server only")
-    if not isinstance(kind, str) or kind not in CLIENT_MODELS:
+    if not isinstance(kind, str) or kind not in types:
         raise Uncompliant(f"type: unknown message type {_short(kind)}")
-    model = CLIENT_MODELS[kind]
+    model = types[kind]
     try:
         message = model.model_validate(data, context=limits)
     except ValidationError as exc:
         raise Uncompliant(_first_problem(exc)) from None
-    return message  # type: ignore[return-value]
+    return message
 
 
 def _first_problem(exc: ValidationError) -> str:

@@ -31,13 +31,14 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from typing import Any, TypeAlias
 
 import orjson
 
 from gischat import images, models
+from gischat.dialects import AnyClientMessage, Dialect, parse_object
 from gischat.settings import Settings
 
 __all__ = [
@@ -92,7 +93,9 @@ class Prepared:
 
     kind: str  # the message type: "image" or "geojson"
     author: str
-    wire: str  # the exact text to broadcast, as the model's `to_wire()` writes it
+    body: str  # the keys after `type`, as `WireMessage.body()` writes them
+    style: str | None  # a layer's `style` tail
+    reply: Any = None  # the `in_reply_to_id` the sender gave, checked on the loop
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +122,9 @@ class Refused:
     reason: str
 
 
-Outcome: TypeAlias = Prepared | models.ClientMessage | Refused
+Outcome: TypeAlias = Prepared | AnyClientMessage | Refused
+# A frame its dialect drops silently (QField's `exiter`), on its way back from a worker.
+IGNORED = Refused("")
 
 
 # --- memory ---------------------------------------------------------------------------------------
@@ -248,9 +253,9 @@ def _limit_address_space(limit: int) -> None:
         resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
 
 
-def run_frame(text: str, rules: Rules) -> Outcome:
+def run_frame(text: str, rules: Rules, dialect: Dialect) -> Outcome:
     """Worker entry point: a whole frame, parsed, validated and (image, layer) made ready."""
-    return _guarded(len(text), _prepare_frame, text, rules)
+    return _guarded(len(text), _prepare_frame, text, rules, dialect)
 
 
 def run_image(author: str, avatar: str | None, image_data: str, rules: Rules) -> Outcome:
@@ -264,6 +269,8 @@ def _guarded(size: int, job: Callable[..., Outcome], *args: Any) -> Outcome:
         outcome = job(*args)
     except models.Uncompliant as exc:
         outcome = Refused(exc.reason)
+    except models.Ignored:
+        outcome = IGNORED
     except images.ImageRejected as exc:
         outcome = Refused(str(exc))
     except MemoryError:
@@ -275,12 +282,12 @@ def _guarded(size: int, job: Callable[..., Outcome], *args: Any) -> Outcome:
     return outcome
 
 
-def _prepare_frame(text: str, rules: Rules) -> Outcome:
+def _prepare_frame(text: str, rules: Rules, dialect: Dialect) -> Outcome:
     try:
         data = orjson.loads(text)
     except orjson.JSONDecodeError:
         raise models.Uncompliant(NOT_JSON_REASON) from None
-    message = models.parse_object(data, rules.limits)
+    message = parse_object(data, rules.limits, dialect)
     del data
     if isinstance(message, models.GeojsonMessage):
         return _prepare_layer(message, text, rules.limits)
@@ -300,19 +307,21 @@ def _prepare_layer(message: models.GeojsonMessage, text: str, limits: models.Lim
         models.check_vertices(message.geojson, maximum)
     for index, feature in enumerate(message.features):
         models.check_feature(index, feature)
-    return Prepared(kind="geojson", author=message.author, wire=message.to_wire())
+    body, style = message.body()
+    return Prepared("geojson", message.author, body, style, message.in_reply_to_id)
 
 
 def _prepare_image(message: models.ImageMessage, rules: Rules) -> Prepared:
     resized = _resize(message.image_data, rules)
-    wire = message.model_copy(update={"image_data": resized}).to_wire()
-    return Prepared(kind="image", author=message.author, wire=wire)
+    body, _ = message.model_copy(update={"image_data": resized}).body()
+    return Prepared("image", message.author, body, None, message.in_reply_to_id)
 
 
 def _prepare_image_fields(author: str, avatar: str | None, image_data: str, rules: Rules) -> Prepared:
     resized = _resize(image_data, rules)
     message = models.ImageMessage.model_construct(author=author, avatar=avatar, image_data=resized)
-    return Prepared(kind="image", author=author, wire=message.to_wire())
+    body, _ = message.body()
+    return Prepared("image", author, body, None)
 
 
 def _resize(image_data: str, rules: Rules) -> str:
@@ -371,14 +380,14 @@ class Processor:
         if pool is not None:
             await asyncio.to_thread(_shut_down, pool)
 
-    async def process_frame(self, text: str) -> models.ClientMessage | Prepared:
+    async def process_frame(self, text: str, dialect: Dialect = Dialect.ROOM) -> AnyClientMessage | Prepared:
         """A frame too large to parse on the loop: parse + validate (+ resize/serialise for
         image/geojson) in a worker.
 
         Returns Prepared for image/geojson, the validated model for other (small) types.
         Raises models.Uncompliant.
         """
-        outcome = await self._run(len(text), run_frame, text, self.rules)
+        outcome = await self._run(len(text), run_frame, text, self.rules, dialect)
         assert not isinstance(outcome, Refused)
         return outcome
 
@@ -401,9 +410,9 @@ class Processor:
             )
         else:
             text = message.to_wire()
-            outcome = await self._run(len(text), run_frame, text, self.rules)
+            outcome = await self._run(len(text), run_frame, text, self.rules, Dialect.ROOM)
         assert isinstance(outcome, Prepared)
-        return outcome
+        return replace(outcome, reply=message.in_reply_to_id)
 
     def worker_pids(self) -> list[int]:
         """Process ids of the current workers (for tests and diagnostics)."""
@@ -430,6 +439,8 @@ class Processor:
         self.jobs_done += 1
         if size > LARGE_INPUT:
             self._schedule_trim()
+        if outcome == IGNORED:
+            raise models.Ignored()
         if isinstance(outcome, Refused):
             raise models.Uncompliant(outcome.reason)
         return outcome

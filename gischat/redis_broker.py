@@ -58,7 +58,9 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError
 
+from gischat import dialects
 from gischat.broker import Envelope, Node
+from gischat.dialects import Post
 
 if TYPE_CHECKING:
     from gischat.settings import Settings
@@ -72,9 +74,11 @@ SPLIT_REASON = (
 FIRST_RETRY = 0.1  # seconds before the first reconnection attempt, doubled up to the maximum
 
 # Events are "<seq> <header JSON>\n<payload>"; the header is a JSON array:
-#   ["m", room, node, n, to, keep]          a message (payload: its wire text)
-#   ["c", room, node, n, key, nickname, q]  a nickname claimed (payload: the newcomer)
-#   ["r", room, node, n, key, nickname, q]  a nickname freed (payload: the exiter)
+#   ["m", room, node, n, to, keep]          a message (payload: the post, `Post.encode()`)
+#   ["c", room, node, n, key, nickname, q]  a nickname claimed (payload: the newcomer post)
+#   ["r", room, node, n, key, nickname, q[, t]]  a nickname freed (payload: the exiter post;
+#                                            `t`: Redis's clock when a script freed it for a dead
+#                                            or split node, the exiter's timestamp on every node)
 #   ["n", "", node, n, {room: count}]       a node's socket counts
 #   ["g", "", node, 0]                      a node is gone
 # `n` numbers a node's own commands (0: written by a script on another node's behalf); `q`
@@ -141,7 +145,7 @@ local function free(prefix, node, field, value, quiet, seqkey, channel)
   if redis.call('HGET', nicks, key) == node .. '\\0' .. nickname then
     redis.call('HDEL', nicks, key)
     local seq = redis.call('INCR', seqkey)
-    local head = cjson.encode({'r', room, node, 0, key, nickname, quiet})
+    local head = cjson.encode({'r', room, node, 0, key, nickname, quiet, tonumber(redis.call('TIME')[1])})
     redis.call('PUBLISH', channel, seq .. ' ' .. head .. '\\n' .. exiter)
   end
 end
@@ -391,13 +395,18 @@ class RedisBroker:
             Command(
                 "emit",
                 [self.k_seq, self.k_channel, f"{self.prefix}:history:{room}"],
-                [header, envelope.payload, self.history_size if envelope.keep else 0, self.history_bytes],
+                [
+                    header,
+                    envelope.post.encode(),
+                    self.history_size if envelope.keep else 0,
+                    self.history_bytes,
+                ],
                 local=(room, envelope),
                 n=self._n,
             )
         )
 
-    async def claim(self, room: str, key: str, nickname: str, payload: str) -> bool:
+    async def claim(self, room: str, key: str, nickname: str, payload: Post) -> bool:
         if not self._online:
             self._deliver_local(room, Envelope(payload))
             return True
@@ -408,7 +417,7 @@ class RedisBroker:
             Command(
                 "claim",
                 [self.k_nodes, self.k_seq, self.k_channel, f"{self.prefix}:nicks:{room}", self.k_index],
-                [self.node, room, key, nickname, header, payload, exiter_wire(nickname)],
+                [self.node, room, key, nickname, header, payload.encode(), exiter_wire(nickname)],
                 future=future,
                 local=(room, Envelope(payload)),
                 n=self._n,
@@ -424,7 +433,7 @@ class RedisBroker:
         # nickname again when it is back.
         return result is None or int(result) > 0
 
-    def release(self, room: str, key: str, nickname: str, payload: str) -> None:
+    def release(self, room: str, key: str, nickname: str, payload: Post) -> None:
         if not self._online:
             self._deliver_local(room, Envelope(payload))
             return
@@ -434,7 +443,7 @@ class RedisBroker:
             Command(
                 "release",
                 [self.k_seq, self.k_channel, f"{self.prefix}:nicks:{room}", self.k_index],
-                [self.node, room, key, nickname, header, payload],
+                [self.node, room, key, nickname, header, payload.encode()],
                 local=(room, Envelope(payload)),
                 n=self._n,
             )
@@ -725,12 +734,13 @@ class RedisBroker:
             if keep and self._buffer is not None:
                 self._buffer.append((seq, header, payload))
                 keep = False
-            hub.deliver(room, Envelope(payload.decode(), header[4], keep and seq > self._base))
+            hub.deliver(room, Envelope(Post.decode(payload.decode()), header[4], keep and seq > self._base))
             return
         if kind in ("c", "r") and not (mine and header[6]):
             if kind == "c" and mine:
                 hub.claim_settled(room, header[4], header[5])
-            hub.deliver(room, Envelope(payload.decode()))
+            freed_at = header[7] if kind == "r" and len(header) > 7 else None
+            hub.deliver(room, Envelope(Post.decode(payload.decode(), freed_at)))
         if kind == "g" and mine:
             if not self._stopping:
                 self._fail(NodeReaped("Redis took this node for dead; registering again"))
@@ -795,14 +805,15 @@ class RedisBroker:
             self._nicks[room] = entries
         buffered = self._buffer or []
         self._buffer = None
-        kept: dict[str, list[str]] = {
-            room: [item.decode() for item in items] for room, items in zip(self.rooms, history, strict=True)
+        kept: dict[str, list[Post]] = {
+            room: [Post.decode(item.decode()) for item in items]
+            for room, items in zip(self.rooms, history, strict=True)
         }
         for seq, header, payload in buffered:
             if seq <= self._base:
                 continue
             if header[0] == "m":
-                kept.setdefault(header[1], []).append(payload.decode())
+                kept.setdefault(header[1], []).append(Post.decode(payload.decode()))
             else:
                 self._apply(header)
         for room in self.rooms:
@@ -811,12 +822,9 @@ class RedisBroker:
 
 
 def newcomer_wire(nickname: str) -> str:
-    from gischat import models
-
-    return models.NewcomerMessage.model_construct(newcomer=nickname).to_wire()
+    return dialects.newcomer(nickname).encode()
 
 
 def exiter_wire(nickname: str) -> str:
-    from gischat import models
-
-    return models.exiter(nickname)
+    """The exiter a script publishes when it frees the nickname for a node that cannot."""
+    return dialects.exiter(nickname).encode()

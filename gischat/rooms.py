@@ -17,9 +17,10 @@ from collections.abc import Callable
 
 from starlette.websockets import WebSocket
 
-from gischat import models
+from gischat import dialects
 from gischat.broker import Broker, Envelope, MemoryBroker
-from gischat.connection import Connection, Outgoing
+from gischat.connection import Connection
+from gischat.dialects import Dialect, Post
 from gischat.history import History
 from gischat.metrics import Metrics, broker_state
 from gischat.models import Uncompliant
@@ -33,8 +34,13 @@ def nickname_key(nickname: str) -> str:
     return unicodedata.normalize("NFKC", nickname).casefold()
 
 
+# Ids of a conversation's recent messages a reply may point to (REPLY_THREADS): far more than
+# anyone scrolls back to, a few hundred kB per room at most.
+MAX_REPLY_TARGETS = 4096
+
+
 class Room:
-    """The local sockets of one room and the nicknames they registered."""
+    """The local sockets of one conversation (room X and channel X) and the nicknames they registered."""
 
     __slots__ = (
         "_count_timer",
@@ -47,6 +53,9 @@ class Room:
         "nicknames",
         "pending",
         "remote",
+        "replies",
+        "send_style",
+        "sockets",
     )
 
     def __init__(
@@ -56,12 +65,21 @@ class Room:
         history: History,
         metrics: Metrics,
         remote: Callable[[str], int] | None = None,
+        *,
+        send_style: bool = True,
+        reply_threads: bool = False,
     ) -> None:
         self.name = name
         self._metrics = metrics
         # Sockets of this room on other nodes (none with the memory broker).
         self.remote = remote
         self.connections: set[Connection] = set()
+        # The same sockets by dialect: a broadcast renders each dialect once, for its own set.
+        self.sockets: dict[Dialect, set[Connection]] = {dialect: set() for dialect in Dialect}
+        # GEOJSON_STYLE: whether layers sent to 2.x sockets carry `style`.
+        self.send_style = send_style
+        # Ids of recent messages (insertion-ordered, oldest first), kept with REPLY_THREADS only.
+        self.replies: dict[str, None] | None = {} if reply_threads else None
         self.history = history
         # nickname_key(nickname) -> the socket that registered it: nicknames are unique
         # regardless of case and width, so "Alice" and "alice" cannot both be in one room.
@@ -85,20 +103,41 @@ class Room:
         return sorted(names, key=lambda name: (name.casefold(), name))
 
     def deliver(self, envelope: Envelope) -> None:
+        post = envelope.post
         if envelope.to is None:
-            item = Outgoing.of(envelope.payload)
             if envelope.keep:
-                self.history.add(item)
-            recipients = tuple(self.connections)
-            # A copy: a recipient found too slow is evicted from the set during this loop.
-            for conn in recipients:
-                conn.push(item)
-            self._metrics.sent(envelope.payload, item.size, len(recipients))
+                self.history.add(post)
+                if self.replies is not None:
+                    self.remember_id(post.id)
+            for dialect, members in self.sockets.items():
+                if not members:
+                    continue
+                item = post.frame(dialect, self.send_style)
+                if item is None:
+                    continue
+                # A copy: a recipient found too slow is evicted from the set during this loop.
+                recipients = tuple(members)
+                for conn in recipients:
+                    conn.push(item)
+                self._metrics.sent(post.kind, item.size, len(recipients))
             return
         target = self.nicknames.get(nickname_key(envelope.to))
         if target is not None:
-            target.push_text(envelope.payload)
-            self._metrics.sent(envelope.payload, len(envelope.payload), 1)
+            item = post.frame(target.dialect, self.send_style)
+            if item is not None:
+                target.push(item)
+                self._metrics.sent(post.kind, item.size, 1)
+
+    def remember_id(self, message_id: str) -> None:
+        replies = self.replies
+        assert replies is not None
+        replies[message_id] = None
+        if len(replies) > MAX_REPLY_TARGETS:
+            del replies[next(iter(replies))]
+
+    def replied_to(self, message_id: str) -> bool:
+        """Whether `message_id` names a recent message of this conversation (REPLY_THREADS)."""
+        return self.replies is not None and message_id in self.replies
 
     def welcome(self, conn: Connection) -> None:
         """A socket joined: it gets the count, then what was said before it came.
@@ -108,12 +147,13 @@ class Room:
         count follows as for every join.
         """
         self.connections.add(conn)
+        self.sockets[conn.dialect].add(conn)
         self.count_changed()
         backlog = self.history.items()
         if backlog:
-            conn.push_text(models.nb_users(self.total()))
-            for item in backlog:
-                conn.push(item)
+            conn.push_post(dialects.nb_users(self.total()))
+            for post in backlog:
+                conn.push_post(post, self.send_style)
 
     def count_changed(self) -> None:
         """Schedule an `nb_users` broadcast, at most one per `count_interval`.
@@ -132,7 +172,7 @@ class Room:
     def _send_count(self) -> None:
         self._count_timer = None
         self._last_count_sent = asyncio.get_running_loop().time()
-        self.deliver(Envelope(models.nb_users(self.total())))
+        self.deliver(Envelope(dialects.nb_users(self.total())))
 
     def close(self) -> None:
         if self._count_timer is not None:
@@ -157,6 +197,8 @@ class Hub:
                 History(settings.max_stored_messages, settings.max_stored_bytes),
                 self.metrics,
                 remote,
+                send_style=settings.geojson_style,
+                reply_threads=settings.reply_threads,
             )
             for name in settings.rooms
         }
@@ -218,19 +260,21 @@ class Hub:
         conn.nickname = None
         if self.on_nickname_lost is not None:
             self.on_nickname_lost(conn)
-        conn.push_text(models.uncompliant(reason))
+        conn.refuse(reason)
 
-    def reset_history(self, room: str, payloads: list[str]) -> None:
+    def reset_history(self, room: str, posts: list[Post]) -> None:
         target = self.rooms.get(room)
         if target is not None:
             target.history.clear()
-            for payload in payloads:
-                target.history.add(Outgoing.of(payload))
+            for post in posts:
+                target.history.add(post)
+                if target.replies is not None:
+                    target.remember_id(post.id)
 
     # What the chat service calls.
 
-    def publish(self, room: str, payload: str, to: str | None = None, keep: bool = False) -> None:
-        self.broker.publish(room, Envelope(payload, to, keep))
+    def publish(self, room: str, post: Post, to: str | None = None, keep: bool = False) -> None:
+        self.broker.publish(room, Envelope(post, to, keep))
 
     def count(self, room: str) -> int:
         """Open sockets of a room, all nodes together."""
@@ -253,10 +297,11 @@ class Hub:
             or self.broker.remote_owner(room, key) is not None
         )
 
-    def join(self, websocket: WebSocket, room: str) -> Connection:
+    def join(self, websocket: WebSocket, room: str, dialect: Dialect) -> Connection:
         conn = Connection(
             websocket,
             room,
+            dialect,
             max_messages=self.settings.send_queue_size,
             max_bytes=self.settings.send_queue_bytes,
             on_overflow=self._dropped,
@@ -264,7 +309,9 @@ class Hub:
         target = self.rooms[room]
         target.welcome(conn)
         self.broker.count_changed(room)
-        logger.info("%s joined %r (%d connected)", conn.peer, room, len(target.connections))
+        logger.info(
+            "%s joined %r over the %s route (%d connected)", conn.peer, room, dialect, len(target.connections)
+        )
         return conn
 
     def _dropped(self, conn: Connection, cause: str) -> None:
@@ -277,6 +324,7 @@ class Hub:
         if conn not in room.connections:
             return
         room.connections.discard(conn)
+        room.sockets[conn.dialect].discard(conn)
         room.count_changed()
         self.broker.count_changed(room.name)
         nickname = conn.nickname
@@ -284,10 +332,10 @@ class Hub:
             key = nickname_key(nickname)
             if room.nicknames.get(key) is conn:
                 del room.nicknames[key]
-                self.broker.release(room.name, key, nickname, models.exiter(nickname))
+                self.broker.release(room.name, key, nickname, dialects.exiter(nickname))
         logger.info("%s left %r (%d connected)", conn.peer, room.name, len(room.connections))
 
-    async def register(self, conn: Connection, nickname: str, payload: str) -> None:
+    async def register(self, conn: Connection, nickname: str, payload: Post) -> None:
         """Give a socket its nickname in its room, first come first served, and announce it.
 
         With the memory broker this completes in the calling loop step. With a shared broker
@@ -310,7 +358,7 @@ class Hub:
             return  # settled already by the broker's event (`claim_settled`)
         if conn not in room.connections:
             # It went while the claim was on its way: give the nickname back at once.
-            self.broker.release(room.name, key, nickname, models.exiter(nickname))
+            self.broker.release(room.name, key, nickname, dialects.exiter(nickname))
             return
         conn.nickname = nickname
         room.nicknames[key] = conn

@@ -49,6 +49,10 @@ class StatusResponse(BaseModel):
                         {"name": "QGIS", "nb_connected_users": 12},
                         {"name": "Kitchen", "nb_connected_users": 0},
                     ],
+                    "channels": [
+                        {"name": "QGIS", "nb_connected_users": 12},
+                        {"name": "Kitchen", "nb_connected_users": 0},
+                    ],
                 }
             ]
         }
@@ -57,6 +61,8 @@ class StatusResponse(BaseModel):
     status: str
     healthy: bool
     rooms: list[RoomStatus]
+    # The same conversations under the 3.x dialect's name (QChat reads `channels`).
+    channels: list[RoomStatus]
     # Only with a shared broker (BROKER_URL=redis://...): its state as this node sees it.
     broker: dict[str, Any] | None = None
 
@@ -71,3 +77,14 @@ class ErrorResponse(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{"detail": "room 'Attic' not found"}]})
 
     detail: str
+
+
+class ChannelTextResponse(BaseModel):
+    """A text as channel sockets received it: the 3.x envelope (server id and timestamp) first."""
+
+    type: str
+    id: str
+    timestamp: int
+    author: str
+    avatar: str | None
+    text: str

@@ -9,10 +9,14 @@ rather than as a traceback from deep inside an import.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 from urllib.parse import urlsplit
 
+from dotenv import dotenv_values
 from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -49,7 +53,10 @@ class Settings(BaseSettings):
     )
 
     # What the instance offers.
-    rooms: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(DEFAULT_ROOMS))
+    # ROOMS, or CHANNELS as upstream 3.x calls them: room X and channel X are one conversation.
+    rooms: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_ROOMS), validation_alias=AliasChoices("ROOMS", "CHANNELS")
+    )
     rules: str = "Be kind and nice to this wonderful world"
     main_lang: str = Field(default="en", validation_alias=AliasChoices("MAIN_LANG", "MAIN_LANGUAGE"))
     environment: str = "production"
@@ -62,8 +69,27 @@ class Settings(BaseSettings):
     max_geojson_features: int = Field(default=500, ge=1)
     # A layer's QML style travels with it: documents of a few hundred kB are normal.
     max_style_length: int = Field(default=2 * 1024 * 1024, ge=0)
-    # Send `style` on outgoing layers (QTribu 1.2+, QChat need it; QTribu 1.1.x refuses it).
+    # Send `style` on layers to room sockets (QTribu 1.2 needs it, QTribu 1.1.x refuses it);
+    # channel sockets (QChat, QField) always get it.
     geojson_style: bool = True
+    # The 3.x dialect's attachments. A script is code the receiving QGIS saves among its
+    # Processing scripts and may run: refused unless the operator allows them.
+    allow_scripts: bool = False
+    max_script_length: int = Field(
+        default=2_000_000, ge=1, validation_alias=AliasChoices("MAX_SCRIPT_LENGTH", "MAX_SCRIPT_RAW_LENGTH")
+    )
+    max_model_length: int = Field(
+        default=1_000_000, ge=1, validation_alias=AliasChoices("MAX_MODEL_LENGTH", "MAX_MODEL_RAW_LENGTH")
+    )
+    # Characters of an image's base64 data (before resizing), within MAX_FRAME_SIZE.
+    max_image_length: int = Field(
+        default=16 * 1024 * 1024,
+        ge=1,
+        validation_alias=AliasChoices("MAX_IMAGE_LENGTH", "MAX_IMAGE_RAW_LENGTH"),
+    )
+    # Send `in_reply_to_id` to channel sockets (QChat 1.7 threads replies; 1.0-1.6 lose any
+    # message that carries the key, so it is off by default and only ever accepted).
+    reply_threads: bool = False
 
     # Protection against hostile or broken clients.
     max_frame_size: int = Field(default=16 * 1024 * 1024, ge=1024)
@@ -146,14 +172,24 @@ class Settings(BaseSettings):
     # redis://[user:password@]host[:port][/db], rediss:// for TLS.
     broker_url: str = "memory://"
     # Prefix of every Redis key and channel: several instances may share one Redis.
-    redis_key_prefix: str = Field(default="gischat", pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    redis_key_prefix: str = Field(
+        default="gischat",
+        pattern=r"^[A-Za-z0-9_.:-]{1,64}$",
+        validation_alias=AliasChoices("REDIS_KEY_PREFIX", "INSTANCE_ID"),
+    )
+    # Upstream 3.x's way to name its Redis: BROKER_URL=redis://REDIS_HOST:REDIS_PORT unless
+    # BROKER_URL itself is set.
+    redis_host: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:\[\]-]{1,255}$")
+    redis_port: int = Field(default=6379, ge=1, le=65535)
     # A node whose heartbeat is this old is dead: the others free its users and nicknames.
     node_timeout: float = Field(default=5.0, ge=0.2, le=60)
     # Longest wait between two attempts to reach Redis.
     redis_reconnect_max_delay: float = Field(default=5.0, gt=0, le=300)
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
-    workers: int = Field(default=1, ge=1, le=64)
+    workers: int = Field(
+        default=1, ge=1, le=64, validation_alias=AliasChoices("WORKERS", "NB_UVICORN_WORKERS")
+    )
     forwarded_allow_ips: str = "127.0.0.1"
     log_config: str | None = None
     # The built-in logging: readable lines ("text") or one JSON object per line ("json").
@@ -257,6 +293,9 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check_consistency(self) -> Self:
+        if self.redis_host is not None and "broker_url" not in self.model_fields_set:
+            host = f"[{self.redis_host}]" if ":" in self.redis_host else self.redis_host
+            self.broker_url = f"redis://{host}:{self.redis_port}"
         if self.min_author_length > self.max_author_length:
             raise ValueError(
                 f"MIN_AUTHOR_LENGTH ({self.min_author_length}) is above MAX_AUTHOR_LENGTH "
@@ -275,6 +314,36 @@ class Settings(BaseSettings):
         return self
 
 
+# Upstream 3.x settings an operator swapping images may still have, and why they do nothing here.
+IGNORED_UPSTREAM: dict[str, str] = {
+    "MATRIX_CHAT_ENABLED": "the Matrix bridge is not built (it keeps users' Matrix passwords in Redis in clear)",
+    "MATRIX_PING_MESSAGE_PREFIX": "the Matrix bridge is not built",
+    "MATRIX_PING_HOMESERVER": "the Matrix bridge is not built",
+    "MATRIX_PING_ROOMID": "the Matrix bridge is not built",
+    "MATRIX_PING_TOKEN": "the Matrix bridge is not built",
+    "SENTRY_DSN": "no Sentry reporting: errors go to the log and /metrics",
+    "SENTRY_TRACES_SAMPLE_RATE": "no Sentry reporting",
+    "SENTRY_PROFILES_SAMPLE_RATE": "no Sentry reporting",
+}
+
+
+def ignored_upstream_settings(environ: Mapping[str, str], env_file: str | None = ".env") -> str | None:
+    """One line naming the upstream settings present in the environment (or `.env`) that this
+    server ignores, and why; None when there are none."""
+    names = {name.upper() for name in environ}
+    if env_file is not None and Path(env_file).is_file():
+        names |= {name.upper() for name in dotenv_values(env_file)}
+    found = [name for name in IGNORED_UPSTREAM if name in names]
+    if not found:
+        return None
+    reasons: dict[str, list[str]] = {}
+    for name in found:
+        reasons.setdefault(IGNORED_UPSTREAM[name], []).append(name)
+    return "ignoring upstream gischat settings: " + "; ".join(
+        f"{', '.join(names)} ({reason})" for reason, names in reasons.items()
+    )
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Read the settings, turning a validation error into a one-line `SettingsError`."""
     try:
@@ -283,12 +352,25 @@ def load_settings(**overrides: Any) -> Settings:
         raise SettingsError(describe_error(exc)) from None
 
 
+def variable_name(name: str, environ: Mapping[str, str] = os.environ) -> str:
+    """The variable the operator set for a setting known under several names (ROOMS or CHANNELS)."""
+    for field_name, field in Settings.model_fields.items():
+        choices = field.validation_alias.choices if isinstance(field.validation_alias, AliasChoices) else []
+        names = [str(choice).upper() for choice in choices]
+        if name.upper() in names or name == field_name:
+            present = {key.upper() for key in environ}
+            return next(
+                (choice for choice in names if choice in present), names[0] if names else name.upper()
+            )
+    return name.upper()
+
+
 def describe_error(exc: ValidationError) -> str:
     """Name the environment variable and the problem, in one line."""
     error = exc.errors(include_url=False)[0]
     message = str(error["msg"]).removeprefix("Value error, ")
     if error["loc"]:
-        variable = "MAIN_LANG" if error["loc"][0] == "MAIN_LANGUAGE" else str(error["loc"][0]).upper()
+        variable = variable_name(str(error["loc"][0]))
         value = error.get("input")
         secret = variable.endswith("_URL")  # broker URLs may carry a password
         plain = isinstance(value, str | int | float) and not secret and error["type"] != "missing"

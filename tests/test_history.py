@@ -9,7 +9,7 @@ import orjson
 import pytest
 from test_images import b64, photo
 
-from gischat.connection import Outgoing
+from gischat.dialects import Dialect, Post
 from gischat.history import History, worth_keeping
 
 from conftest import TIMEOUT, Client, ServerFactory, text, ws_client
@@ -43,16 +43,30 @@ async def first_frames(client: Client, count: int) -> list[str]:
 def test_history_keeps_the_last_messages_within_count_and_bytes() -> None:
     history = History(max_messages=3, max_bytes=100)
     for index in range(5):
-        history.add(Outgoing.of(f'"{index}"'))
-    assert [item.event["text"] for item in history.items()] == ['"2"', '"3"', '"4"']
-    history.add(Outgoing.of('"' + "x" * 60 + '"'))
-    history.add(Outgoing.of('"' + "y" * 30 + '"'))
-    assert [item.size for item in history.items()] == [3, 62, 32]  # 97 bytes
-    history.add(Outgoing.of('"' + "z" * 48 + '"'))  # 144 bytes would be over: the oldest go
-    assert [item.size for item in history.items()] == [32, 50]
-    history.add(Outgoing.of('"' + "w" * 200 + '"'))  # larger than the whole budget: not kept
-    assert orjson.loads(history.as_json()) == ["y" * 30, "z" * 48]
-    assert History(max_messages=0, max_bytes=100).as_json() == b"[]"
+        history.add(Post("text", f'"text":"{index}"'))
+    assert [post.body for post in history.items()] == ['"text":"2"', '"text":"3"', '"text":"4"']
+    history.add(Post("text", '"text":"' + "x" * 53 + '"'))
+    history.add(Post("text", '"text":"' + "y" * 23 + '"'))
+    assert [post.size for post in history.items()] == [62, 32]  # 104 characters with "4": over
+    history.add(Post("text", '"text":"' + "z" * 41 + '"'))
+    assert [post.size for post in history.items()] == [32, 50]
+    history.add(Post("text", '"text":"' + "w" * 200 + '"'))  # larger than the whole budget: not kept
+    room_texts = [message["text"] for message in orjson.loads(history.as_json(Dialect.ROOM))]
+    assert room_texts == ["y" * 23, "z" * 41]
+    channel = orjson.loads(history.as_json(Dialect.CHANNEL))
+    assert [list(message)[:3] for message in channel] == [["type", "id", "timestamp"]] * 2
+    assert History(max_messages=0, max_bytes=100).as_json(Dialect.CHANNEL) == b"[]"
+
+
+def test_history_replays_channel_only_types_to_channels_only() -> None:
+    history = History(max_messages=5, max_bytes=10_000)
+    history.add(Post("text", '"author":"abc","avatar":null,"text":"hi"'))
+    history.add(
+        Post("position", '"author":"abc","avatar":null,"crs_wkt":"w","crs_authid":"a","x":1.0,"y":2.0')
+    )
+    assert [message["type"] for message in orjson.loads(history.as_json(Dialect.ROOM))] == ["text"]
+    channel = orjson.loads(history.as_json(Dialect.CHANNEL))
+    assert [message["type"] for message in channel] == ["text", "position"]
 
 
 @pytest.mark.parametrize(

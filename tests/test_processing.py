@@ -22,6 +22,7 @@ import pytest
 from PIL import Image
 
 from gischat import models, processing
+from gischat.dialects import Post
 from gischat.processing import BUSY_REASON, CRASH_REASON, MEMORY_REASON, Prepared, Processor
 
 from conftest import make_settings
@@ -100,6 +101,11 @@ async def refusal(job: Any) -> str:
 # --- results -------------------------------------------------------------------------------------
 
 
+def wire(prepared: Prepared) -> str:
+    """What a 2.x socket receives of a prepared message."""
+    return Post(prepared.kind, prepared.body, prepared.style).room_text()
+
+
 async def test_valid_layer_comes_back_as_the_models_wire(processor_factory: ProcessorFactory) -> None:
     processor = processor_factory()
     text = frame(layer(point(), multipoint(3), point(5, 6), author="Jane-GIS"))
@@ -107,8 +113,8 @@ async def test_valid_layer_comes_back_as_the_models_wire(processor_factory: Proc
     expected = models.parse_frame(text, models.Limits())
     assert isinstance(prepared, Prepared)
     assert (prepared.kind, prepared.author) == ("geojson", "Jane-GIS")
-    assert prepared.wire == expected.to_wire()
-    assert list(orjson.loads(prepared.wire)) == WIRE_KEYS
+    assert wire(prepared) == expected.to_wire()
+    assert list(orjson.loads(wire(prepared))) == WIRE_KEYS
     assert (processor.jobs_done, processor.jobs_in_flight, processor.bytes_in_flight) == (1, 0, 0)
 
 
@@ -117,7 +123,9 @@ async def test_parsed_layer_is_prepared_too(processor_factory: ProcessorFactory)
     message = models.parse_frame(frame(layer(point())), models.Limits())
     assert isinstance(message, models.GeojsonMessage)
     prepared = await processor.process_message(message)
-    assert prepared == Prepared(kind="geojson", author="mapper", wire=message.to_wire())
+    body, style = message.body()
+    assert prepared == Prepared("geojson", "mapper", body, style)
+    assert wire(prepared) == message.to_wire()
 
 
 async def test_other_types_come_back_validated(processor_factory: ProcessorFactory) -> None:
@@ -215,7 +223,7 @@ def test_junk_positions_are_refused_at_the_cost_of_one() -> None:
 
 
 def decoded(prepared: Prepared) -> Image.Image:
-    message = orjson.loads(prepared.wire)
+    message = orjson.loads(wire(prepared))
     assert list(message) == ["type", "author", "avatar", "image_data"]
     return Image.open(io.BytesIO(base64.b64decode(message["image_data"], validate=True)))
 
@@ -225,15 +233,15 @@ async def test_image_is_resized_in_the_worker(processor_factory: ProcessorFactor
     prepared = await processor.process_frame(photo_frame((1200, 900)))
     assert isinstance(prepared, Prepared)
     assert (prepared.kind, prepared.author) == ("image", "photographer")
-    assert orjson.loads(prepared.wire)["avatar"] == "cam.svg"
+    assert orjson.loads(wire(prepared))["avatar"] == "cam.svg"
     assert (decoded(prepared).format, decoded(prepared).size) == ("JPEG", (100, 75))
 
     small = models.parse_frame(photo_frame((40, 20)), models.Limits())
     assert isinstance(small, models.ImageMessage)
     prepared = await processor.process_message(small)
     assert decoded(prepared).size == (40, 20)
-    expected = small.model_copy(update={"image_data": orjson.loads(prepared.wire)["image_data"]})
-    assert prepared.wire == expected.to_wire()
+    expected = small.model_copy(update={"image_data": orjson.loads(wire(prepared))["image_data"]})
+    assert wire(prepared) == expected.to_wire()
 
 
 async def test_image_refusals_keep_their_reasons(processor_factory: ProcessorFactory) -> None:
@@ -427,6 +435,6 @@ async def test_event_loop_keeps_ticking_while_a_huge_layer_is_processed(
     elapsed = time.perf_counter() - start
     ticking.cancel()
     assert isinstance(prepared, Prepared)
-    assert len(prepared.wire) == len(text) + len(',"style":null')
+    assert len(wire(prepared)) == len(text) + len(',"style":null')
     print(f"layer processed in {elapsed:.2f}s, {len(gaps)} ticks, largest loop gap {max(gaps) * 1000:.1f} ms")
     assert max(gaps) < 0.2

@@ -134,6 +134,7 @@ async def test_status_shape_and_order(http: httpx.AsyncClient) -> None:
         "status": "ok",
         "healthy": True,
         "rooms": [{"name": name, "nb_connected_users": 0} for name in TEST_ROOMS],
+        "channels": [{"name": name, "nb_connected_users": 0} for name in TEST_ROOMS],
     }
 
 
