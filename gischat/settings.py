@@ -315,15 +315,17 @@ class Settings(BaseSettings):
 
 
 # Upstream 3.x settings an operator swapping images may still have, and why they do nothing here.
+MATRIX_REASON = "the Matrix bridge is not built: it keeps users' Matrix passwords in Redis in clear"
+SENTRY_REASON = "no Sentry reporting: errors go to the log and /metrics"
 IGNORED_UPSTREAM: dict[str, str] = {
-    "MATRIX_CHAT_ENABLED": "the Matrix bridge is not built (it keeps users' Matrix passwords in Redis in clear)",
-    "MATRIX_PING_MESSAGE_PREFIX": "the Matrix bridge is not built",
-    "MATRIX_PING_HOMESERVER": "the Matrix bridge is not built",
-    "MATRIX_PING_ROOMID": "the Matrix bridge is not built",
-    "MATRIX_PING_TOKEN": "the Matrix bridge is not built",
-    "SENTRY_DSN": "no Sentry reporting: errors go to the log and /metrics",
-    "SENTRY_TRACES_SAMPLE_RATE": "no Sentry reporting",
-    "SENTRY_PROFILES_SAMPLE_RATE": "no Sentry reporting",
+    "MATRIX_CHAT_ENABLED": MATRIX_REASON,
+    "MATRIX_PING_MESSAGE_PREFIX": MATRIX_REASON,
+    "MATRIX_PING_HOMESERVER": MATRIX_REASON,
+    "MATRIX_PING_ROOMID": MATRIX_REASON,
+    "MATRIX_PING_TOKEN": MATRIX_REASON,
+    "SENTRY_DSN": SENTRY_REASON,
+    "SENTRY_TRACES_SAMPLE_RATE": SENTRY_REASON,
+    "SENTRY_PROFILES_SAMPLE_RATE": SENTRY_REASON,
 }
 
 

@@ -82,6 +82,10 @@ class LiveServer:
     def ws_url(self, room: str) -> str:
         return f"ws://127.0.0.1:{self.port}/room/{quote(room, safe='')}/ws"
 
+    def channel_url(self, channel: str) -> str:
+        """The same conversation as `ws_url(channel)`, in the 3.x dialect (QChat, QField)."""
+        return f"ws://127.0.0.1:{self.port}/channel/{quote(channel, safe='')}/ws"
+
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
@@ -195,6 +199,13 @@ class Client:
 @asynccontextmanager
 async def ws_client(server: LiveServer, room: str = "QGIS", **kwargs: Any) -> AsyncIterator[Client]:
     async with connect(server.ws_url(room), open_timeout=TIMEOUT, max_size=None, **kwargs) as ws:
+        yield Client(ws)
+
+
+@asynccontextmanager
+async def channel_client(server: LiveServer, channel: str = "QGIS", **kwargs: Any) -> AsyncIterator[Client]:
+    """A websocket on `/channel/{channel}/ws`, as QChat and the QField plugin open it."""
+    async with connect(server.channel_url(channel), open_timeout=TIMEOUT, max_size=None, **kwargs) as ws:
         yield Client(ws)
 
 
