@@ -23,6 +23,7 @@ from urllib.parse import quote
 
 import httpx
 import pytest
+from pydantic import AliasChoices
 
 from gischat.settings import Settings
 
@@ -112,6 +113,9 @@ class RedisServer:
 def node_env(**variables: Any) -> dict[str, str]:
     """The current environment minus gischat settings, plus the test settings and `variables`."""
     names = {name.upper() for name in Settings.model_fields} | {"MAIN_LANGUAGE"}
+    for info in Settings.model_fields.values():  # and their other names (CHANNELS, INSTANCE_ID...)
+        if isinstance(info.validation_alias, AliasChoices):
+            names |= {str(choice).upper() for choice in info.validation_alias.choices}
     env = {k: v for k, v in os.environ.items() if k.upper() not in names}
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
     env.update(
@@ -157,6 +161,9 @@ class GischatNode:
 
     def ws_url(self, room: str) -> str:
         return f"ws://127.0.0.1:{self.port}/room/{quote(room, safe='')}/ws"
+
+    def channel_url(self, channel: str) -> str:
+        return f"ws://127.0.0.1:{self.port}/channel/{quote(channel, safe='')}/ws"
 
     def start(self, wait_healthy: bool = True) -> GischatNode:
         with self.log.open("ab") as out:
