@@ -190,10 +190,16 @@ class Post:
     @classmethod
     def decode(cls, text: str, timestamp: int | None = None) -> Post:
         """Back from `encode()`; `timestamp` overrides the stored one (a departure Redis announced
-        for a dead node carries the time it was announced, not the time of the claim)."""
+        for a dead node carries the time it was announced, not the time of the claim).
+
+        Raises ValueError for a text `encode()` did not write."""
         head, _, rest = text.partition("\n")
-        kind, id_, stamp, style_length, reply = head.split(" ")
-        cut = len(rest) - max(int(style_length), 0)
+        try:
+            kind, id_, stamp, style_length, reply = head.split(" ")
+            cut = len(rest) - max(int(style_length), 0)
+        except ValueError:
+            # Not written by `encode()`: history a gischat 2.x node left in Redis, say.
+            raise ValueError(f"not a stored post: {head[:40]!r}") from None
         return cls(
             kind,
             rest[:cut],

@@ -14,8 +14,19 @@ from collections import deque
 from gischat.dialects import Dialect, Post
 
 STORED_TYPES = frozenset({"text", "image", "geojson", "crs", "bbox", "position", "model", "script"})
-# Texts that trigger a QTribu easter egg: fun once, noise when replayed to every newcomer.
-EASTER_EGGS = frozenset({"givemesomecheese", "iamarobot", "its10oclock", "qgisprolicense"})
+# Texts that trigger a QTribu or QChat easter egg: fun once, noise when replayed to every newcomer.
+# QChat adds a few of its own.
+EASTER_EGGS = frozenset(
+    {
+        "givemesomecheese",
+        "iamarobot",
+        "its10oclock",
+        "qgisprolicense",
+        "lookattheflickofqgis",
+        "wizz",
+        "spaceandtime",
+    }
+)
 
 
 def worth_keeping(kind: str, text: str | None = None) -> bool:

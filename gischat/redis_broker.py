@@ -734,13 +734,16 @@ class RedisBroker:
             if keep and self._buffer is not None:
                 self._buffer.append((seq, header, payload))
                 keep = False
-            hub.deliver(room, Envelope(Post.decode(payload.decode()), header[4], keep and seq > self._base))
+            post = readable(payload)
+            if post is not None:
+                hub.deliver(room, Envelope(post, header[4], keep and seq > self._base))
             return
         if kind in ("c", "r") and not (mine and header[6]):
             if kind == "c" and mine:
                 hub.claim_settled(room, header[4], header[5])
-            freed_at = header[7] if kind == "r" and len(header) > 7 else None
-            hub.deliver(room, Envelope(Post.decode(payload.decode(), freed_at)))
+            post = readable(payload, header[7] if kind == "r" and len(header) > 7 else None)
+            if post is not None:
+                hub.deliver(room, Envelope(post))
         if kind == "g" and mine:
             if not self._stopping:
                 self._fail(NodeReaped("Redis took this node for dead; registering again"))
@@ -805,20 +808,36 @@ class RedisBroker:
             self._nicks[room] = entries
         buffered = self._buffer or []
         self._buffer = None
-        kept: dict[str, list[Post]] = {
-            room: [Post.decode(item.decode()) for item in items]
-            for room, items in zip(self.rooms, history, strict=True)
-        }
+        kept: dict[str, list[Post]] = {}
+        for room, items in zip(self.rooms, history, strict=True):
+            posts = [post for post in map(readable, items) if post is not None]
+            if len(posts) < len(items):
+                logger.warning(
+                    "history of %r: %d stored messages in another format skipped (written by gischat 2.x?)",
+                    room,
+                    len(items) - len(posts),
+                )
+            kept[room] = posts
         for seq, header, payload in buffered:
             if seq <= self._base:
                 continue
             if header[0] == "m":
-                kept.setdefault(header[1], []).append(Post.decode(payload.decode()))
+                post = readable(payload)
+                if post is not None:
+                    kept.setdefault(header[1], []).append(post)
             else:
                 self._apply(header)
         for room in self.rooms:
             hub.reset_history(room, kept.get(room, []))
             hub.remote_changed(room)
+
+
+def readable(payload: bytes, timestamp: int | None = None) -> Post | None:
+    """A post from Redis, or None for one this version cannot read (a 2.x node's wire text)."""
+    try:
+        return Post.decode(payload.decode(), timestamp)
+    except ValueError:
+        return None
 
 
 def newcomer_wire(nickname: str) -> str:

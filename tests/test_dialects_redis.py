@@ -10,12 +10,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+from redis.asyncio import Redis
 from redis_nodes import Cluster, GischatNode, RedisServer, require_redis
-from test_dialects import ENVELOPE, position, shared_messages
+from test_dialects import position, shared_messages
 from websockets.asyncio.client import connect
 
 from conftest import TIMEOUT, Client, text, wait_for
-from wire import CHANNEL_KEYS, next_channel_frame, next_frame, wait_channel_type, wait_type
+from wire import CHANNEL_KEYS, ENVELOPE, next_channel_frame, next_frame, wait_channel_type, wait_type
 
 pytestmark = pytest.mark.anyio
 
@@ -121,6 +122,23 @@ async def test_a_dead_nodes_channel_users_leave_with_one_exiter_everywhere(clust
 
         async def freed() -> bool:
             async with httpx.AsyncClient(base_url=survivor.http_url, timeout=TIMEOUT) as http:
-                return (await http.get("/channel/QGIS/users")).json() == []
+                users: list[str] = (await http.get("/channel/QGIS/users")).json()
+                return users == []
 
         await wait_for(freed)
+
+
+async def test_history_left_by_a_2x_node_is_skipped_not_fatal(
+    cluster: Cluster, redis_server: RedisServer
+) -> None:
+    legacy = Redis.from_url(redis_server.url)
+    try:
+        await legacy.rpush(
+            f"{cluster.prefix}:history:QGIS", '{"type":"text","author":"old","avatar":null,"text":"x"}'
+        )
+    finally:
+        await legacy.aclose()
+    node = cluster.node(MAX_STORED_MESSAGES="10")  # waits until the node reports itself healthy
+    async with httpx.AsyncClient(base_url=node.http_url, timeout=TIMEOUT) as http:
+        assert (await http.get("/channel/QGIS/last")).json() == []
+    assert "1 stored messages in another format skipped" in node.output()
