@@ -1,5 +1,12 @@
 """The websocket protocol as an AsyncAPI 3.0 document, built from the wire models.
 
+Two channels, one per dialect of the same conversation (`gischat.dialects`): `/room/{room}/ws`
+(2.x) and `/channel/{channel}/ws` (3.x), each with its own messages, schemas and examples. This
+module holds what both share, written once for every type of either dialect: the catalogue
+(notes, rules, client examples), the models' schemas, the validation of examples, the refusals,
+and the document itself; `gischat.asyncapi_channels` makes each socket's messages out of them
+(and holds the 3.x envelope).
+
 Every message schema comes from `model_json_schema` of the pydantic model the server
 validates that message with, so the document cannot drift from the code: a field added to
 a model shows up here on the next start. What pydantic cannot see is added explicitly from
@@ -13,30 +20,35 @@ operations are what *that application* does on a channel:
 - `action: receive` lists what the server receives, i.e. what clients send
   (`receiveClientMessage`, whose `reply` is the `uncompliant` answer to a refused message);
 - `action: send` lists what the server sends, i.e. what clients receive
-  (`sendToRoom`, `sendLike`, `sendUncompliant`).
+  (`sendToRoom`, `sendLike`, `sendUncompliant`);
+
+and the same on the channel (`receiveChannelClientMessage`, `sendToChannel`, `sendChannelLike`,
+`sendChannelUncompliant`).
 
 A client implementation reads the document the other way round: it sends what the server
 receives and receives what the server sends.
 
 Examples are validated when the document is built, with the instance's limits: client
 examples go through the same parsing as a websocket frame and are shown exactly as the
-server broadcasts them; an example the instance would refuse (say, a nickname shorter than
+server broadcasts them (on channels: as the client sends them, and as the server's frame with
+a fixed id and timestamp); an example the instance would refuse (say, a nickname shorter than
 `MIN_AUTHOR_LENGTH`) is left out rather than shown. `uncompliant` examples carry reasons
 produced by the real validation code.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import orjson
 from pydantic.json_schema import models_json_schema
 
+from gischat import asyncapi_channels as channels
+from gischat.asyncapi_channels import Case, Shown
 from gischat.chat import BINARY_REASON
+from gischat.dialects import CHANNEL_TYPES, Dialect, parse_frame, parse_object
 from gischat.models import (
-    CLIENT_MODELS,
     MAX_REASON_LENGTH,
     ExiterMessage,
     GeojsonMessage,
@@ -46,14 +58,11 @@ from gischat.models import (
     UncompliantMessage,
     WireMessage,
     check_feature,
-    parse_frame,
-    parse_object,
 )
+from gischat.models import parse_object as parse_one
 from gischat.settings import Settings
 
 ASYNCAPI_VERSION = "3.0.0"
-CHANNEL = "room"
-ADDRESS = "/room/{room}/ws"
 SCHEMA_REF = "#/components/schemas/{model}"
 
 SERVER_MODELS: tuple[type[WireMessage], ...] = (NbUsersMessage, ExiterMessage, UncompliantMessage)
@@ -63,53 +72,56 @@ SERVER_MODELS: tuple[type[WireMessage], ...] = (NbUsersMessage, ExiterMessage, U
 # is ASCII only; `\p{L}`/`\p{N}` (Unicode mode, the default of validators such as ajv) is the
 # same alphabet.
 NICKNAME_JSON_PATTERN = r"^[\p{L}\p{N}_-]+$"
+# A name clients may save a file under (`models.check_file_name`): no '/' or '\', no control
+# character (Unicode category Cc: U+0000-U+001F, U+007F-U+009F), not '.' or '..' (spaces around
+# ignored). The same expression in ECMA-262 and Python.
+FILE_NAME_JSON_PATTERN = r"^(?!\s*\.{1,2}\s*$)[^/\\\u0000-\u001F\u007F-\u009F]*$"
 
-# Who gets each type when the server sends it; any other type goes to the whole room.
-TO_LIKED_AUTHOR = "like"
-TO_SENDER = "uncompliant"
-
-# One line per type for humans: title and what it is for. A type missing here still gets a
-# message (titled by its type, described by its model's docstring).
+# One line per type for humans: title and what it is for, `{room}` standing for the socket's noun
+# (room or channel). A type missing here still gets a message (titled by its type, described by
+# its model's docstring). The channel-only types' entries are in `asyncapi_channels`, as are their
+# fields' notes and their examples.
 TYPE_NOTES: dict[str, tuple[str, str]] = {
-    "text": ("Text", "A chat line. Client → server, then broadcast to the whole room, sender included."),
+    "text": ("Text", "A chat line. Client → server, then broadcast to the whole {room}, sender included."),
     "image": (
         "Image",
         "A picture as base64 (PNG, JPEG, GIF, WebP or BMP). Client → server, then broadcast to the whole "
-        "room, fitted within MAX_IMAGE_SIZE pixels and stripped of its metadata (JPEG stays JPEG, "
+        "{room}, fitted within MAX_IMAGE_SIZE pixels and stripped of its metadata (JPEG stays JPEG, "
         "everything else becomes PNG).",
     ),
     "geojson": (
         "GeoJSON layer",
-        "A vector layer as a GeoJSON FeatureCollection. Client → server, then broadcast to the whole room "
+        "A vector layer as a GeoJSON FeatureCollection. Client → server, then broadcast to the whole {room} "
         "with every member the client sent.",
     ),
-    "crs": ("Coordinate reference system", "A CRS. Client → server, then broadcast to the whole room."),
+    "crs": ("Coordinate reference system", "A CRS. Client → server, then broadcast to the whole {room}."),
     "bbox": (
         "Bounding box",
-        "An extent in a CRS. Client → server, then broadcast to the whole room.",
+        "An extent in a CRS. Client → server, then broadcast to the whole {room}.",
     ),
     "newcomer": (
         "Nickname registration",
-        "Registers the socket's nickname in its room, first come first served (compared after Unicode "
+        "Registers the socket's nickname in its {room}, first come first served (compared after Unicode "
         "NFKC normalisation and case folding); a taken nickname or a second registration on the same "
-        "socket is refused. Client → server, then broadcast to the whole room.",
+        "socket is refused. Client → server, then broadcast to the whole {room}.",
     ),
     "like": (
         "Like",
         "A like of someone's message. Client → server, then delivered only to the socket registered as "
-        "`liked_author` in the room; dropped without a word when there is none.",
+        "`liked_author` in the {room}; dropped without a word when there is none.",
     ),
     "nb_users": (
         "Number of users",
-        "Server → whole room: the number of open websockets in the room, on joins and leaves (bursts "
+        "Server → whole {room}: the number of open websockets in the {room}, on joins and leaves (bursts "
         "coalesced to one per NB_USERS_INTERVAL).",
     ),
-    "exiter": ("Exiter", "Server → whole room, when a socket with a registered nickname leaves."),
+    "exiter": ("Exiter", "Server → whole {room}, when a socket with a registered nickname leaves."),
     "uncompliant": (
         "Refusal",
         "Server → the sender only: the answer to a refused message, naming the field and the problem. "
         "The socket stays open.",
     ),
+    **channels.TYPE_NOTES,
 }
 
 FIELD_NOTES: dict[str, str] = {
@@ -118,7 +130,7 @@ FIELD_NOTES: dict[str, str] = {
     "avatar": "The name of a QGIS icon shown next to the message, or null.",
     "text": "The message.",
     "image_data": "The image file, base64-encoded.",
-    "layer_name": "The layer's name.",
+    "layer_name": f"The layer's name ({channels.FILE_NAME_NOTE}).",
     "crs_wkt": "The CRS as WKT.",
     "crs_authid": "The CRS's authority identifier, e.g. EPSG:4326.",
     "geojson": "A GeoJSON FeatureCollection (RFC 7946).",
@@ -130,9 +142,10 @@ FIELD_NOTES: dict[str, str] = {
     "liker_author": "Who likes the message: the sender's nickname.",
     "liked_author": "The nickname of the message's author, the only recipient.",
     "message": "The liked message's text.",
-    "nb_users": "Open websockets in the room.",
+    "nb_users": "Open websockets in the conversation, room and channel sockets alike.",
     "exiter": "The nickname that left.",
     "reason": "What was wrong: the field, then the problem.",
+    **channels.FIELD_NOTES,
 }
 
 TINY_PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR42mOwbnIDAAH/AQTX7nkhAAAAAElFTkSuQmCC"
@@ -148,7 +161,6 @@ LAMBERT93_WKT = (
     'PARAMETER["false_easting",700000],PARAMETER["false_northing",6600000],UNIT["metre",1],'
     'AUTHORITY["EPSG","2154"]]'
 )
-
 # What a client sends, by type: (name, summary, payload). Each one is checked against the
 # instance's rules when the document is built; models may add their own through
 # `json_schema_extra={"examples": [...]}`.
@@ -229,6 +241,7 @@ CLIENT_EXAMPLES: dict[str, list[tuple[str, str, dict[str, Any]]]] = {
             {"type": "like", "liker_author": "Bob", "liked_author": "Jane-GIS", "message": "Hi all!"},
         )
     ],
+    **channels.CLIENT_EXAMPLES,
 }
 
 # Building a refusal example costs a list of this many items at most.
@@ -243,8 +256,8 @@ def package_version() -> str:
 
 
 def message_models() -> dict[str, type[WireMessage]]:
-    """Every message type, client ones first, with its model."""
-    models: dict[str, type[WireMessage]] = dict(CLIENT_MODELS)
+    """Every message type of either dialect, client ones first (as `CHANNEL_TYPES` lists them)."""
+    models: dict[str, type[WireMessage]] = dict(CHANNEL_TYPES)
     for model in SERVER_MODELS:
         models[message_type(model)] = model
     return models
@@ -268,6 +281,7 @@ def field_rules(limits: Limits) -> dict[str, dict[str, Any]]:
         "pattern": NICKNAME_JSON_PATTERN,
     }
     message = {"maxLength": limits.max_message_length}
+    file_name = {"pattern": FILE_NAME_JSON_PATTERN}
     return {
         "author": nickname,
         "newcomer": nickname,
@@ -298,7 +312,12 @@ def field_rules(limits: Limits) -> dict[str, dict[str, Any]]:
                 "when the sender gave none (unless the instance leaves it out for QTribu 1.1.x clients)."
             ),
         },
-        "image_data": {"contentEncoding": "base64"},
+        "layer_name": file_name,
+        "model_name": file_name,
+        "name": file_name,
+        "image_data": {"contentEncoding": "base64", "maxLength": limits.max_image_length},
+        "raw_xml": {"maxLength": limits.max_model_length},
+        "raw_pycode": {"maxLength": limits.max_script_length},
         "reason": {"maxLength": MAX_REASON_LENGTH},
         "nb_users": {"minimum": 0},
     }
@@ -308,14 +327,28 @@ def build_document(settings: Settings, package: str | None = None) -> dict[str, 
     """The AsyncAPI 3.0.0 document of this instance's websocket protocol."""
     limits = Limits.from_settings(settings)
     models = message_models()
-    schemas = _schemas(models, limits)
-    messages = {kind: _message(kind, model, limits) for kind, model in models.items()}
-    channel_ref = {"$ref": f"#/channels/{CHANNEL}"}
-
-    def refs(kinds: list[str]) -> list[dict[str, str]]:
-        return [{"$ref": f"#/channels/{CHANNEL}/messages/{kind}"} for kind in kinds]
-
-    to_room = [kind for kind in models if kind not in (TO_LIKED_AUTHOR, TO_SENDER)]
+    schemas = _model_schemas(models, limits)
+    accepted = {kind: _accepted(kind, model, limits) for kind, model in CHANNEL_TYPES.items()}
+    author = _fitting_nickname("Jane-GIS", limits)
+    room_refusals = _refusals(limits, author, Dialect.ROOM)
+    channel_refusals = _refusals(
+        limits,
+        author,
+        Dialect.CHANNEL,
+        channels.refusal_cases(limits, author),
+        channels.fixed_refusals(settings),
+    )
+    room_schemas, room = channels.room_components(
+        models, schemas, _descriptions(models, Dialect.ROOM), {**accepted, **_server_examples(room_refusals)}
+    )
+    channel_schemas, channel = channels.channel_components(
+        models,
+        schemas,
+        _descriptions(models, Dialect.CHANNEL),
+        {**accepted, **_server_examples(channel_refusals)},
+        limits,
+        settings,
+    )
     return {
         "asyncapi": ASYNCAPI_VERSION,
         "info": {
@@ -323,13 +356,17 @@ def build_document(settings: Settings, package: str | None = None) -> dict[str, 
             "version": package if package is not None else package_version(),
             "description": (
                 "Real-time chat for GIS people: text, images, GeoJSON layers, CRSs and extents, in "
-                "rooms. This document describes the websocket protocol of this instance, with its "
-                "rules; the REST API is described by `/openapi.json` (browsable at `/docs`).\n\n"
-                "Every frame is a text frame holding one JSON object with a `type`. The server sends "
-                "exactly the keys of each message, no more and no fewer (`avatar` is null when the "
-                "sender gave none); keys a client adds are ignored, never relayed. Operations are "
-                "written from the server's side: it *receives* what clients send and *sends* what "
-                "clients receive."
+                "rooms; positions and QGIS Processing models and scripts too on channels. This document "
+                "describes the websocket protocol of this instance, with its rules; the REST API is "
+                "described by `/openapi.json` (browsable at `/docs`).\n\n"
+                "One conversation is served over two sockets: `/room/{room}/ws` speaks the 2.x dialect "
+                "(QTribu), `/channel/{channel}/ws` the 3.x dialect (QChat, the QField plugin); room X and "
+                "channel X are the same conversation. Every frame is a text frame holding one JSON object "
+                "with a `type`. The server sends exactly the keys of each message, no more and no fewer "
+                "(`avatar` is null when the sender gave none); on channels every frame also carries the "
+                "message's `id` and `timestamp` right after `type`. Keys a client adds are ignored, never "
+                "relayed. Operations are written from the server's side: it *receives* what clients send "
+                "and *sends* what clients receive."
             ),
             "license": {"name": "GPL-2.0-or-later", "url": "https://spdx.org/licenses/GPL-2.0-or-later.html"},
             "externalDocs": {
@@ -340,64 +377,14 @@ def build_document(settings: Settings, package: str | None = None) -> dict[str, 
         "defaultContentType": "application/json",
         "servers": _servers(settings),
         "channels": {
-            CHANNEL: {
-                "address": ADDRESS,
-                "title": "A chat room",
-                "description": (
-                    "One websocket per room. An unknown room refuses the handshake (HTTP 403). "
-                    f"{_history(settings)} A frame above {settings.max_frame_size} bytes closes the "
-                    "socket (1009), a text frame that is not valid UTF-8 too (1007); every other refused "
-                    "frame gets an `uncompliant` answer and the socket stays open."
-                ),
-                "parameters": {
-                    "room": {
-                        "description": "The room's name, percent-encoded (`Field%20and%20mobile`).",
-                        "enum": list(settings.rooms),
-                        "default": settings.rooms[0],
-                    }
-                },
-                "messages": {kind: {"$ref": f"#/components/messages/{kind}"} for kind in models},
-                "bindings": {"ws": {"method": "GET", "bindingVersion": "0.1.0"}},
-            }
+            channels.ROOM: channels.room_object(settings, room),
+            channels.CHANNEL: channels.channel_object(settings, channel),
         },
-        "operations": {
-            "receiveClientMessage": {
-                "action": "receive",
-                "channel": channel_ref,
-                "title": "Client messages",
-                "summary": "What clients send; a refused message is answered with `uncompliant`.",
-                "description": (
-                    "Every message a client may send. A message that breaks a rule (not JSON, not an "
-                    "object, a missing, unknown or server-only `type`, a binary frame, a field out of "
-                    "bounds, a nickname taken or not the sender's) is not relayed: the server replies "
-                    "to the sender only with an `uncompliant` message naming the field and the problem."
-                ),
-                "messages": refs(list(CLIENT_MODELS)),
-                "reply": {"channel": channel_ref, "messages": refs([TO_SENDER])},
-            },
-            "sendToRoom": {
-                "action": "send",
-                "channel": channel_ref,
-                "title": "Broadcasts",
-                "summary": "What every socket of the room receives, the sender's included.",
-                "messages": refs(to_room),
-            },
-            "sendLike": {
-                "action": "send",
-                "channel": channel_ref,
-                "title": "Likes",
-                "summary": "A like, to the socket registered as `liked_author` only.",
-                "messages": refs([TO_LIKED_AUTHOR]),
-            },
-            "sendUncompliant": {
-                "action": "send",
-                "channel": channel_ref,
-                "title": "Refusals",
-                "summary": "The answer to a refused message, to its sender only.",
-                "messages": refs([TO_SENDER]),
-            },
+        "operations": {**channels.operations(Dialect.ROOM), **channels.operations(Dialect.CHANNEL)},
+        "components": {
+            "schemas": {**room_schemas, **channel_schemas},
+            "messages": {part.key: _message(part, models[part.kind]) for part in [*room, *channel]},
         },
-        "components": {"schemas": schemas, "messages": messages},
     }
 
 
@@ -405,13 +392,7 @@ def document_json(settings: Settings, package: str | None = None) -> bytes:
     return orjson.dumps(build_document(settings, package))
 
 
-def _history(settings: Settings) -> str:
-    if not settings.max_stored_messages:
-        return "This instance keeps no history."
-    return (
-        f"Right after its first `nb_users`, a new socket receives the room's last "
-        f"{settings.max_stored_messages} messages (history), oldest first, as they were broadcast."
-    )
+# --- shared --------------------------------------------------------------------------------------
 
 
 def _servers(settings: Settings) -> dict[str, Any]:
@@ -442,14 +423,16 @@ def _servers(settings: Settings) -> dict[str, Any]:
     }
 
 
-def _schemas(models: dict[str, type[WireMessage]], limits: Limits) -> dict[str, Any]:
-    """One schema per model, with every nested definition beside it in `components.schemas`."""
+def _model_schemas(models: dict[str, type[WireMessage]], limits: Limits) -> dict[str, Any]:
+    """Each model's schema by model name, its fields noted and ruled, nested definitions beside it.
+
+    `in_reply_to_id` is still there: each socket's part decides where it goes, if anywhere.
+    """
     _, top = models_json_schema([(model, "validation") for model in models.values()], ref_template=SCHEMA_REF)
     schemas: dict[str, Any] = _draft07(top.get("$defs", {}))
     rules = field_rules(limits)
-    for kind, model in models.items():
+    for model in models.values():
         schema = schemas[model.__name__]
-        schema["description"] = TYPE_NOTES.get(kind, ("", schema.get("description", kind)))[1]
         schema.pop("examples", None)  # moved to the message's examples, checked there
         # `type` has a default in the models but `parse_object` requires it on the wire.
         schema["required"] = ["type", *(name for name in schema.get("required", []) if name != "type")]
@@ -483,114 +466,122 @@ def _draft07(schema: Any) -> Any:
     return converted
 
 
-def _message(kind: str, model: type[WireMessage], limits: Limits) -> dict[str, Any]:
+def _descriptions(models: dict[str, type[WireMessage]], dialect: Dialect) -> dict[str, str]:
+    return {kind: _notes(kind, model, dialect)[1] for kind, model in models.items()}
+
+
+def _notes(kind: str, model: type[WireMessage], dialect: Dialect) -> tuple[str, str]:
+    """Title and description of `kind` on the socket of `dialect`."""
     title, description = TYPE_NOTES.get(kind, (kind, model.__doc__ or kind))
-    to_server = kind in CLIENT_MODELS
+    return title, description.replace("{room}", str(dialect))
+
+
+def _message(part: channels.Part, model: type[WireMessage]) -> dict[str, Any]:
+    title, description = _notes(part.kind, model, part.dialect)
     return {
-        "name": kind,
+        "name": part.key,
         "title": title,
         "summary": description.split(". ")[0].rstrip(".") + ".",
         "description": description,
         "contentType": "application/json",
-        "tags": [{"name": "client to server" if to_server else "server to client"}],
-        "payload": {"$ref": SCHEMA_REF.format(model=model.__name__)},
-        "examples": _client_examples(kind, model, limits) if to_server else _server_examples(kind, limits),
+        "tags": [{"name": "client to server" if part.to_server else "server to client"}],
+        "payload": {"$ref": SCHEMA_REF.format(model=part.schema)},
+        "examples": part.examples,
     }
 
 
-def _client_examples(kind: str, model: type[WireMessage], limits: Limits) -> list[dict[str, Any]]:
-    """The examples this instance accepts, each shown as the server relays it."""
+def _accepted(kind: str, model: type[WireMessage], limits: Limits) -> list[Shown]:
+    """The client examples of `kind` this instance accepts, validated as a frame would be."""
     extra = model.model_config.get("json_schema_extra")
     listed = extra.get("examples") if isinstance(extra, dict) else None
     from_model: list[Any] = listed if isinstance(listed, list) else []
     candidates = [(f"{kind}-{index}", "", payload) for index, payload in enumerate(from_model, 1)]
-    examples: list[dict[str, Any]] = []
-    seen: list[Any] = []
+    examples: list[Shown] = []
+    seen: set[str] = set()
     for name, summary, payload in [*CLIENT_EXAMPLES.get(kind, []), *candidates]:
         try:
-            message = parse_object(payload, limits)
+            message = parse_one(payload, limits, {kind: model})
             if isinstance(message, GeojsonMessage):
                 for index, feature in enumerate(message.features):
                     check_feature(index, feature)
         except Uncompliant:
             continue  # this instance's rules refuse it: do not show it
-        relayed = orjson.loads(message.to_wire())
-        if relayed in seen:
-            continue
-        seen.append(relayed)
-        example = {"name": name, "payload": relayed}
-        if summary:
-            example["summary"] = summary
-        examples.append(example)
+        written = message.to_wire()
+        if written not in seen:
+            seen.add(written)
+            examples.append((name, summary, message))
     return examples
 
 
-def _server_examples(kind: str, limits: Limits) -> list[dict[str, Any]]:
-    if kind == "nb_users":
-        return [
-            {"name": "count", "summary": "12 sockets open", "payload": _wire(NbUsersMessage(nb_users=12))}
-        ]
-    if kind == "exiter":
-        return [{"name": "left", "summary": "Bob left", "payload": _wire(ExiterMessage(exiter="Bob"))}]
-    if kind != "uncompliant":
-        return []
-    return [
-        {"name": name, "summary": summary, "payload": _wire(UncompliantMessage(reason=reason))}
-        for name, summary, reason in _refusals(limits)
-    ]
+def _server_examples(refusals: list[Shown]) -> dict[str, list[Shown]]:
+    """What the server says of its own, by type: counts, departures, and `refusals`."""
+    return {
+        "nb_users": [("count", "12 sockets open", NbUsersMessage(nb_users=12))],
+        "exiter": [("left", "Bob left", ExiterMessage(exiter="Bob"))],
+        "uncompliant": refusals,
+    }
 
 
-def _refusals(limits: Limits) -> list[tuple[str, str, str]]:
-    """Refusals with the reasons the validation code gives on this instance."""
-    author = _fitting_nickname("Jane-GIS", limits)
-    cases: list[tuple[str, str, Callable[[], object]]] = [
-        ("not-json", "A frame that is not JSON", lambda: parse_frame("Hi all!", limits)),
+def _refusals(
+    limits: Limits,
+    author: str,
+    dialect: Dialect,
+    extra: list[Case] | None = None,
+    fixed: list[tuple[str, str, str]] | None = None,
+) -> list[Shown]:
+    """Refusals on a socket of `dialect`, with the reasons the validation code gives on this instance."""
+
+    def parse(data: Any) -> object:
+        return parse_object(data, limits, dialect)
+
+    cases: list[Case] = [
+        ("not-json", "A frame that is not JSON", lambda: parse_frame("Hi all!", limits, dialect)),
         (
             "server-only-type",
             "A client sending a type only the server sends",
-            lambda: parse_frame('{"type": "nb_users", "nb_users": 3}', limits),
+            lambda: parse_frame('{"type": "nb_users", "nb_users": 3}', limits, dialect),
         ),
         (
             "bad-nickname",
             "A nickname with a space",
-            lambda: parse_object({"type": "newcomer", "newcomer": "Jane GIS"}, limits),
+            lambda: parse({"type": "newcomer", "newcomer": "Jane GIS"}),
         ),
     ]
+    layer = {"type": "geojson", "author": author, "crs_wkt": WGS84_WKT, "crs_authid": "EPSG:4326"}
+    collection = {"type": "FeatureCollection", "features": []}
+    cases.append(
+        (
+            "bad-layer-name",
+            "A layer whose name is a path",
+            lambda: parse({**layer, "layer_name": "../wells", "geojson": collection}),
+        )
+    )
     if limits.max_message_length < MAX_EXAMPLE_ITEMS:
         too_long = "x" * (limits.max_message_length + 45)
         cases.append(
             (
                 "text-too-long",
                 "A text longer than MAX_MESSAGE_LENGTH",
-                lambda: parse_object({"type": "text", "author": author, "text": too_long}, limits),
+                lambda: parse({"type": "text", "author": author, "text": too_long}),
             )
         )
     if limits.max_geojson_features < MAX_EXAMPLE_ITEMS:
-        layer = {"type": "FeatureCollection", "features": [None] * (limits.max_geojson_features + 100)}
+        features = {**collection, "features": [None] * (limits.max_geojson_features + 100)}
         cases.append(
             (
                 "too-many-features",
                 "A layer with more than MAX_GEOJSON_FEATURES features",
-                lambda: parse_object(
-                    {
-                        "type": "geojson",
-                        "author": author,
-                        "layer_name": "wells",
-                        "crs_wkt": WGS84_WKT,
-                        "crs_authid": "EPSG:4326",
-                        "geojson": layer,
-                    },
-                    limits,
-                ),
+                lambda: parse({**layer, "layer_name": "wells", "geojson": features}),
             )
         )
-    refusals: list[tuple[str, str, str]] = []
-    for name, summary, attempt in cases:
+    refusals: list[Shown] = []
+    for name, summary, attempt in [*cases, *(extra or [])]:
         try:
             attempt()
         except Uncompliant as exc:
-            refusals.append((name, summary, exc.reason))
-    refusals.append(("binary-frame", "A binary frame", BINARY_REASON))
+            refusals.append((name, summary, UncompliantMessage(reason=exc.reason)))
+    for name, summary, reason in [("binary-frame", "A binary frame", BINARY_REASON), *(fixed or [])]:
+        refusals.append((name, summary, UncompliantMessage(reason=reason)))
     return refusals
 
 
@@ -598,9 +589,3 @@ def _fitting_nickname(nickname: str, limits: Limits) -> str:
     """`nickname`, padded or cut to the instance's length rules."""
     padded = nickname + "_" * max(0, limits.min_author_length - len(nickname))
     return padded[: limits.max_author_length]
-
-
-def _wire(message: WireMessage) -> dict[str, Any]:
-    data = orjson.loads(message.to_wire())
-    assert isinstance(data, dict)
-    return data

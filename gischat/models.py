@@ -28,6 +28,7 @@ from pydantic import (
     ValidationInfo,
     field_validator,
 )
+from pydantic.json_schema import SkipJsonSchema
 
 from gischat.settings import Settings
 
@@ -161,7 +162,7 @@ class AuthoredMessage(WireMessage):
     checks it and, with REPLY_THREADS on, appends it to the 3.x rendering.
     """
 
-    in_reply_to_id: Any = Field(default=None, exclude=True)
+    in_reply_to_id: SkipJsonSchema[Any] = Field(default=None, exclude=True)
 
     @field_validator("author", check_fields=False)
     @classmethod
