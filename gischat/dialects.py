@@ -64,6 +64,8 @@ CHANNEL_TYPES: dict[str, type[models.WireMessage]] = {
     "script": channel_models.ScriptMessage,
 }
 CHANNEL_ONLY_TYPES = frozenset(CHANNEL_TYPES) - frozenset(ROOM_TYPES)
+# What people say (as opposed to bookkeeping): what a reply may point to.
+AUTHORED_TYPES = frozenset({"text", "image", "geojson", "crs", "bbox", "position", "model", "script"})
 # The QField plugin says `exiter` itself before it closes: dropped without a word on channels
 # (the server announces departures), still refused on rooms as a server-only type.
 IGNORED_TYPES: dict[Dialect, frozenset[str]] = {

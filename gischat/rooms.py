@@ -20,7 +20,7 @@ from starlette.websockets import WebSocket
 from gischat import dialects
 from gischat.broker import Broker, Envelope, MemoryBroker
 from gischat.connection import Connection
-from gischat.dialects import Dialect, Post
+from gischat.dialects import AUTHORED_TYPES, Dialect, Post
 from gischat.history import History
 from gischat.metrics import Metrics, broker_state
 from gischat.models import Uncompliant
@@ -107,8 +107,8 @@ class Room:
         if envelope.to is None:
             if envelope.keep:
                 self.history.add(post)
-                if self.replies is not None:
-                    self.remember_id(post.id)
+            if self.replies is not None and post.kind in AUTHORED_TYPES:
+                self.remember_id(post.id)
             for dialect, members in self.sockets.items():
                 if not members:
                     continue

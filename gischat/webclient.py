@@ -70,11 +70,13 @@ def content_security_policy(settings: Settings, host: str | None) -> str:
 
 
 def client_config(settings: Settings) -> dict[str, Any]:
-    """What the page needs beyond `/rules`: the basemap and the largest frame it may send."""
+    """What the page needs beyond `/rules`: the basemap, the largest frame it may send, and
+    whether replies are threaded (REPLY_THREADS: the page then offers to reply to a message)."""
     return {
         "tile_url": settings.map_tile_url,
         "tile_attribution": settings.map_tile_attribution if settings.map_tile_url else "",
         "max_frame_size": settings.max_frame_size,
+        "reply_threads": settings.reply_threads,
     }
 
 

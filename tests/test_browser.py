@@ -3,7 +3,10 @@
 Chromium comes from the system (Debian's `chromium` package, which `.ci/run` installs):
 Playwright's own browser download is not used. Without a browser these tests are skipped
 with the reason, except under CI (`CI=true`), where a missing browser is a failure.
-Every wait is on an event (a selector, a websocket message), never a fixed sleep.
+Every wait is on an event (a selector, a websocket message, a download), never a fixed sleep.
+
+The page speaks the 3.x dialect (`/channel/{c}/ws`); the Python clients beside it are 2.x
+room sockets (QTribu) unless a test opens a channel socket (QChat, QField) with `channel_client`.
 """
 
 from __future__ import annotations
@@ -13,17 +16,23 @@ import io
 import os
 import re
 import shutil
+import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
+import anyio
 import orjson
 import pytest
 from PIL import Image
-from playwright.async_api import Browser, Page, Route, WebSocket, async_playwright, expect
+from playwright.async_api import Browser, Locator, Page, Route, WebSocket, async_playwright, expect
+from websockets.asyncio.client import connect
 
-from conftest import LiveServer, ServerFactory, start_server, ws_client
+from conftest import TIMEOUT, Client, LiveServer, ServerFactory, start_server, text, ws_client
 from wire import GEOJSON_ORDER
 
 pytestmark = pytest.mark.anyio
@@ -90,16 +99,28 @@ MERCATOR_FEATURES: dict[str, Any] = {
 }
 
 
-# README's protocol table: the keys a client sends, in order.
+# The protocol table: the keys a client sends on a channel socket (3.x), in order. The server
+# gives every message its id and timestamp; a client sends neither.
 PROTOCOL_KEYS = {
     "text": ["type", "author", "avatar", "text"],
     "image": ["type", "author", "avatar", "image_data"],
     "geojson": ["type", "author", "avatar", "layer_name", "crs_wkt", "crs_authid", "geojson"],
     "crs": ["type", "author", "avatar", "crs_wkt", "crs_authid"],
     "bbox": ["type", "author", "avatar", "crs_wkt", "crs_authid", "xmin", "xmax", "ymin", "ymax"],
+    "position": ["type", "author", "avatar", "crs_wkt", "crs_authid", "x", "y"],
+    "model": ["type", "author", "avatar", "model_name", "model_group", "raw_xml"],
+    "script": ["type", "author", "avatar", "name", "raw_pycode"],
     "newcomer": ["type", "newcomer"],
     "like": ["type", "liker_author", "liked_author", "message"],
 }
+# The types a client may send as a reply: `in_reply_to_id` comes last, after the type's keys.
+REPLY_TYPES = {"text", "image", "geojson", "crs", "bbox", "position", "model", "script"}
+# What every frame of a channel socket starts with.
+CHANNEL_HEAD = ["type", "id", "timestamp"]
+CHANNEL_PATH = re.compile(r"^ws://127\.0\.0\.1:\d+/channel/[^/]+/ws$")
+ROOM_ROUTE = re.compile(r"^https?://127\.0\.0\.1:\d+/rooms?(/|$)")
+# A fixed-offset zone without daylight saving time (+05:45): local time is never UTC's.
+KATHMANDU = ("Asia/Kathmandu", timezone(timedelta(hours=5, minutes=45)))
 
 # Whether the shared extent's rectangle is on screen, inside the map and most of its width
 # or height, as after zooming to it (fitting snaps to whole zoom levels: half of the map or more).
@@ -147,6 +168,8 @@ class Pages:
     browser: Browser
     errors: list[str] = field(default_factory=list)
     sent: list[dict[str, Any]] = field(default_factory=list)  # every frame the pages sent
+    sockets: list[str] = field(default_factory=list)  # the address of every websocket they opened
+    requests: list[str] = field(default_factory=list)  # the address of every request they made
     allowed: list[re.Pattern[str]] = field(default_factory=list)
 
     async def open(self, server: LiveServer, size: dict[str, int] = DESKTOP, **options: Any) -> Page:
@@ -155,6 +178,7 @@ class Pages:
         page.on("console", lambda message: self.note(message.type, message.text))
         page.on("pageerror", lambda error: self.note("error", f"uncaught: {error}"))
         page.on("websocket", self.record)
+        page.on("request", lambda request: self.requests.append(request.url))
         await page.goto(f"{server.http_url}/")
         await expect(page.locator("#join-button")).to_be_enabled()
         return page
@@ -164,14 +188,24 @@ class Pages:
             self.errors.append(text)
 
     def record(self, socket: WebSocket) -> None:
+        self.sockets.append(socket.url)
         socket.on("framesent", lambda payload: self.sent.append(orjson.loads(payload)))
 
     def assert_clean(self) -> None:
-        """No console error, and every frame the pages sent has exactly the protocol's keys, in order."""
+        """No console error, every websocket a channel socket, and every frame the pages sent has
+        exactly the protocol's keys, in order (a reply's `in_reply_to_id` last)."""
         assert self.errors == [], f"console errors: {self.errors}"
         assert self.sent, "the pages sent nothing"
+        for url in self.sockets:
+            assert CHANNEL_PATH.match(url), f"the page opened {url}, not a channel socket"
+        for url in self.requests:
+            assert not ROOM_ROUTE.match(url), f"the page asked a 2.x route: {url}"
         for message in self.sent:
-            assert list(message) == PROTOCOL_KEYS[message["type"]], message
+            keys = list(message)
+            if keys[-1] == "in_reply_to_id" and message["type"] in REPLY_TYPES:
+                assert is_uuid(message["in_reply_to_id"]), message
+                keys.pop()
+            assert keys == PROTOCOL_KEYS[message["type"]], message
 
     async def close(self) -> None:
         for context in self.browser.contexts:
@@ -183,6 +217,25 @@ async def pages(browser: Browser) -> AsyncIterator[Pages]:
     opened = Pages(browser)
     yield opened
     await opened.close()
+
+
+def is_uuid(value: Any) -> bool:
+    return isinstance(value, str) and str(uuid.UUID(value)) == value
+
+
+@asynccontextmanager
+async def channel_client(server: LiveServer, channel: str = "QGIS") -> AsyncIterator[Client]:
+    """A websocket on `/channel/{channel}/ws`, the 3.x dialect (QChat, the QField plugin)."""
+    url = f"ws://127.0.0.1:{server.port}/channel/{quote(channel, safe='')}/ws"
+    async with connect(url, open_timeout=TIMEOUT, max_size=None) as ws:
+        yield Client(ws)
+
+
+def check_channel_frame(message: dict[str, Any], keys: list[str]) -> None:
+    """A frame of a channel socket: type, id, timestamp, then the type's keys."""
+    assert list(message) == [*CHANNEL_HEAD, *keys], message
+    assert is_uuid(message["id"])
+    assert isinstance(message["timestamp"], int)
 
 
 def quiet_server(server_factory: ServerFactory, **overrides: Any) -> LiveServer:
@@ -264,6 +317,9 @@ async def test_two_pages_and_a_python_client_chat(server_factory: ServerFactory,
         }
         received = message_item(carol, "alice", "the survey is up")
         await expect(received.locator("mark.mention.me")).to_have_text("@carol")
+        # Without REPLY_THREADS, nothing offers to reply.
+        await expect(received.get_by_role("button", name="Like")).to_be_visible()
+        await expect(carol.get_by_role("button", name="Reply")).to_have_count(0)
         await expect(received).to_have_class(re.compile(r"\bmentions-me\b"))
 
         # Python to both pages.
@@ -301,6 +357,7 @@ async def test_two_pages_and_a_python_client_chat(server_factory: ServerFactory,
         await expect(alice.locator("#user-list")).not_to_contain_text("carol")
         await expect(alice.locator("#nb-users")).to_have_text("2 connected")
     await expect(alice.locator("#log")).to_contain_text("qgis_bob left")
+    assert f"{server.http_url}/channel/QGIS/users" in pages.requests
     pages.assert_clean()
 
 
@@ -635,6 +692,315 @@ async def test_basemap_tiles_load_under_the_policy(server_factory: ServerFactory
     attribution = page.locator(".leaflet-control-attribution")
     await expect(attribution).to_have_text("Tiles © Example")
     await expect(attribution.locator("a")).to_have_attribute("href", "https://example.test/")
+    pages.assert_clean()
+
+
+POSITION_KEYS = ["author", "avatar", "crs_wkt", "crs_authid", "x", "y"]
+# Whether the position marker's dot sits at the middle of the map, as after zooming to it.
+MARKER_AT_CENTRE = """() => {
+    const map = document.querySelector("#map").getBoundingClientRect();
+    const dot = document.querySelector(".gc-position-dot");
+    if (!dot) return false;
+    const box = dot.getBoundingClientRect();
+    const dx = box.left + box.width / 2 - (map.left + map.width / 2);
+    const dy = box.top + box.height / 2 - (map.top + map.height / 2);
+    return Math.abs(dx) <= 2 && Math.abs(dy) <= 2;
+}"""
+
+
+def position(author: str, x: float, y: float, authid: str = "EPSG:4326") -> dict[str, Any]:
+    """A position as the QField plugin sends it."""
+    return {
+        "type": "position",
+        "author": author,
+        "avatar": None,
+        "crs_wkt": 'GEOGCRS["WGS 84",ID["EPSG",4326]]' if authid == "EPSG:4326" else "",
+        "crs_authid": authid,
+        "x": x,
+        "y": y,
+    }
+
+
+async def test_positions_from_qfield_are_drawn_as_markers(
+    server_factory: ServerFactory, pages: Pages
+) -> None:
+    server = quiet_server(server_factory)
+    zone_name, zone = KATHMANDU
+    page = await pages.open(server, locale="en-GB", timezone_id=zone_name)
+    await join(page, "alice")
+    async with channel_client(server) as field, channel_client(server) as surveyor:
+        await field.register("fieldworker")
+        await surveyor.register("surveyor")
+        await field.send(position("fieldworker", 2.35, 48.85))
+        echo = await field.expect("position", author="fieldworker")
+        check_channel_frame(echo, POSITION_KEYS)
+        at = datetime.fromtimestamp(echo["timestamp"], zone)
+
+        # A marker labelled with the author and the server's time, brought into view.
+        markers = page.locator(".leaflet-marker-pane .gc-position")
+        await expect(markers).to_have_count(1)
+        await expect(markers).to_have_text(f"fieldworker · {at:%H:%M}")
+        await page.wait_for_function(MARKER_AT_CENTRE)
+        entries = page.locator(".layer-list > li")
+        await expect(entries).to_have_count(1)
+        await expect(entries).to_contain_text("position of fieldworker")
+        await expect(entries).to_contain_text(f"by fieldworker · 2.35, 48.85 at {at:%H:%M} · EPSG:4326")
+        item = message_item(page, "fieldworker", "2.35, 48.85")
+        await expect(item.locator(".tag")).to_have_text("position")
+        await expect(item.locator("time")).to_have_attribute("datetime", iso(echo["timestamp"]))
+        await markers.click()
+        popup = page.locator(".leaflet-popup-content")
+        await expect(popup).to_contain_text("position of fieldworker")
+        await expect(popup).to_contain_text(f"{at.day} {at:%B} {at.year}")
+        await expect(popup).to_contain_text("2.35, 48.85")
+        await screenshot(page, "position-desktop.png")
+
+        # The author moved: one marker, at the new place.
+        await field.send(position("fieldworker", 2.36, 48.86))
+        await field.expect("position", author="fieldworker", x=2.36)
+        await expect(entries).to_have_count(1)
+        await expect(entries).to_contain_text("2.36, 48.86")
+        await expect(markers).to_have_count(1)
+        await page.wait_for_function(MARKER_AT_CENTRE)
+
+        # Another author in Web Mercator: a second marker; then in Lambert-93: listed, not drawn.
+        await surveyor.send(position("surveyor", 261_000.0, 6_250_000.0, "EPSG:3857"))
+        await expect(markers).to_have_count(2)
+        await expect(markers.nth(1)).to_contain_text("surveyor")
+        await surveyor.send(position("surveyor", 652_000.0, 6_862_000.0, "EPSG:2154"))
+        await surveyor.expect("position", author="surveyor", crs_authid="EPSG:2154")
+        await expect(entries.nth(1)).to_contain_text("EPSG:2154")
+        await expect(entries.nth(1)).to_contain_text("not drawn")
+        await expect(markers).to_have_count(1)
+        await expect(page.locator("#log .tag", has_text="position")).to_have_count(4)
+
+        # The log's button brings the current position back into view.
+        await expect(popup).to_be_hidden()  # it went with the marker it belonged to
+        await (
+            message_item(page, "fieldworker", "2.36, 48.86").get_by_role("button", name="Show on map").click()
+        )
+        await page.wait_for_function(MARKER_AT_CENTRE)
+    await say(page, "seen you both")
+    pages.assert_clean()
+
+
+def iso(timestamp: int) -> str:
+    """A server timestamp as the page's `<time datetime>` writes it (JavaScript's toISOString)."""
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+
+
+async def check_time(item: Locator, timestamp: int, zone: timezone, today: bool = True) -> None:
+    """The message's `<time>`: the server's instant, the local time (the day too when it is not
+    today's), the full date in its tooltip."""
+    local = datetime.fromtimestamp(timestamp, zone)
+    time = item.locator(".meta time")
+    await expect(time).to_have_attribute("datetime", iso(timestamp))
+    day = "" if today else rf"{local.day} \w+\.? "
+    await expect(time).to_have_text(re.compile(rf"^{day}{local:%H:%M}$"))
+    full = rf"\b{local:%A},? {local.day} {local:%B} {local.year}\b.*\b{local:%H:%M:%S}\b"
+    await expect(time).to_have_attribute("title", re.compile(full))
+
+
+async def test_messages_show_the_servers_time(server_factory: ServerFactory, pages: Pages) -> None:
+    server = quiet_server(server_factory, max_stored_messages=5)
+    zone_name, zone = KATHMANDU
+    async with channel_client(server) as bob:
+        await bob.register("qchat_bob")
+        await bob.send(text("qchat_bob", "said before you came"))
+        earlier = await bob.expect("text", author="qchat_bob")
+        check_channel_frame(earlier, ["author", "avatar", "text"])
+
+        # The replay keeps the time it was said at; the page's own message gets the server's.
+        page = await pages.open(server, locale="en-GB", timezone_id=zone_name)
+        await join(page, "alice")
+        replayed = message_item(page, "qchat_bob", "said before you came")
+        await check_time(replayed, earlier["timestamp"], zone)
+        await say(page, "and now I am here")
+        mine = await bob.expect("text", author="alice")
+        check_channel_frame(mine, ["author", "avatar", "text"])
+        await check_time(message_item(page, "alice", "and now I am here"), mine["timestamp"], zone)
+
+        # A browser whose clock is days ahead still shows the server's times, with their day.
+        ahead = await pages.open(server, locale="en-GB", timezone_id=zone_name)
+        await ahead.clock.set_fixed_time(datetime.now(UTC) + timedelta(days=3))
+        await join(ahead, "carol")
+        await check_time(message_item(ahead, "alice", "and now I am here"), mine["timestamp"], zone, False)
+        await bob.send(text("qchat_bob", "welcome carol"))
+        welcome = await bob.expect("text", author="qchat_bob", text="welcome carol")
+        await check_time(message_item(ahead, "qchat_bob", "welcome carol"), welcome["timestamp"], zone, False)
+    pages.assert_clean()
+
+
+# --- Models and scripts ----------------------------------------------------------------------
+
+
+async def download(page: Page, button: Locator) -> tuple[str, bytes]:
+    """Click a download button; the file's suggested name and its bytes."""
+    async with page.expect_download() as started:
+        await button.click()
+    saved = await started.value
+    assert await saved.failure() is None
+    return saved.suggested_filename, await anyio.Path(await saved.path()).read_bytes()
+
+
+async def test_models_and_scripts_are_offered_as_files(server_factory: ServerFactory, pages: Pages) -> None:
+    server = quiet_server(server_factory, allow_scripts=True)
+    page = await pages.open(server)
+    await join(page, "alice")
+    model_xml = (
+        "<!DOCTYPE model>\n"
+        '<Option type="Map"><Option name="model_name" type="QString" value="buffer &amp; clip"/>'
+        '<img src=x onerror="window.pwned = 1"></Option>\n'
+    )
+    script_code = (
+        "from qgis.core import QgsProcessingAlgorithm\n"
+        "# <script>window.pwned = 2</script>\n"
+        "import os\n"
+        'os.system("echo déjà vu")\n'
+    )
+    async with channel_client(server) as bob:
+        await bob.register("qchat_bob")
+        await bob.send(
+            {
+                "type": "model",
+                "author": "qchat_bob",
+                "avatar": None,
+                "model_name": "buffer and clip",
+                "model_group": "survey",
+                "raw_xml": model_xml,
+            }
+        )
+        check_channel_frame(
+            await bob.expect("model"), ["author", "avatar", "model_name", "model_group", "raw_xml"]
+        )
+        await bob.send(
+            {
+                "type": "script",
+                "author": "qchat_bob",
+                "avatar": None,
+                "name": "<img src=x onerror='window.pwned = 3'>",
+                "raw_pycode": script_code,
+            }
+        )
+        check_channel_frame(await bob.expect("script"), ["author", "avatar", "name", "raw_pycode"])
+        await bob.send(
+            {
+                "type": "script",
+                "author": "qchat_bob",
+                "avatar": None,
+                "name": "tidy_layers.py",
+                "raw_pycode": script_code,
+            }
+        )
+        await bob.expect("script", name="tidy_layers.py")
+
+    model = message_item(page, "qchat_bob", "buffer and clip.model3")
+    await expect(model.locator(".tag")).to_have_text("model")
+    await expect(model).to_contain_text("group survey")
+    await expect(model.locator(".code-warning")).to_have_count(0)
+    name, data = await download(page, model.get_by_role("button", name="Download buffer and clip.model3"))
+    assert name == "buffer and clip.model3"
+    assert data == model_xml.encode()
+
+    hostile = message_item(page, "qchat_bob", "<img src=x onerror='window.pwned = 3'>.py")
+    await expect(hostile.locator(".tag")).to_have_text("script")
+    script = message_item(page, "qchat_bob", "tidy_layers.py")
+    warning = script.locator(".code-warning")
+    await expect(warning).to_be_visible()
+    await expect(warning).to_contain_text("This is code.")
+    await expect(warning).to_contain_text("This page never runs it.")
+    name, data = await download(page, script.get_by_role("button", name="Download tidy_layers.py"))
+    assert name == "tidy_layers.py"  # the extension is not doubled
+    assert data == script_code.encode()
+    await script.locator("summary").click()
+    await expect(script.locator("pre")).to_be_visible()
+    await expect(script.locator("pre")).to_have_js_property("textContent", script_code)
+    name, data = await download(page, hostile.get_by_role("button", name=re.compile("^Download")))
+    assert data == script_code.encode()
+    await screenshot(page, "attachments-desktop.png")
+    await say(page, "thanks for the tools")
+    assert await page.locator("#log img, #log script, #log option").count() == 0
+    assert await page.evaluate("window.pwned") is None
+    pages.assert_clean()
+
+
+# --- Replies ---------------------------------------------------------------------------------
+
+
+async def test_replies_when_the_server_threads_them(server_factory: ServerFactory, pages: Pages) -> None:
+    server = quiet_server(server_factory, reply_threads=True, max_stored_messages=1)
+    alice = await pages.open(server)
+    await join(alice, "alice")
+    async with channel_client(server) as bob, ws_client(server) as tribu:
+        await bob.register("qchat_bob")
+        await tribu.register("qtribu_carl")
+        await bob.send(text("qchat_bob", "Who has the survey layer for the north sector?"))
+        question = await bob.expect("text", author="qchat_bob")
+        asked = message_item(alice, "qchat_bob", "Who has the survey layer")
+        bar = alice.locator("#reply-bar")
+        await expect(bar).to_be_hidden()
+
+        # Replying, then changing one's mind (the button, Escape): a plain message.
+        await asked.get_by_role("button", name="Reply").click()
+        await expect(bar).to_be_visible()
+        await expect(bar).to_contain_text(
+            "Replying to qchat_bob “Who has the survey layer for the north sector?”"
+        )
+        await expect(alice.locator("#message")).to_be_focused()
+        await bar.get_by_role("button", name="Cancel the reply").click()
+        await expect(bar).to_be_hidden()
+        await asked.get_by_role("button", name="Reply").click()
+        await alice.press("#message", "Escape")
+        await expect(bar).to_be_hidden()
+        await say(alice, "not me")
+        plain = await bob.expect("text", author="alice")
+        check_channel_frame(plain, ["author", "avatar", "text"])
+
+        # The reply: sent with the id it answers, shown with a quote of it.
+        await asked.get_by_role("button", name="Reply").click()
+        await say(alice, "I do, sharing it now")
+        answer = await bob.expect("text", author="alice", text="I do, sharing it now")
+        check_channel_frame(answer, ["author", "avatar", "text", "in_reply_to_id"])
+        assert answer["in_reply_to_id"] == question["id"]
+        await expect(bar).to_be_hidden()
+        # A 2.x client gets the message without the key.
+        assert await tribu.expect("text", author="alice", text="I do, sharing it now") == {
+            "type": "text",
+            "author": "alice",
+            "avatar": None,
+            "text": "I do, sharing it now",
+        }
+        reply = message_item(alice, "alice", "I do, sharing it now")
+        await expect(reply.locator(".reply-quote")).to_have_text(
+            "↪ qchat_bob “Who has the survey layer for the north sector?”"
+        )
+
+        # A reply from QChat to the page's message; its quote brings the message into view.
+        await bob.send({**text("qchat_bob", "great, thanks"), "in_reply_to_id": answer["id"]})
+        thanks = message_item(alice, "qchat_bob", "great, thanks")
+        await expect(thanks.locator(".reply-quote")).to_have_text("↪ alice “I do, sharing it now”")
+        await thanks.locator(".reply-quote").click()
+        await expect(reply).to_have_class(re.compile(r"\bflash\b"))
+
+        # Likes between the dialects: the 3.x like has the same keys, with an id and a time.
+        await bob.send(
+            {"type": "like", "liker_author": "qchat_bob", "liked_author": "alice", "message": "not me"}
+        )
+        await expect(alice.locator("#log li.notice.liked")).to_contain_text("qchat_bob liked your message")
+        await expect(message_item(alice, "alice", "not me").locator(".likes")).to_have_text("♥ 1")
+        await thanks.get_by_role("button", name="Like").click()
+        like = await bob.expect("like")
+        check_channel_frame(like, ["liker_author", "liked_author", "message"])
+        assert like["message"] == "great, thanks"
+        await screenshot(alice, "replies-desktop.png")
+
+        # Who joins later gets the last message only: a reply to something it never saw.
+        late = await pages.open(server)
+        await join(late, "dora")
+        await expect(message_item(late, "qchat_bob", "great, thanks").locator(".reply-quote")).to_have_text(
+            "↪ Reply to an earlier message"
+        )
+        await say(late, "hi all")
     pages.assert_clean()
 
 

@@ -99,17 +99,34 @@ def test_tile_sources() -> None:
 
 async def test_client_config(server_factory: ServerFactory) -> None:
     default = server_factory()
-    custom = server_factory(map_tile_url="", max_frame_size=65536)
+    custom = server_factory(map_tile_url="", max_frame_size=65536, reply_threads=True)
     async with client_for(default) as http:
-        config = (await http.get("/client-config")).json()
-    assert config == {
+        response = await http.get("/client-config")
+    assert response.headers["cache-control"] == "no-cache"
+    assert response.json() == {
         "tile_url": Settings.model_fields["map_tile_url"].default,
         "tile_attribution": Settings.model_fields["map_tile_attribution"].default,
         "max_frame_size": 16 * 1024 * 1024,
+        "reply_threads": False,
     }
     async with client_for(custom) as http:
         config = (await http.get("/client-config")).json()
-    assert config == {"tile_url": "", "tile_attribution": "", "max_frame_size": 65536}
+    assert config == {"tile_url": "", "tile_attribution": "", "max_frame_size": 65536, "reply_threads": True}
+
+
+def test_client_config_follows_reply_threads() -> None:
+    """The page offers replies exactly when the server threads them (REPLY_THREADS)."""
+    assert webclient.client_config(make_settings())["reply_threads"] is False
+    assert webclient.client_config(make_settings(reply_threads=True))["reply_threads"] is True
+
+
+def test_client_sources_load_no_code() -> None:
+    """Models and scripts leave the page as downloads, never run: nothing in the client loads,
+    evaluates or frames code it was given."""
+    for source in STATIC.glob("*.js"):
+        code = source.read_text()
+        for sink in ("import(", "new Worker", 'setTimeout("', "javascript:", "srcdoc"):
+            assert sink not in code, f"{source.name} uses {sink}"
 
 
 async def test_static_files_and_leaflet_are_served(server: LiveServer) -> None:

@@ -1,14 +1,19 @@
 // gischat's web client: pick a room and a nickname, then chat, with a map of what is shared.
+// It speaks the 3.x dialect (`/channel/{name}/...`, QChat's and QField's): every message
+// from the server has an id and a timestamp; positions, models and scripts exist; replies
+// are threaded when the server says so. Channel X is the conversation QTribu calls room X.
 
-import { ChatLog, sameNickname } from "./chat.js";
-import { RoomConnection } from "./connection.js";
+import { ChatLog, firstWords, sameNickname } from "./chat.js";
+import { ChannelConnection } from "./connection.js";
 import { $, colorFor, el } from "./dom.js";
 import { asFeatureCollection, crsOfGeojson } from "./geo.js";
 import { readImage } from "./images.js";
 import { GisMap } from "./map.js";
 
 const ROOM_REFRESH = 10000;
-const REPLAY_MEMORY = 300;
+const REPLAY_MEMORY = 1000;
+// What people say (what the server replays to a new socket): shown once per id.
+const SAID_TYPES = new Set(["text", "image", "geojson", "crs", "bbox", "position", "model", "script"]);
 
 const state = {
   rules: null,
@@ -18,7 +23,8 @@ const state = {
   nickname: "",
   users: new Map(), // nickname key -> nickname
   userEvents: null, // newcomer/exiter seen while the user list is being fetched
-  seen: [], // fingerprints of recent messages, to skip a replay of what is on screen
+  seen: new Set(), // ids of recent messages, to skip a replay of what is on screen
+  replyTo: null, // {id, author, summary} of the message the next one answers
   map: null,
 };
 
@@ -26,6 +32,8 @@ const log = new ChatLog($("#log"), {
   me: () => state.nickname,
   maxMessage: 255,
   like: (author, summary) => send({ type: "like", liker_author: state.nickname, liked_author: author, message: summary }),
+  canReply: () => Boolean(state.config?.reply_threads),
+  reply: (target) => startReply(target),
   zoom: (entry) => {
     showPane("map");
     state.map.zoomTo(entry);
@@ -69,8 +77,9 @@ function wantedRoom() {
 async function refreshRooms() {
   if (!$("#join-view").hidden) {
     try {
+      // The channels (the rooms under their 3.x name) with their live counts.
       const status = await getJson("status");
-      renderRooms(status.rooms);
+      renderRooms(status.channels ?? status.rooms);
     } catch (error) {
       $("#join-error").textContent = `Could not load the rooms (${error.message}).`;
     }
@@ -118,12 +127,13 @@ function join(event) {
   state.connection?.close();
   state.room = room;
   state.nickname = nickname;
-  state.seen = [];
+  state.seen = new Set();
+  cancelReply();
   log.clear();
   state.map?.clear();
   state.users.clear();
   renderUsers();
-  state.connection = new RoomConnection(room, nickname, {
+  state.connection = new ChannelConnection(room, nickname, {
     message: receive,
     joined: onJoined,
     refused: (reason) => joinFailed(reason),
@@ -184,6 +194,7 @@ function leave() {
   state.connection?.close();
   state.connection = null;
   state.nickname = "";
+  cancelReply();
   $("#chat-view").hidden = true;
   $("#join-view").hidden = false;
   $("#leave").hidden = true;
@@ -202,31 +213,18 @@ function setStatus(kind, text) {
 
 // --- Incoming messages -----------------------------------------------------------------------
 
-function fingerprint(message) {
-  const author = String(message.author);
-  switch (message.type) {
-    case "text":
-      return `text\n${author}\n${message.text}`;
-    case "image":
-      return `image\n${author}\n${String(message.image_data).length}\n${String(message.image_data).slice(-64)}`;
-    case "geojson":
-      return `geojson\n${author}\n${message.layer_name}\n${JSON.stringify(message.geojson).length}`;
-    case "bbox":
-      return `bbox\n${author}\n${message.xmin},${message.ymin},${message.xmax},${message.ymax}`;
-    case "crs":
-      return `crs\n${author}\n${message.crs_authid}`;
-    default:
-      return null;
-  }
+// Whether a message was shown already (the server replays its last messages to every new
+// socket, so a reconnect brings back what is on screen); remembers it otherwise.
+function alreadyShown(message) {
+  if (!SAID_TYPES.has(message.type) || typeof message.id !== "string") return false;
+  if (state.seen.has(message.id)) return true;
+  state.seen.add(message.id);
+  if (state.seen.size > REPLAY_MEMORY) state.seen.delete(state.seen.values().next().value);
+  return false;
 }
 
 function receive(message, { replay }) {
-  const print = fingerprint(message);
-  if (print !== null) {
-    if (replay && state.seen.includes(print)) return;
-    state.seen.push(print);
-    if (state.seen.length > REPLAY_MEMORY) state.seen.shift();
-  }
+  if (alreadyShown(message)) return;
   switch (message.type) {
     case "text":
       log.text(message);
@@ -244,15 +242,23 @@ function receive(message, { replay }) {
       log.bbox(message, state.map.addBbox(message));
       flagMap();
       break;
+    case "position":
+      log.position(message, state.map.addPosition(message));
+      flagMap();
+      break;
     case "crs":
       log.crs(message);
       break;
+    case "model":
+    case "script":
+      log.attachment(message);
+      break;
     case "newcomer":
-      if (!replay) log.newcomer(String(message.newcomer));
+      if (!replay) log.newcomer(message);
       userEvent("add", String(message.newcomer));
       break;
     case "exiter":
-      if (!replay) log.exiter(String(message.exiter));
+      if (!replay) log.exiter(message);
       userEvent("remove", String(message.exiter));
       break;
     case "like":
@@ -262,7 +268,7 @@ function receive(message, { replay }) {
       $("#nb-users").textContent = `${Number(message.nb_users)} connected`;
       break;
     case "uncompliant":
-      log.refusal(String(message.reason));
+      log.refusal(message);
       break;
     default:
       break; // a type this client does not know yet
@@ -293,7 +299,7 @@ async function fetchUsers() {
   const room = state.room;
   state.userEvents = [];
   try {
-    const names = await getJson(`room/${encodeURIComponent(room)}/users`);
+    const names = await getJson(`channel/${encodeURIComponent(room)}/users`);
     if (room !== state.room) return;
     state.users = new Map(names.map((name) => [userKey(name), name]));
   } catch {
@@ -335,18 +341,45 @@ function send(message) {
   return false;
 }
 
+// A message under the person's name: the answer to the message being replied to, if any
+// (`in_reply_to_id`, last, as QChat writes it).
+function sendAuthored(message) {
+  const reply = state.replyTo;
+  const sent = send(reply ? { ...message, in_reply_to_id: reply.id } : message);
+  if (sent && reply && state.replyTo === reply) cancelReply();
+  return sent;
+}
+
 function sendText(event) {
   event.preventDefault();
   const input = $("#message");
   const text = input.value.trim();
   if (!text) return;
-  if (send({ type: "text", author: state.nickname, avatar: null, text })) input.value = "";
+  if (sendAuthored({ type: "text", author: state.nickname, avatar: null, text })) input.value = "";
+}
+
+// --- Replies (REPLY_THREADS) -----------------------------------------------------------------
+
+function startReply(target) {
+  state.replyTo = target;
+  $("#reply-author").textContent = target.author;
+  $("#reply-words").textContent = ` “${firstWords(target.summary)}”`;
+  $("#reply-bar").hidden = false;
+  showPane("chat");
+  $("#message").focus();
+}
+
+function cancelReply() {
+  state.replyTo = null;
+  $("#reply-bar").hidden = true;
+  $("#reply-author").textContent = "";
+  $("#reply-words").textContent = "";
 }
 
 async function sendImage(file) {
   try {
     const image_data = await readImage(file, state.config.max_frame_size, state.rules.max_image_size);
-    send({ type: "image", author: state.nickname, avatar: null, image_data });
+    sendAuthored({ type: "image", author: state.nickname, avatar: null, image_data });
   } catch (error) {
     log.notice(`Image not sent: ${error.message}`, "refused");
   }
@@ -366,7 +399,7 @@ async function shareLayerFile(file) {
     if (JSON.stringify(message).length > state.config.max_frame_size) {
       throw new Error(`the layer is larger than this server accepts (${state.config.max_frame_size} bytes)`);
     }
-    send(message);
+    sendAuthored(message);
   } catch (error) {
     const reason = error instanceof SyntaxError ? "the file is not valid JSON" : error.message;
     log.notice(`Layer ${file.name} not shared: ${reason}`, "refused");
@@ -374,7 +407,7 @@ async function shareLayerFile(file) {
 }
 
 function shareView() {
-  send({ type: "bbox", author: state.nickname, avatar: null, ...state.map.currentBbox() });
+  sendAuthored({ type: "bbox", author: state.nickname, avatar: null, ...state.map.currentBbox() });
 }
 
 function sharePosition() {
@@ -385,7 +418,7 @@ function sharePosition() {
   navigator.geolocation.getCurrentPosition(
     (position) => {
       const { longitude, latitude, accuracy } = position.coords;
-      send({
+      sendAuthored({
         type: "geojson",
         author: state.nickname,
         avatar: null,
@@ -450,6 +483,16 @@ function wire() {
   });
   $("#share-view").addEventListener("click", shareView);
   $("#share-position").addEventListener("click", sharePosition);
+  $("#reply-cancel").addEventListener("click", () => {
+    cancelReply();
+    $("#message").focus();
+  });
+  $("#message").addEventListener("keydown", (event) => {
+    if (event.key === "Escape" && state.replyTo) {
+      event.preventDefault();
+      cancelReply();
+    }
+  });
   $("#message").addEventListener("paste", (event) => {
     const files = [...(event.clipboardData?.files ?? [])].filter((file) => file.type.startsWith("image/"));
     if (files.length) {

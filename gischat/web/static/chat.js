@@ -1,9 +1,14 @@
 // The conversation: one list item per message or event, built from text nodes only.
 
-import { clockTime, colorFor, el } from "./dom.js";
+import { colorFor, el, serverDate, timeElement } from "./dom.js";
 
 const MENTION = /@[\p{L}\p{N}_-]+/gu;
 const MAX_ENTRIES = 500;
+const QUOTE_LENGTH = 60; // characters of a replied-to message shown above the reply
+const CODE_PREVIEW = 20000; // characters of a script shown inline (the download has all of it)
+const SCRIPT_WARNING =
+  "Python code: running it (in QGIS or elsewhere) runs it on your computer with your rights. " +
+  "Read it first, and run it only if you trust its author. This page never runs it.";
 
 export function sameNickname(a, b) {
   return String(a).normalize("NFKC").toLowerCase() === String(b).normalize("NFKC").toLowerCase();
@@ -20,8 +25,39 @@ export function imageSource(base64) {
   return `data:${type};base64,${data}`;
 }
 
+// The first words of a message, for a quote: at most QUOTE_LENGTH characters.
+export function firstWords(text) {
+  const chars = [...String(text).replace(/\s+/g, " ").trim()];
+  return chars.length <= QUOTE_LENGTH ? chars.join("") : `${chars.slice(0, QUOTE_LENGTH - 1).join("")}…`;
+}
+
+// `name` with `extension` appended unless it already ends with it.
+export function withExtension(name, extension) {
+  const text = String(name);
+  return text.toLowerCase().endsWith(extension) ? text : `${text}${extension}`;
+}
+
+function formatBytes(count) {
+  if (count < 1024) return `${count} bytes`;
+  if (count < 1024 * 1024) return `${(count / 1024).toFixed(1)} kB`;
+  return `${(count / 1024 / 1024).toFixed(1)} MB`;
+}
+
+// Save `text` as a file: a Blob behind a temporary download link. Nothing is opened or run.
+export function saveFile(name, text, type) {
+  const url = URL.createObjectURL(new Blob([text], { type }));
+  const link = el("a", { href: url, download: name });
+  link.hidden = true;
+  document.body.append(link);
+  link.click();
+  link.remove();
+  // The download has started from the Blob; give the browser time to read it before freeing it.
+  setTimeout(() => URL.revokeObjectURL(url), 60000);
+}
+
 export class ChatLog {
-  // options: me() -> nickname, maxMessage, like(message, summary), zoom(entry), enlarge(src, alt)
+  // options: me() -> nickname, maxMessage, like(author, summary), zoom(entry), enlarge(src, alt),
+  // canReply() -> whether the server threads replies, reply({id, author, summary})
   constructor(list, options) {
     this.list = list;
     this.options = options;
@@ -40,7 +76,16 @@ export class ChatLog {
     return item;
   }
 
-  // A message with an author: avatar letter, name, time, body, and a like button on others'.
+  // The entry of the message with this id, if it is still in the log.
+  findMessage(id) {
+    for (const item of this.list.children) {
+      if (item.dataset.id === id) return item;
+    }
+    return null;
+  }
+
+  // A message with an author: avatar letter, name, the server's time, what it replies to, its
+  // body, a like button on others' and a reply button when the server threads replies.
   authored(message, body, summary) {
     const author = String(message.author);
     const mine = sameNickname(author, this.options.me());
@@ -49,10 +94,24 @@ export class ChatLog {
     avatar.setAttribute("aria-hidden", "true");
     const name = el("span", { className: "author" }, author);
     name.style.color = colorFor(author);
-    const meta = el("div", { className: "meta" }, name, el("time", {}, clockTime()));
-    const item = el("li", { className: mine ? "msg mine" : "msg" }, avatar, meta, body);
+    const meta = el("div", { className: "meta" }, name, timeElement(serverDate(message.timestamp)));
+    const item = el("li", { className: mine ? "msg mine" : "msg" }, avatar, meta);
+    if (typeof message.in_reply_to_id === "string") {
+      item.append(this.replyQuote(message.in_reply_to_id));
+      item.classList.add("reply");
+    }
+    item.append(body);
     item.dataset.author = author;
     item.dataset.summary = summary;
+    const id = typeof message.id === "string" ? message.id : null;
+    if (id !== null) item.dataset.id = id;
+    const actions = el("div", { className: "msg-actions" });
+    if (id !== null && this.options.canReply()) {
+      const reply = el("button", { type: "button", className: "reply-button" }, "↩ Reply");
+      reply.setAttribute("aria-label", `Reply to ${author}'s message`);
+      reply.addEventListener("click", () => this.options.reply({ id, author, summary }));
+      actions.append(reply);
+    }
     if (!mine) {
       const like = el("button", { type: "button", className: "like" }, "♥ Like");
       like.setAttribute("aria-label", `Like ${author}'s message`);
@@ -64,9 +123,33 @@ export class ChatLog {
           like.textContent = "♥ Liked";
         }
       });
-      item.append(like);
+      actions.append(like);
     }
+    if (actions.childElementCount) item.append(actions);
     return this.add(item);
+  }
+
+  // What a reply answers: the author and first words of the target when it is in the log (a
+  // click brings it into view), a plain note otherwise.
+  replyQuote(id) {
+    const target = this.findMessage(id);
+    if (!target) return el("p", { className: "reply-quote missing" }, "↪ Reply to an earlier message");
+    const author = target.dataset.author;
+    const quote = el(
+      "button",
+      { type: "button", className: "reply-quote" },
+      "↪ ",
+      el("span", { className: "reply-author" }, author),
+      ` “${firstWords(target.dataset.summary)}”`,
+    );
+    quote.setAttribute("aria-label", `Show the message from ${author} this replies to`);
+    quote.addEventListener("click", () => {
+      target.scrollIntoView({ block: "center", behavior: "smooth" });
+      target.classList.remove("flash");
+      void target.offsetWidth; // restart the animation
+      target.classList.add("flash");
+    });
+    return quote;
   }
 
   text(message) {
@@ -126,6 +209,50 @@ export class ChatLog {
     this.authored(message, body, this.truncate(`CRS ${authid}`));
   }
 
+  position(message, entry) {
+    const body = el(
+      "div",
+      { className: "body shared" },
+      el("span", { className: "tag" }, "position"),
+      ` ${entry.coordinates} · ${entry.authid}`,
+    );
+    body.append(this.mapButton(entry));
+    this.authored(message, body, "position");
+  }
+
+  // A `model` (a Processing model) or a `script` (Python code): listed as a file to download,
+  // never opened or run here; a script carries a warning and can be read as text.
+  attachment(message) {
+    const script = message.type === "script";
+    const fileName = script ? withExtension(message.name, ".py") : withExtension(message.model_name, ".model3");
+    const content = String(script ? message.raw_pycode : message.raw_xml);
+    const size = new TextEncoder().encode(content).length;
+    const body = el(
+      "div",
+      { className: `body shared attachment ${script ? "script" : "model"}` },
+      el("span", { className: "tag" }, script ? "script" : "model"),
+      " ",
+      el("strong", { className: "file-name" }, fileName),
+      ` · ${formatBytes(size)}`,
+    );
+    if (!script && typeof message.model_group === "string" && message.model_group) {
+      body.append(` · group ${message.model_group}`);
+    }
+    const download = el("button", { type: "button", className: "small download" }, "Download");
+    download.setAttribute("aria-label", `Download ${fileName}`);
+    const type = script ? "text/x-python;charset=utf-8" : "application/xml;charset=utf-8";
+    download.addEventListener("click", () => saveFile(fileName, content, type));
+    body.append(download);
+    if (script) {
+      const warning = el("p", { className: "code-warning" }, el("strong", {}, "⚠ This is code. "), SCRIPT_WARNING);
+      warning.setAttribute("role", "note");
+      const shown = content.length > CODE_PREVIEW ? `${content.slice(0, CODE_PREVIEW)}\n…` : content;
+      const preview = el("details", { className: "code-preview" }, el("summary", {}, "Read the code"), el("pre", {}, shown));
+      body.append(warning, preview);
+    }
+    this.authored(message, body, this.truncate(`${script ? "script" : "model"} ${fileName}`));
+  }
+
   mapButton(entry) {
     if (!entry.layer) return el("span", { className: "muted" }, " (not drawn on this map)");
     const button = el("button", { type: "button", className: "small" }, "Show on map");
@@ -133,23 +260,28 @@ export class ChatLog {
     return button;
   }
 
-  notice(text, kind = "info") {
-    return this.add(el("li", { className: `notice ${kind}` }, text));
+  // A line of the conversation that is not a message; `message` (a server frame) dates it in
+  // a tooltip.
+  notice(text, kind = "info", message = null) {
+    const item = el("li", { className: `notice ${kind}` }, text);
+    if (message) item.title = serverDate(message.timestamp).toLocaleString([], { dateStyle: "full", timeStyle: "medium" });
+    return this.add(item);
   }
 
-  newcomer(nickname) {
+  newcomer(message) {
+    const nickname = String(message.newcomer);
     const mine = sameNickname(nickname, this.options.me());
-    this.notice(mine ? `You joined as ${nickname}` : `${nickname} joined`, "arrival");
+    this.notice(mine ? `You joined as ${nickname}` : `${nickname} joined`, "arrival", message);
   }
 
-  exiter(nickname) {
-    this.notice(`${nickname} left`, "departure");
+  exiter(message) {
+    this.notice(`${String(message.exiter)} left`, "departure", message);
   }
 
   likeReceived(message) {
     const liker = String(message.liker_author);
     const text = String(message.message);
-    this.notice(`♥ ${liker} liked your message: “${text}”`, "liked");
+    this.notice(`♥ ${liker} liked your message: “${text}”`, "liked", message);
     // Count it on the newest own message it can be matched to.
     const own = [...this.list.querySelectorAll("li.msg.mine")].reverse();
     const target = own.find((item) => item.dataset.summary === text);
@@ -167,8 +299,8 @@ export class ChatLog {
     badge.title = `Liked by ${likers.join(", ")}`;
   }
 
-  refusal(reason) {
-    this.notice(`Not delivered: ${reason}`, "refused");
+  refusal(message) {
+    this.notice(`Not delivered: ${String(message.reason)}`, "refused", message);
   }
 
   truncate(text) {

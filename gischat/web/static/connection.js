@@ -1,18 +1,19 @@
-// One room's websocket: register the nickname, reconnect with backoff after a drop or a
-// server restart, re-register, and tell the page what happened through callbacks.
+// One channel's websocket (the 3.x dialect: every frame from the server carries an id and a
+// timestamp): register the nickname, reconnect with backoff after a drop or a server restart,
+// re-register, and tell the page what happened through callbacks.
 
 const BACKOFF = [500, 1000, 2000, 4000, 8000, 15000];
 
-export function roomSocketUrl(room) {
+export function channelSocketUrl(channel) {
   // Relative to the page, so an instance under a path prefix works; same origin, as the
-  // server's Origin check requires.
-  const url = new URL(`room/${encodeURIComponent(room)}/ws`, document.baseURI);
+  // server's Origin check requires. Channel X is the conversation QTribu calls room X.
+  const url = new URL(`channel/${encodeURIComponent(channel)}/ws`, document.baseURI);
   url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
   url.hash = "";
   return url.href;
 }
 
-export class RoomConnection {
+export class ChannelConnection {
   // handlers: message(msg, {replay}), joined({again}), refused(reason), lost({code}),
   // retrying({delay, attempt, reason}), failed(reason)
   constructor(room, nickname, handlers) {
@@ -34,7 +35,7 @@ export class RoomConnection {
 
   open() {
     this.timer = null;
-    const socket = new WebSocket(roomSocketUrl(this.room));
+    const socket = new WebSocket(channelSocketUrl(this.room));
     this.socket = socket;
     this.registered = false;
     this.pending = [];

@@ -29,3 +29,25 @@ export function colorFor(name) {
 export function clockTime(date = new Date()) {
   return date.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
 }
+
+// A server timestamp (integer seconds since the epoch) as a Date; now when it is missing or
+// not a number (a frame from a server that gives none).
+export function serverDate(timestamp) {
+  const seconds = Number(timestamp);
+  if (timestamp === null || timestamp === undefined || !Number.isFinite(seconds)) return new Date();
+  const date = new Date(seconds * 1000);
+  return Number.isNaN(date.getTime()) ? new Date() : date;
+}
+
+// A <time> element: the local time (with the day when it is not today), the full date in its
+// tooltip, the machine-readable instant in `datetime`.
+export function timeElement(date) {
+  const today = new Date();
+  const sameDay = date.toDateString() === today.toDateString();
+  const shown = sameDay
+    ? clockTime(date)
+    : `${date.toLocaleDateString([], { day: "numeric", month: "short" })} ${clockTime(date)}`;
+  const node = el("time", { dateTime: date.toISOString() }, shown);
+  node.title = date.toLocaleString([], { dateStyle: "full", timeStyle: "medium" });
+  return node;
+}

@@ -1,8 +1,8 @@
-// The map: a basemap from the instance's settings, every shared layer and extent, and the
-// layer list beside it. Names, authors and feature properties are inserted as text only.
+// The map: a basemap from the instance's settings, every shared layer, extent and position, and
+// the layer list beside it. Names, authors and feature properties are inserted as text only.
 
 import { crsKind, normaliseAuthid, toLatLng, viewAsBbox } from "./geo.js";
-import { el } from "./dom.js";
+import { clockTime, colorFor, el, serverDate } from "./dom.js";
 
 const PALETTE = ["#d7263d", "#1b7f9b", "#e07a00", "#6a3d9a", "#2e8b57", "#c2185b", "#3b5bdb", "#8d6e00"];
 const FIT_OPTIONS = { padding: [24, 24], maxZoom: 17 };
@@ -121,15 +121,55 @@ export class GisMap {
     return entry;
   }
 
+  // A `position` message (QField's GNSS position, QChat's): a marker with the author and the
+  // time, one per author (the latest position replaces the previous one).
+  addPosition(message) {
+    const author = String(message.author);
+    const date = serverDate(message.timestamp);
+    const entry = {
+      kind: "position",
+      title: `position of ${author}`,
+      author,
+      authid: normaliseAuthid(message.crs_authid) || "no CRS",
+      coordinates: `${formatNumber(message.x)}, ${formatNumber(message.y)}`,
+      color: colorFor(author),
+      layer: null,
+    };
+    entry.detail = `${entry.coordinates} at ${clockTime(date)}`;
+    const kind = crsKind(message.crs_authid);
+    const x = Number(message.x);
+    const y = Number(message.y);
+    if (kind && Number.isFinite(x) && Number.isFinite(y)) {
+      entry.latlng = toLatLng(kind, x, y);
+      entry.layer = positionMarker(entry, date);
+    } else {
+      entry.notDrawn = `not drawn: the browser map draws EPSG:4326 and EPSG:3857 only`;
+    }
+    const key = author.normalize("NFKC").toLowerCase();
+    const previous = this.entries.find((other) => other.kind === "position" && other.key === key);
+    entry.key = key;
+    if (previous) this.remove(previous);
+    this.register(entry);
+    return entry;
+  }
+
   register(entry) {
     this.entries.push(entry);
+    entry.item = this.listItem(entry);
+    this.list.querySelector("ul").append(entry.item);
+    this.list.classList.add("has-entries");
+    this.resized();
     if (entry.layer) {
       this.show(entry);
       if (!this.userMoved) this.zoomTo(entry);
     }
-    entry.item = this.listItem(entry);
-    this.list.querySelector("ul").append(entry.item);
-    this.list.classList.add("has-entries");
+  }
+
+  // The list under the map grew or shrank, and the map with it: tell Leaflet before zooming,
+  // or what it centres lands off the middle (the centre is kept).
+  resized() {
+    const container = this.map.getContainer();
+    if (container.clientWidth && container.clientHeight) this.map.invalidateSize({ animate: false });
   }
 
   show(entry) {
@@ -140,9 +180,11 @@ export class GisMap {
 
   zoomTo(entry) {
     if (!entry.layer) return false;
-    const bounds = entry.layer.getBounds();
+    const bounds = entry.latlng ? L.latLngBounds(entry.latlng, entry.latlng) : entry.layer.getBounds();
     if (!bounds.isValid()) return false;
-    if (!this.map.hasLayer(entry.layer)) this.setVisible(entry, true);
+    // A position replaced by a newer one: bring its place into view, without its old marker.
+    const current = this.entries.includes(entry);
+    if (current && !this.map.hasLayer(entry.layer)) this.setVisible(entry, true);
     const container = this.map.getContainer();
     if (!container.clientWidth || !container.clientHeight) {
       this.pendingZoom = entry; // a hidden map cannot compute a zoom: fit it when shown
@@ -179,6 +221,7 @@ export class GisMap {
     entry.item.remove();
     this.entries = this.entries.filter((other) => other !== entry);
     if (!this.entries.length) this.list.classList.remove("has-entries");
+    this.resized();
   }
 
   clear() {
@@ -190,7 +233,7 @@ export class GisMap {
   listItem(entry) {
     const swatch = el("span", { className: `swatch swatch-${entry.kind}` });
     swatch.style.borderColor = entry.color;
-    if (entry.kind === "layer") swatch.style.backgroundColor = entry.color;
+    if (entry.kind !== "bbox") swatch.style.backgroundColor = entry.color;
     const label = el("span", { className: "entry-title" }, entry.title);
     const title = el("label", { className: "entry-name" });
     if (entry.layer) {
@@ -217,6 +260,39 @@ export class GisMap {
     item.append(actions);
     return item;
   }
+}
+
+// A dot in the author's colour with a label (author and time); details in a popup. The icon's
+// content is an element, never a string: Leaflet would parse a string as HTML.
+function positionMarker(entry, date) {
+  const dot = el("span", { className: "gc-position-dot" });
+  dot.style.backgroundColor = entry.color;
+  const label = el("span", { className: "gc-position-label" }, `${entry.author} · ${clockTime(date)}`);
+  const icon = L.divIcon({
+    className: "gc-position",
+    html: el("span", { className: "gc-position-pin" }, dot, label),
+    iconSize: null,
+    iconAnchor: [8, 8],
+  });
+  const marker = L.marker(entry.latlng, {
+    icon,
+    title: `${entry.author}, ${date.toLocaleString()}`,
+    alt: `position of ${entry.author}`,
+    riseOnHover: true,
+  });
+  marker.bindPopup(() => {
+    const box = el("div", { className: "popup position-popup" });
+    box.append(el("strong", {}, entry.title));
+    const table = el("table");
+    table.append(
+      el("tr", {}, el("th", {}, "time"), el("td", {}, date.toLocaleString([], { dateStyle: "full", timeStyle: "medium" }))),
+      el("tr", {}, el("th", {}, "x, y"), el("td", {}, entry.coordinates)),
+      el("tr", {}, el("th", {}, "CRS"), el("td", {}, entry.authid)),
+    );
+    box.append(table);
+    return box;
+  });
+  return marker;
 }
 
 function featurePopup(entry, feature) {
