@@ -236,11 +236,16 @@ def limit_open_files(nofile: int | None) -> Callable[[], None] | None:
 
 @contextlib.asynccontextmanager
 async def running(
-    kind: str, label: str, rooms: Sequence[str] = ROOMS, nofile: int | None = None
+    kind: str,
+    label: str,
+    rooms: Sequence[str] = ROOMS,
+    nofile: int | None = None,
+    extra_env: dict[str, str] | None = None,
 ) -> AsyncIterator[Server]:
     """Start a server subprocess, wait until /status answers, stop it afterwards.
 
     `nofile`: the server's own open-file limit; by default it inherits the bench's raised one.
+    `extra_env`: on top of everything else, e.g. a PYTHONPATH to run another commit's gischat.
     """
     port = free_port()
     if kind == "gischat":
@@ -252,7 +257,7 @@ async def running(
         # cwd: no stray .env is read; the environment carries every setting.
         proc = await asyncio.create_subprocess_exec(
             *command,
-            env=server_env(port, kind, rooms),
+            env={**server_env(port, kind, rooms), **(extra_env or {})},
             cwd=RESULTS_DIR,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -340,8 +345,13 @@ class CpuMeter:
         return server, client, max(others, 0.0)
 
     def describe(self, window: float | None = None) -> str:
-        server, client, others = self.stop(window)
-        return f"CPU: server {server:.0%} of a core, client {client:.0%}, other processes {others:.0%}"
+        return describe_cores(self.stop(window))
+
+
+def describe_cores(cores: tuple[float, float, float]) -> str:
+    """`CpuMeter.stop`'s cores as the notes print them."""
+    server, client, others = cores
+    return f"CPU: server {server:.0%} of a core, client {client:.0%}, other processes {others:.0%}"
 
 
 def machine_busy() -> float:
@@ -655,6 +665,9 @@ def make_photo() -> bytes:
 
 def gischat_revision() -> str:
     """The commit of the gischat tree being measured (the server is imported from it)."""
+    package = Path(sys.modules[Settings.__module__].__file__ or "").resolve().parent
+    if package != BENCH_DIR.parent / "gischat":  # e.g. PYTHONPATH=/some/export of another commit
+        return f"imported from {package} (not this checkout)"
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=BENCH_DIR, capture_output=True, text=True, check=True

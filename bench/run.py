@@ -4,6 +4,7 @@
     python bench/run.py                      # every scenario, both servers (~1-2 minutes)
     python bench/run.py --scenarios 1,5 --servers gischat --gischat-env SEND_QUEUE_SIZE=512
     python bench/run.py --scenarios 1 --py-spy   # also profile the servers (root or ptrace rights)
+    python bench/run.py --dialects           # fan-out over /room, /channel and both (2-5 minutes)
 
 Each server runs as its own subprocess (`python -m gischat`; `python bench/naive_server.py`,
 which runs uvicorn with gischat's own `uvicorn_options`) on 127.0.0.1 and a free port, afresh
@@ -22,6 +23,10 @@ they share is bench/harness.py):
   5. a client that never reads, beside 20 readers of a paced sender (texts plus 60 kB CRS
      messages, so the stalled socket's ~3 MB of loopback buffers fill within seconds).
   6. 4000x3000 JPEG photos sent in one room while another room does round trips.
+
+With --dialects, bench/scenarios_dialects.py runs instead: the fan-out with every receiver on
+/room (2.x), every one on /channel (3.x) and half on each, rounds alternating, beside scenario 1
+(gischat and naive) as the regression check; its table goes to bench/results/dialects.md.
 
 The table goes to stdout and to bench/results/latest.md; server logs (and py-spy stacks) to
 bench/results/.
@@ -53,6 +58,8 @@ from harness import (
     raise_fd_limit,
     running,
 )
+from scenarios_dialects import ARRANGEMENTS as DIALECT_ARRANGEMENTS
+from scenarios_dialects import main as dialects_main
 from scenarios_fanout import (
     FANOUT_CLIENTS,
     FANOUT_MESSAGES,
@@ -260,7 +267,29 @@ def cli() -> int:
         action="store_true",
         help="run the scale-out scenarios instead (bench/scenarios_redis.py: 2 nodes on Redis vs 1 on memory://)",
     )
+    parser.add_argument(
+        "--dialects",
+        nargs="?",
+        const=",".join(DIALECT_ARRANGEMENTS),
+        metavar="ARRANGEMENTS",
+        help="run the two-dialect fan-out instead (bench/scenarios_dialects.py); optionally a "
+        f"comma-separated subset of {','.join(DIALECT_ARRANGEMENTS)} (plain: scenario 1 beside them)",
+    )
+    parser.add_argument(
+        "--baseline",
+        metavar="DIR",
+        help="with --dialects: DIR holds another commit's gischat package (git archive <commit> gischat | "
+        "tar -x -C DIR); its scenario 1 runs beside as 'before'",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=FANOUT_ROUNDS,
+        help=f"with --dialects: fan-out rounds of each arrangement (default {FANOUT_ROUNDS})",
+    )
     args = parser.parse_args()
+    if args.baseline is not None and args.dialects is None:
+        parser.error("--baseline goes with --dialects")
     if args.redis:
         from scenarios_redis import main as redis_main
 
@@ -277,6 +306,12 @@ def cli() -> int:
     unknown = set(servers) - set(SERVERS)
     if unknown:
         parser.error(f"unknown servers: {', '.join(sorted(unknown))}")
+    if args.dialects is not None:
+        arrangements = [part.strip() for part in args.dialects.split(",") if part.strip()]
+        unknown = set(arrangements) - set(DIALECT_ARRANGEMENTS)
+        if unknown or not arrangements:
+            parser.error(f"--dialects wants some of {','.join(DIALECT_ARRANGEMENTS)}, got {args.dialects!r}")
+        return uvloop.run(dialects_main(arrangements, servers, args.baseline, max(args.rounds, 1)))
     return uvloop.run(main(scenarios, servers))
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 from harness import (
     CONNECT_CONCURRENCY,
@@ -23,6 +25,7 @@ from harness import (
     Tally,
     Value,
     connect_many,
+    describe_cores,
     drop,
     joined_room,
     ms,
@@ -39,9 +42,25 @@ LATENCY_CLIENTS, LATENCY_SENDERS, LATENCY_RATE, LATENCY_SECONDS = 100, 4, 200, 4
 JOIN_CLIENTS, JOIN_TIMEOUT = 1000, 20.0
 
 
-async def fanout_round(server: Server) -> tuple[int, float, str, bool, list[int | None], list[str]]:
-    """One flood into a fresh room of clients: deliveries, seconds, CPU, complete?, close codes, errors."""
-    tally, peers = await joined_room(server, ROOM, FANOUT_CLIENTS)
+@dataclass
+class Flood:
+    """What one flood measured: deliveries, seconds, CPU in cores (server, client, others), complete?,
+    close codes of the clients the server closed, uncompliant replies."""
+
+    delivered: int
+    elapsed: float
+    cpu: tuple[float, float, float]
+    complete: bool
+    closed: list[int | None]
+    errors: list[str]
+
+    def describe_cpu(self) -> str:
+        return describe_cores(self.cpu)
+
+
+async def flood(server: Server, tally: Tally, peers: Sequence[Peer]) -> Flood:
+    """The first FANOUT_SENDERS of `peers` send FANOUT_MESSAGES texts each, without waiting for echoes,
+    into the room every peer joined; the clients are dropped afterwards."""
     await warm_up(tally, peers)
     tally.record(FANOUT_SENDERS * FANOUT_MESSAGES, peers)
     tally.count_only = True
@@ -61,12 +80,19 @@ async def fanout_round(server: Server) -> tuple[int, float, str, bool, list[int 
     senders = [asyncio.create_task(blast(peer, f"bench{i}")) for i, peer in enumerate(peers[:FANOUT_SENDERS])]
     complete = await tally.texts_gate.wait(FANOUT_TIMEOUT, progress=lambda: tally.delivered, idle=1.0)
     elapsed = (tally.last_ns - start) / 1e9 if tally.last_ns else float("nan")
-    cpu = meter.describe(elapsed if tally.last_ns else None)
+    cpu = meter.stop(elapsed if tally.last_ns else None)
     await asyncio.gather(*senders)
     closed = [peer.close_code for peer in peers if peer.gone]
     drop(peers)
     await server.wait_count(ROOM, 0, 5.0)
-    return tally.delivered, elapsed, cpu, complete, closed, tally.errors
+    return Flood(tally.delivered, elapsed, cpu, complete, closed, tally.errors)
+
+
+async def fanout_round(server: Server) -> tuple[int, float, str, bool, list[int | None], list[str]]:
+    """One flood into a fresh room of clients: deliveries, seconds, CPU, complete?, close codes, errors."""
+    tally, peers = await joined_room(server, ROOM, FANOUT_CLIENTS)
+    done = await flood(server, tally, peers)
+    return done.delivered, done.elapsed, done.describe_cpu(), done.complete, done.closed, done.errors
 
 
 async def scenario_fanout(servers: dict[str, Server], results: Results) -> None:
