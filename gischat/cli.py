@@ -14,14 +14,14 @@ from typing import Any
 import uvicorn
 from uvicorn.supervisors.multiprocess import Multiprocess
 
-from gischat.settings import Settings, SettingsError, load_settings
-from gischat.transport import (
+from gischat.server.transport import (
     RESERVED_FDS,
     GuardedHttpProtocol,
     GuardedWebSocketProtocol,
     effective_max_connections,
     raise_nofile_limit,
 )
+from gischat.settings import Settings, SettingsError, load_settings
 
 # Used when LOG_CONFIG names no file: one line per event, timestamps first.
 DEFAULT_LOG_CONFIG: dict[str, Any] = {
@@ -50,8 +50,8 @@ DEFAULT_LOG_CONFIG: dict[str, Any] = {
 JSON_LOG_CONFIG: dict[str, Any] = {
     **DEFAULT_LOG_CONFIG,
     "formatters": {
-        "default": {"()": "gischat.logs.JsonFormatter"},
-        "access": {"()": "gischat.logs.JsonFormatter"},
+        "default": {"()": "gischat.observability.logs.JsonFormatter"},
+        "access": {"()": "gischat.observability.logs.JsonFormatter"},
     },
 }
 
@@ -127,7 +127,7 @@ WORKER_SETTINGS = "GISCHAT_WORKER_SETTINGS"
 
 def worker_app() -> Any:
     """The app of one worker process, built from the settings the `gischat` command read."""
-    from gischat.app import create_app
+    from gischat.web.app import create_app
 
     values = json.loads(os.environ[WORKER_SETTINGS])
     return create_app(Settings(_env_file=None, **values))
@@ -140,7 +140,7 @@ def serve(settings: Settings) -> None:
     them) and each is a node of the shared broker; uvicorn's supervisor replaces a worker that
     dies. Workers are spawned, so each builds its own app from the settings.
     """
-    from gischat.app import create_app
+    from gischat.web.app import create_app
 
     options = uvicorn_options(settings)
     workers = options.pop("workers")

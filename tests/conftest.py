@@ -24,9 +24,9 @@ import uvicorn
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from gischat.app import create_app
 from gischat.cli import listening_socket, uvicorn_options
 from gischat.settings import Settings
+from gischat.web.app import create_app
 
 TEST_ROOMS = ["QGIS", "Field and mobile", "Living room"]
 TIMEOUT = 5.0

@@ -7,8 +7,8 @@ is missing locally the test fetches it with npm, and skips if npm is not there, 
 CI (`CI=true`), where a missing schema fails.
 
 The document describes both sockets of a conversation: `/room/{room}/ws` (2.x) and
-`/channel/{channel}/ws` (3.x). Every example, the document's and README's ("Examples, as they
-travel"), is checked the hard way: client messages are sent to a real server, on the socket
+`/channel/{channel}/ws` (3.x). Every example, the document's and docs/protocol.md's ("Examples, as
+they travel"), is checked the hard way: client messages are sent to a real server, on the socket
 they are documented for, and must come back relayed with the same keys (on a channel, as the
 documented server frame of the same name, but for its id and timestamp); server messages must
 have the exact wire shape of their dialect, key for key and, on channels, in order.
@@ -39,11 +39,17 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT7
 from websockets.asyncio.client import connect
 
-from gischat.asyncapi import FILE_NAME_JSON_PATTERN, TINY_PNG, build_document, field_rules, message_models
-from gischat.channel_models import SCRIPTS_OFF_REASON
-from gischat.chat import REPLY_REASON
-from gischat.dialects import CHANNEL_TYPES, ROOM_TYPES, Dialect
-from gischat.models import CLIENT_MODELS, SERVER_ONLY_TYPES, Limits, Uncompliant, check_file_name
+from gischat.chat.service import REPLY_REASON
+from gischat.protocol.asyncapi.document import (
+    FILE_NAME_JSON_PATTERN,
+    TINY_PNG,
+    build_document,
+    field_rules,
+    message_models,
+)
+from gischat.protocol.channel_messages import SCRIPTS_OFF_REASON
+from gischat.protocol.dialects import CHANNEL_TYPES, ROOM_TYPES, Dialect
+from gischat.protocol.messages import CLIENT_MODELS, SERVER_ONLY_TYPES, Limits, Uncompliant, check_file_name
 
 from conftest import TIMEOUT, Client, LiveServer, ServerFactory, make_settings, ws_client
 from wire import check_shape, next_frame, parse_strict
@@ -209,11 +215,11 @@ def message_keys(refs: list[dict[str, str]]) -> list[str]:
     return [ref["$ref"].rsplit("/", 1)[1] for ref in refs]
 
 
-def readme_examples() -> list[dict[str, Any]]:
-    """The JSON objects of README's "Examples, as they travel" block (some span two lines)."""
-    readme = (ROOT / "README.md").read_text()
-    block = re.search(r"Examples, as they travel:\s*```json\n(.*?)```", readme, re.DOTALL)
-    assert block, "README lost its 'Examples, as they travel' block"
+def protocol_examples() -> list[dict[str, Any]]:
+    """The JSON objects of docs/protocol.md's "Examples, as they travel" block (some span two lines)."""
+    protocol = (ROOT / "docs" / "protocol.md").read_text()
+    block = re.search(r"Examples, as they travel:\s*```json\n(.*?)```", protocol, re.DOTALL)
+    assert block, "docs/protocol.md lost its 'Examples, as they travel' block"
     text, position = block.group(1), 0
     found: list[dict[str, Any]] = []
     decoder = json.JSONDecoder()
@@ -662,8 +668,8 @@ async def test_every_channel_example_is_true(server_factory: ServerFactory, conf
         assert message_models()[kind].model_validate(message).model_dump() == message
 
 
-async def test_every_readme_example_is_true(server_factory: ServerFactory) -> None:
-    found = readme_examples()
+async def test_every_documented_example_is_true(server_factory: ServerFactory) -> None:
+    found = protocol_examples()
     assert {example["type"] for example in found} == set(CLIENT_MODELS) | set(SERVER_ONLY_TYPES)
     server = server_factory(rooms=SANDBOX_ROOMS)
     rooms = iter(SANDBOX_ROOMS)
@@ -676,6 +682,6 @@ async def test_every_readme_example_is_true(server_factory: ServerFactory) -> No
             assert model.model_validate(example).model_dump() == example
 
 
-def test_readme_image_example_is_a_real_png() -> None:
-    images = [example for example in readme_examples() if example["type"] == "image"]
+def test_documented_image_example_is_a_real_png() -> None:
+    images = [example for example in protocol_examples() if example["type"] == "image"]
     assert [image["image_data"] for image in images] == [TINY_PNG]

@@ -1,5 +1,6 @@
 """The documentation stays true: every setting and route is documented, the examples are the defaults,
-and README's protocol tables and examples say what the server sends."""
+the protocol tables and examples of docs/ say what the server sends, every page of docs/ is in the site's
+nav and README's links lead to pages that exist."""
 
 from __future__ import annotations
 
@@ -9,15 +10,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import yaml
 from pydantic import AliasChoices
 from starlette.routing import Mount, WebSocketRoute
 
-from gischat import dialects, models
-from gischat.app import create_app
+from gischat.protocol import dialects
+from gischat.protocol import messages as models
 from gischat.settings import IGNORED_UPSTREAM, Settings
+from gischat.web.app import create_app
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
+DOCS = ROOT / "docs"
 ENV_EXAMPLE = (ROOT / ".env.example").read_text()
 
 ENVELOPE = ["type", "id", "timestamp"]
@@ -29,14 +33,19 @@ SERVER_MODELS: dict[str, type[models.WireMessage]] = {
 }
 
 
-# Reading README.
+# Reading README and the pages of docs/.
 
 
-def section(heading: str) -> str:
-    """README's text under `heading` (e.g. "## Settings"), up to the next heading of that level or
-    above; `#` lines inside code blocks are not headings."""
+def page(name: str) -> str:
+    """The Markdown of docs/`name` (e.g. "settings.md")."""
+    return (DOCS / name).read_text()
+
+
+def section(text: str, heading: str) -> str:
+    """The part of `text` under `heading` (e.g. "## From gischat 2.x"), up to the next heading of that
+    level or above; `#` lines inside code blocks are not headings."""
     level = len(heading.split(" ", 1)[0])
-    lines = README.splitlines()
+    lines = text.splitlines()
     start = lines.index(heading)
     fenced = False
     for end in range(start + 1, len(lines)):
@@ -70,10 +79,10 @@ def names_in(cell: str) -> set[str]:
     return {name for name in quoted(cell) if re.fullmatch(r"[A-Z][A-Z0-9_]*", name)}
 
 
-def json_block(marker: str) -> list[dict[str, Any]]:
-    """The JSON objects (one or more per line) of the ```json block right after `marker`."""
-    block = re.search(re.escape(marker) + r"[^\n]*\n```json\n(.*?)```", README, re.DOTALL)
-    assert block, f"README lost the JSON block after {marker!r}"
+def json_block(text: str, marker: str) -> list[dict[str, Any]]:
+    """The JSON objects (one or more per line) of the ```json block right after `marker` in `text`."""
+    block = re.search(re.escape(marker) + r"[^\n]*\n```json\n(.*?)```", text, re.DOTALL)
+    assert block, f"the docs lost the JSON block after {marker!r}"
     text, position = block.group(1), 0
     found: list[dict[str, Any]] = []
     decoder = json.JSONDecoder()
@@ -85,6 +94,56 @@ def json_block(marker: str) -> list[dict[str, Any]]:
         value, position = decoder.raw_decode(text, position)
         assert isinstance(value, dict)
         found.append(value)
+
+
+def nav_pages(entries: Any) -> Iterator[str]:
+    """The pages named in mkdocs.yml's `nav`, sections included at any depth (web addresses left out)."""
+    if isinstance(entries, str):
+        if not re.match(r"[a-z][a-z0-9+.-]*:", entries):
+            yield entries
+    elif isinstance(entries, list):
+        for entry in entries:
+            yield from nav_pages(entry)
+    elif isinstance(entries, dict):
+        for value in entries.values():
+            yield from nav_pages(value)
+
+
+def anchors(text: str) -> set[str]:
+    """The anchors of the headings of `text`, as GitHub and MkDocs make them: "## Limits: what one client
+    may cost everyone else" gives "limits-what-one-client-may-cost-everyone-else"."""
+    found: set[str] = set()
+    fenced = False
+    for line in text.splitlines():
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+        elif not fenced and (heading := re.match(r"#{1,6} (.+)", line)):
+            slug = re.sub(r"[^\w\s-]", "", heading.group(1)).strip().lower()
+            found.add(re.sub(r"[-\s]+", "-", slug))
+    return found
+
+
+def links(text: str) -> list[str]:
+    """The targets of the Markdown links and images of `text` outside code, web addresses left out."""
+    text = re.sub(r"```.*?```", "", text, flags=re.DOTALL)
+    text = re.sub(r"`[^`\n]*`", "", text)
+    return [target for target in re.findall(r"\]\(([^)\s]+)\)", text) if not re.match(r"[a-z]+:", target)]
+
+
+def assert_links_resolve(source: Path) -> set[Path]:
+    """Every relative link of `source` leads to a file, and its `#anchor` to a heading of that file;
+    returns the files linked."""
+    linked: set[Path] = set()
+    for target in links(source.read_text()):
+        path, _, anchor = target.partition("#")
+        file = (source.parent / path).resolve() if path else source
+        assert file.is_file(), f"{source.relative_to(ROOT)} links to {target}, which does not exist"
+        if anchor:
+            assert anchor in anchors(file.read_text()), (
+                f"{source.relative_to(ROOT)} links to {target}: no such heading"
+            )
+        linked.add(file)
+    return linked
 
 
 # What the code says.
@@ -139,14 +198,14 @@ def test_env_example_holds_the_defaults() -> None:
 
 def test_every_setting_is_documented() -> None:
     documented: set[str] = set()
-    for row in table(section("## Settings"), "| variable |"):
+    for row in table(page("settings.md"), "| variable |"):
         documented |= names_in(row[0])
     for variable, names in setting_names():
         for name in names:
-            assert name in documented, f"{name} ({variable}) missing from README's settings table"
+            assert name in documented, f"{name} ({variable}) missing from docs/settings.md's table"
             assert f"{name}=" in ENV_EXAMPLE, f"{name} ({variable}) missing from .env.example"
     known = {name for _, names in setting_names() for name in names}
-    assert documented <= known, f"README's settings table names unknown settings: {documented - known}"
+    assert documented <= known, f"docs/settings.md's table names unknown settings: {documented - known}"
 
 
 def test_readme_opens_with_the_two_commands() -> None:
@@ -156,19 +215,19 @@ def test_readme_opens_with_the_two_commands() -> None:
 
 
 def test_rest_table_lists_every_route() -> None:
-    rest = section("## REST API")
+    rest = page("rest-api.md")
     documented: set[str] = set()
     for row in table(rest, "| route |"):
         documented.update(q for q in quoted(row[0]) if re.match(r"(GET|PUT|POST|DELETE|PATCH|WS) /", q))
     served, documentation = app_routes()
-    assert served - documented == set(), "routes missing from README's REST table"
-    assert documented - served == set(), "README's REST table lists routes the app does not serve"
+    assert served - documented == set(), "routes missing from docs/rest-api.md's table"
+    assert documented - served == set(), "docs/rest-api.md's table lists routes the app does not serve"
     for path in documentation - {"/docs/oauth2-redirect"}:
-        assert f"`{path}`" in rest, f"{path} not mentioned in README's REST API section"
+        assert f"`{path}`" in rest, f"{path} not mentioned in docs/rest-api.md"
 
 
 def test_protocol_tables_match_the_models() -> None:
-    protocol = section("## Websocket protocol")
+    protocol = page("protocol.md")
     server_only = set(models.SERVER_ONLY_TYPES)
     room = {quoted(row[0])[0]: row[1].split(", ") for row in table(protocol, "| type | keys |")}
     assert set(room) == set(dialects.ROOM_TYPES) | server_only
@@ -187,7 +246,7 @@ def test_protocol_tables_match_the_models() -> None:
 
 def test_routing_table_matches_the_dialects() -> None:
     accepted: dict[str, set[str]] = {}
-    for row in table(section("## Websocket protocol"), "| type | accepted on |"):
+    for row in table(page("protocol.md"), "| type | accepted on |"):
         accepted.setdefault(row[1], set()).update(quoted(row[0]))
     assert accepted["both routes"] == set(dialects.ROOM_TYPES)
     assert accepted["channel route only"] == set(dialects.CHANNEL_ONLY_TYPES)
@@ -195,7 +254,7 @@ def test_routing_table_matches_the_dialects() -> None:
 
 
 def test_channel_examples_follow_the_table() -> None:
-    examples = json_block("<!-- channel-examples:")
+    examples = json_block(page("protocol.md"), "<!-- channel-examples:")
     assert {example["type"] for example in examples} >= set(dialects.CHANNEL_ONLY_TYPES)
     for example in examples:
         keys = list(example)
@@ -208,14 +267,38 @@ def test_channel_examples_follow_the_table() -> None:
 
 
 def test_migration_table_covers_upstream_settings() -> None:
-    rows = table(section("### From upstream gischat 3.x"), "| upstream setting |")
+    rows = table(section(page("migrating.md"), "## From upstream gischat 3.x"), "| upstream setting |")
     read_here = {name for _, names in setting_names() for name in names}
     listed: set[str] = set()
     for first, meaning in rows:
         for name in names_in(first):
             listed.add(name)
             if name in IGNORED_UPSTREAM:
-                assert meaning.startswith("ignored"), f"{name} is ignored, README says: {meaning}"
+                assert meaning.startswith("ignored"), f"{name} is ignored, docs/migrating.md says: {meaning}"
             else:
-                assert name in read_here, f"README says {name} is read, the settings do not read it"
-    assert set(IGNORED_UPSTREAM) <= listed, "ignored upstream settings missing from README's migration table"
+                assert name in read_here, (
+                    f"docs/migrating.md says {name} is read, the settings do not read it"
+                )
+    assert set(IGNORED_UPSTREAM) <= listed, "ignored upstream settings missing from docs/migrating.md's table"
+
+
+def test_every_page_is_in_the_nav() -> None:
+    config = yaml.safe_load((ROOT / "mkdocs.yml").read_text())
+    assert (config["docs_dir"], config["strict"], config["theme"]["name"]) == ("docs", True, "material")
+    listed = list(nav_pages(config["nav"]))
+    assert len(listed) == len(set(listed)), "mkdocs.yml's nav lists a page twice"
+    pages = {path.relative_to(DOCS).as_posix() for path in DOCS.rglob("*.md")}
+    assert pages - set(listed) == set(), "pages of docs/ missing from mkdocs.yml's nav"
+    assert set(listed) - pages == set(), "mkdocs.yml's nav lists pages docs/ does not have"
+
+
+def test_readme_links_lead_to_the_pages() -> None:
+    linked = assert_links_resolve(ROOT / "README.md")
+    pages = {path.resolve() for path in DOCS.rglob("*.md")}
+    assert pages - linked == set(), "pages of docs/ README does not link to"
+
+
+def test_links_between_pages_resolve() -> None:
+    for path in sorted(DOCS.rglob("*.md")):
+        for file in assert_links_resolve(path):
+            assert file.is_relative_to(DOCS), f"{path.relative_to(ROOT)} links out of docs/: {file}"

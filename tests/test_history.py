@@ -9,8 +9,8 @@ import orjson
 import pytest
 from test_images import b64, photo
 
-from gischat.dialects import Dialect, Post
-from gischat.history import History, worth_keeping
+from gischat.protocol.dialects import Dialect, Post
+from gischat.rooms.history import History, worth_keeping
 
 from conftest import TIMEOUT, Client, ServerFactory, text, ws_client
 from wire import check_shape, next_frame, parse_strict, wait_type

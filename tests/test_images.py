@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from PIL import ExifTags, Image, JpegImagePlugin, PngImagePlugin, features
 
-from gischat.images import ImageRejected, process_image
+from gischat.work.images import ImageRejected, process_image
 
 MAX_SIZE = 800
 MAX_PIXELS = 40_000_000

@@ -1,10 +1,10 @@
-"""README's nginx setup, run: a real nginx with TLS in front of a real `gischat`.
+"""The documented nginx setup, run: a real nginx with TLS in front of a real `gischat`.
 
-The nginx configuration is README's own block, the one after the
+The nginx configuration is docs/operations.md's own block, the one after the
 `<!-- nginx-config: tests/test_nginx.py runs this block -->` marker, wrapped in a minimal
 `nginx.conf` (everything in a temporary directory; nothing of /etc/nginx is read). Before it
 runs, exactly these changes are made, each by a regular expression that must match once, so
-that a README edit the test cannot follow fails here instead of being silently skipped:
+that a docs edit the test cannot follow fails here instead of being silently skipped:
 
 - `listen 443 ssl;` listens on 127.0.0.1 and a free port instead;
 - `proxy_pass http://127.0.0.1:8000;` points at the port the test's gischat listens on;
@@ -77,7 +77,7 @@ GISCHAT_ENV = {
 SPOOFED = "203.0.113.9"
 
 
-# Finding nginx; README's block and what the test changes in it.
+# Finding nginx; the documented block and what the test changes in it.
 
 
 def nginx_binary() -> str:
@@ -92,23 +92,23 @@ def nginx_binary() -> str:
     pytest.skip(message)
 
 
-def readme_nginx_block() -> str:
-    readme = (ROOT / "README.md").read_text()
-    assert MARKER in readme, "README's nginx block lost its marker"
-    match = re.search(r"```nginx\n(.*?)\n```", readme[readme.index(MARKER) :], re.DOTALL)
+def documented_nginx_block() -> str:
+    operations = (ROOT / "docs" / "operations.md").read_text()
+    assert MARKER in operations, "docs/operations.md's nginx block lost its marker"
+    match = re.search(r"```nginx\n(.*?)\n```", operations[operations.index(MARKER) :], re.DOTALL)
     assert match, "no ```nginx block after the marker"
     return match.group(1)
 
 
 def substitute(config: str, pattern: str, replacement: str) -> str:
-    """Replace the one match of `pattern`; README's block must hold exactly one."""
+    """Replace the one match of `pattern`; the documented block must hold exactly one."""
     result, count = re.subn(pattern, replacement, config, flags=re.MULTILINE)
-    assert count == 1, f"README's nginx block: {pattern!r} matched {count} times, expected once"
+    assert count == 1, f"docs/operations.md's nginx block: {pattern!r} matched {count} times, expected once"
     return result
 
 
 def adapt(config: str, *, listen: int, upstream: int, cert: Path, key: Path, timeout: float) -> str:
-    """README's block with the test's ports, certificate, timeouts and body size (the only changes)."""
+    """The documented block with the test's ports, certificate, timeouts and body size (the only changes)."""
     config = substitute(config, r"(client_max_body_size\s+)16m;", rf"\g<1>{MAX_FRAME_SIZE // 2**20}m;")
     config = substitute(config, r"^(\s*listen\s+)443(\s+ssl;)", rf"\g<1>127.0.0.1:{listen}\g<2>")
     config = substitute(config, r"(proxy_pass\s+http://127\.0\.0\.1:)8000;", rf"\g<1>{upstream};")
@@ -119,7 +119,7 @@ def adapt(config: str, *, listen: int, upstream: int, cert: Path, key: Path, tim
 
 
 def nginx_conf(directory: Path, server_config: str) -> str:
-    """A minimal nginx.conf around README's block, every file of nginx's in `directory`."""
+    """A minimal nginx.conf around the documented block, every file of nginx's in `directory`."""
     # Run as root, nginx's workers would become `nobody`, who cannot write request bodies into
     # a temporary directory only root may enter; as anybody else the directive is not needed.
     user = "user root;\n" if os.geteuid() == 0 else ""
@@ -192,7 +192,7 @@ def start_nginx(binary: str, directory: Path, upstream: int, cert: Path, key: Pa
     directory.mkdir(parents=True, exist_ok=True)
     port = free_port()
     config = adapt(
-        readme_nginx_block(), listen=port, upstream=upstream, cert=cert, key=key, timeout=IDLE_TIMEOUT
+        documented_nginx_block(), listen=port, upstream=upstream, cert=cert, key=key, timeout=IDLE_TIMEOUT
     )
     conf = directory / "nginx.conf"
     conf.write_text(nginx_conf(directory, config))
@@ -200,7 +200,9 @@ def start_nginx(binary: str, directory: Path, upstream: int, cert: Path, key: Pa
     # -e: the log for what happens before nginx.conf is read (Debian's default is under /var/log).
     command = [binary, "-c", str(conf), "-p", str(directory), "-e", str(error_log)]
     check = subprocess.run([*command, "-t"], capture_output=True, text=True, timeout=30)
-    assert check.returncode == 0, f"nginx refuses README's configuration:\n{check.stderr}\n{conf.read_text()}"
+    assert check.returncode == 0, (
+        f"nginx refuses the documented configuration:\n{check.stderr}\n{conf.read_text()}"
+    )
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for_port(port, process, "nginx", error_log)
@@ -212,7 +214,7 @@ def start_nginx(binary: str, directory: Path, upstream: int, cert: Path, key: Pa
 
 @dataclass
 class Stack:
-    """nginx (TLS, README's configuration) in front of the `gischat` command."""
+    """nginx (TLS, the documented configuration) in front of the `gischat` command."""
 
     nginx: Nginx
     gischat_port: int

@@ -1,4 +1,4 @@
-"""gischat.processing with a real process pool: results, refusals, budgets, crashes, recycling.
+"""gischat.work.pool with a real process pool: results, refusals, budgets, crashes, recycling.
 
 Slow jobs are big layers (validation time grows with their positions), never sleeps, and
 nothing waits on a fixed delay except the loop-responsiveness measurement.
@@ -21,9 +21,10 @@ import psutil
 import pytest
 from PIL import Image
 
-from gischat import models, processing
-from gischat.dialects import Post
-from gischat.processing import BUSY_REASON, CRASH_REASON, MEMORY_REASON, Prepared, Processor
+from gischat.protocol import messages as models
+from gischat.protocol.dialects import Post
+from gischat.work import pool as processing
+from gischat.work.pool import BUSY_REASON, CRASH_REASON, MEMORY_REASON, Prepared, Processor
 
 from conftest import make_settings
 

@@ -29,7 +29,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from gischat.cli import log_connection_ceiling
-from gischat.transport import (
+from gischat.server.transport import (
     BYTES_KEY,
     RESERVED_FDS,
     STATE_KEY,

@@ -8,8 +8,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gischat import webclient
 from gischat.settings import Settings
+from gischat.web import client as webclient
 
 from conftest import LiveServer, ServerFactory, make_settings
 

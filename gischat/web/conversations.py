@@ -14,11 +14,11 @@ from fastapi.responses import JSONResponse, Response
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket
 
-from gischat.chat import ChatService, NicknameTaken, Refused, client_address
-from gischat.dialects import Dialect
-from gischat.models import TextMessage, Uncompliant
-from gischat.schemas import ChannelTextResponse, ErrorResponse
+from gischat.chat.service import ChatService, NicknameTaken, Refused, client_address
+from gischat.protocol.dialects import Dialect
+from gischat.protocol.messages import TextMessage, Uncompliant
 from gischat.settings import Settings
+from gischat.web.schemas import ChannelTextResponse, ErrorResponse
 
 TEXT_BODY_EXAMPLE = {
     "type": "text",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from gischat.dialects import Dialect, Post
+from gischat.protocol.dialects import Dialect, Post
 
 STORED_TYPES = frozenset({"text", "image", "geojson", "crs", "bbox", "position", "model", "script"})
 # Texts that trigger a QTribu or QChat easter egg: fun once, noise when replayed to every newcomer.

@@ -17,12 +17,9 @@ trip per message.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
-from gischat.dialects import Post
-
-if TYPE_CHECKING:
-    from gischat.settings import Settings
+from gischat.protocol.dialects import Post
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,57 +97,3 @@ class Broker(Protocol):
     @property
     def healthy(self) -> bool:
         """Whether this node is part of the shared service right now."""
-
-
-class MemoryBroker:
-    """Single-process broker: publishing is delivering, and there are no other nodes."""
-
-    healthy = True
-
-    def __init__(self) -> None:
-        self._node: Node | None = None
-
-    async def start(self, node: Node) -> None:
-        self._node = node
-
-    async def stop(self) -> None:
-        self._node = None
-
-    def publish(self, room: str, envelope: Envelope) -> None:
-        if self._node is not None:
-            self._node.deliver(room, envelope)
-
-    async def claim(self, room: str, key: str, nickname: str, payload: Post) -> bool:
-        # The hub checked its own registry: with one node that is the whole truth.
-        self.publish(room, Envelope(payload))
-        return True
-
-    def release(self, room: str, key: str, nickname: str, payload: Post) -> None:
-        self.publish(room, Envelope(payload))
-
-    def count_changed(self, room: str) -> None:
-        return None
-
-    def remote_count(self, room: str) -> int:
-        return 0
-
-    def remote_owner(self, room: str, key: str) -> str | None:
-        return None
-
-    def remote_users(self, room: str) -> list[str]:
-        return []
-
-    def status(self) -> dict[str, Any] | None:
-        return None
-
-
-def create_broker(settings: Settings) -> Broker:
-    """Pick the broker implementation from the URL scheme of `BROKER_URL`."""
-    scheme = settings.broker_url.split("://", 1)[0]
-    if scheme == "memory":
-        return MemoryBroker()
-    if scheme in ("redis", "rediss"):
-        from gischat.redis_broker import RedisBroker
-
-        return RedisBroker(settings)
-    raise ValueError(f"unsupported broker URL scheme {scheme!r}")  # settings refuse it first

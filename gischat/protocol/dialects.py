@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, TypeAlias, cast
 
-from gischat import channel_models, models
+from gischat.protocol import channel_messages as channel_models
+from gischat.protocol import messages as models
 
 
 @dataclass(frozen=True, slots=True)

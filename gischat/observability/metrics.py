@@ -21,9 +21,9 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from gischat.broker import Broker
-    from gischat.processing import Processor
-    from gischat.rooms import Hub
+    from gischat.broker.base import Broker
+    from gischat.rooms.hub import Hub
+    from gischat.work.pool import Processor
 
 MESSAGE_TYPES = (
     "text",

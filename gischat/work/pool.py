@@ -37,9 +37,10 @@ from typing import Any, TypeAlias
 
 import orjson
 
-from gischat import images, models
-from gischat.dialects import AnyClientMessage, Dialect, parse_object
+from gischat.protocol import messages as models
+from gischat.protocol.dialects import AnyClientMessage, Dialect, parse_object
 from gischat.settings import Settings
+from gischat.work import images
 
 __all__ = [
     "BUSY_REASON",

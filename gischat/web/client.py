@@ -20,7 +20,7 @@ from fastapi.staticfiles import StaticFiles
 
 from gischat.settings import Settings
 
-STATIC_DIR = Path(__file__).resolve().parent / "web" / "static"
+STATIC_DIR = Path(__file__).resolve().parent / "static"
 # A Host header is echoed into the CSP only when it looks like a host name or address.
 HOST_PATTERN = re.compile(r"[A-Za-z0-9.\-]+(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
 

@@ -19,14 +19,20 @@ from typing import Any
 from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket
 
-from gischat import dialects, models
-from gischat.connection import CLOSE_POLICY_VIOLATION, Connection
-from gischat.dialects import AnyClientMessage, Dialect, Post, is_message_id
-from gischat.history import worth_keeping
-from gischat.limits import AddressBook, ConnectionLimits, Rates
-from gischat.logs import SUMMARY_INTERVAL, FloodFilter, RefusalLog, context, install_flood_filter
-from gischat.metrics import live_state
-from gischat.models import (
+from gischat.chat.limits import AddressBook, ConnectionLimits, Rates
+from gischat.chat.origins import origin_allowed
+from gischat.observability.logs import (
+    SUMMARY_INTERVAL,
+    FloodFilter,
+    RefusalLog,
+    context,
+    install_flood_filter,
+)
+from gischat.observability.metrics import live_state
+from gischat.protocol import dialects
+from gischat.protocol import messages as models
+from gischat.protocol.dialects import AnyClientMessage, Dialect, Post, is_message_id
+from gischat.protocol.messages import (
     GeojsonMessage,
     ImageMessage,
     LikeMessage,
@@ -35,10 +41,11 @@ from gischat.models import (
     TextMessage,
     Uncompliant,
 )
-from gischat.origins import origin_allowed
-from gischat.processing import OFFLOAD_THRESHOLD, Prepared, Processor
-from gischat.rooms import Hub
+from gischat.rooms.connection import CLOSE_POLICY_VIOLATION, Connection
+from gischat.rooms.history import worth_keeping
+from gischat.rooms.hub import Hub
 from gischat.settings import Settings
+from gischat.work.pool import OFFLOAD_THRESHOLD, Prepared, Processor
 
 logger = logging.getLogger("gischat.chat")
 

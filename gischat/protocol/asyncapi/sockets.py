@@ -27,8 +27,8 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from gischat.chat import REPLY_REASON
-from gischat.dialects import (
+from gischat.chat.service import REPLY_REASON
+from gischat.protocol.dialects import (
     CHANNEL_ONLY_TYPES,
     CHANNEL_TYPES,
     CLIENT_TYPES,
@@ -38,7 +38,7 @@ from gischat.dialects import (
     Post,
     parse_object,
 )
-from gischat.models import SERVER_ONLY_TYPES, Limits, Uncompliant, WireMessage
+from gischat.protocol.messages import SERVER_ONLY_TYPES, Limits, Uncompliant, WireMessage
 from gischat.settings import Settings
 
 ROOM = str(Dialect.ROOM)

@@ -58,9 +58,9 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError
 
-from gischat import dialects
-from gischat.broker import Envelope, Node
-from gischat.dialects import Post
+from gischat.broker.base import Envelope, Node
+from gischat.protocol import dialects
+from gischat.protocol.dialects import Post
 
 if TYPE_CHECKING:
     from gischat.settings import Settings

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from gischat.models import (
+from gischat.protocol.messages import (
     MAX_CRS_AUTHID_LENGTH,
     MAX_CRS_WKT_LENGTH,
     MAX_LAYER_NAME_LENGTH,

@@ -44,11 +44,11 @@ from typing import Any
 import orjson
 from pydantic.json_schema import models_json_schema
 
-from gischat import asyncapi_channels as channels
-from gischat.asyncapi_channels import Case, Shown
-from gischat.chat import BINARY_REASON
-from gischat.dialects import CHANNEL_TYPES, Dialect, parse_frame, parse_object
-from gischat.models import (
+from gischat.chat.service import BINARY_REASON
+from gischat.protocol.asyncapi import sockets as channels
+from gischat.protocol.asyncapi.sockets import Case, Shown
+from gischat.protocol.dialects import CHANNEL_TYPES, Dialect, parse_frame, parse_object
+from gischat.protocol.messages import (
     MAX_REASON_LENGTH,
     ExiterMessage,
     GeojsonMessage,
@@ -59,7 +59,7 @@ from gischat.models import (
     WireMessage,
     check_feature,
 )
-from gischat.models import parse_object as parse_one
+from gischat.protocol.messages import parse_object as parse_one
 from gischat.settings import Settings
 
 ASYNCAPI_VERSION = "3.0.0"

@@ -43,8 +43,8 @@ from uvicorn.server import ServerState
 from websockets.exceptions import InvalidState
 from websockets.frames import Frame
 
-from gischat.processing import trim_heap_soon
 from gischat.settings import Settings
+from gischat.work.pool import trim_heap_soon
 
 logger = logging.getLogger("gischat.transport")
 

@@ -17,13 +17,13 @@ from collections.abc import Callable
 
 from starlette.websockets import WebSocket
 
-from gischat import dialects
 from gischat.broker import Broker, Envelope, MemoryBroker
-from gischat.connection import Connection
-from gischat.dialects import AUTHORED_TYPES, Dialect, Post
-from gischat.history import History
-from gischat.metrics import Metrics, broker_state
-from gischat.models import Uncompliant
+from gischat.observability.metrics import Metrics, broker_state
+from gischat.protocol import dialects
+from gischat.protocol.dialects import AUTHORED_TYPES, Dialect, Post
+from gischat.protocol.messages import Uncompliant
+from gischat.rooms.connection import Connection
+from gischat.rooms.history import History
 from gischat.settings import Settings
 
 logger = logging.getLogger("gischat.rooms")

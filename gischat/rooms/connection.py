@@ -18,9 +18,9 @@ from collections.abc import Callable
 
 from starlette.websockets import WebSocket
 
-from gischat.dialects import Dialect, Outgoing, Post, uncompliant
-from gischat.limits import ConnectionLimits
-from gischat.logs import context
+from gischat.chat.limits import ConnectionLimits
+from gischat.observability.logs import context
+from gischat.protocol.dialects import Dialect, Outgoing, Post, uncompliant
 
 logger = logging.getLogger("gischat.connection")
 

@@ -1,0 +1,25 @@
+"""Fan-out between server processes: a tiny interface (`base`), and its engines as siblings.
+
+`memory://` (one process, `memory`) and `redis://` (any number of nodes, `redis`) are chosen by
+the URL scheme of `BROKER_URL`; the Redis engine is imported only when asked for.
+"""
+
+from __future__ import annotations
+
+from gischat.broker.base import Broker, Envelope, Node
+from gischat.broker.memory import MemoryBroker
+from gischat.settings import Settings
+
+__all__ = ["Broker", "Envelope", "MemoryBroker", "Node", "create_broker"]
+
+
+def create_broker(settings: Settings) -> Broker:
+    """Pick the broker implementation from the URL scheme of `BROKER_URL`."""
+    scheme = settings.broker_url.split("://", 1)[0]
+    if scheme == "memory":
+        return MemoryBroker()
+    if scheme in ("redis", "rediss"):
+        from gischat.broker.redis.broker import RedisBroker
+
+        return RedisBroker(settings)
+    raise ValueError(f"unsupported broker URL scheme {scheme!r}")  # settings refuse it first

@@ -1,0 +1,50 @@
+"""The single-process broker: publishing is delivering, and there are no other nodes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gischat.broker.base import Envelope, Node
+from gischat.protocol.dialects import Post
+
+
+class MemoryBroker:
+    """Single-process broker: publishing is delivering, and there are no other nodes."""
+
+    healthy = True
+
+    def __init__(self) -> None:
+        self._node: Node | None = None
+
+    async def start(self, node: Node) -> None:
+        self._node = node
+
+    async def stop(self) -> None:
+        self._node = None
+
+    def publish(self, room: str, envelope: Envelope) -> None:
+        if self._node is not None:
+            self._node.deliver(room, envelope)
+
+    async def claim(self, room: str, key: str, nickname: str, payload: Post) -> bool:
+        # The hub checked its own registry: with one node that is the whole truth.
+        self.publish(room, Envelope(payload))
+        return True
+
+    def release(self, room: str, key: str, nickname: str, payload: Post) -> None:
+        self.publish(room, Envelope(payload))
+
+    def count_changed(self, room: str) -> None:
+        return None
+
+    def remote_count(self, room: str) -> int:
+        return 0
+
+    def remote_owner(self, room: str, key: str) -> str | None:
+        return None
+
+    def remote_users(self, room: str) -> list[str]:
+        return []
+
+    def status(self) -> dict[str, Any] | None:
+        return None

@@ -1,0 +1,184 @@
+"""The FastAPI application: routes only, built by `create_app(settings)`.
+
+Importing this module reads no setting: tests build as many apps with as many settings as they
+like in one process. `gischat.app:app` is the app built from the environment, on first access.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from gischat.broker import create_broker
+from gischat.chat.service import ChatService, client_address
+from gischat.protocol.asyncapi.document import document_json
+from gischat.protocol.dialects import Dialect
+from gischat.rooms.hub import Hub
+from gischat.server.transport import STATE_KEY, TransportGuard
+from gischat.settings import Settings, ignored_upstream_settings, load_settings
+from gischat.web import about as page
+from gischat.web import client as webclient
+from gischat.web.conversations import add_conversation_routes
+from gischat.web.schemas import RoomStatus, RulesResponse, StatusResponse, VersionResponse
+
+logger = logging.getLogger("gischat")
+
+
+def package_version() -> str:
+    try:
+        return version("gischat")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "0+unknown"
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build an app for these settings (read from the environment when not given)."""
+    settings = settings if settings is not None else load_settings()
+    chat = ChatService(settings, Hub(settings, create_broker(settings)))
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        await chat.start()
+        # Connection caps and deadlines enforced by gischat.transport's protocols, which find
+        # the guard in the lifespan state uvicorn hands them.
+        guard = TransportGuard(settings)
+        guard.start()
+        logger.info("serving rooms %s (%s)", ", ".join(settings.rooms), settings.environment)
+        ignored = ignored_upstream_settings(os.environ)
+        if ignored is not None:
+            logger.warning(ignored)
+        try:
+            yield {STATE_KEY: guard}
+        finally:
+            guard.stop()
+            await chat.stop()
+
+    app = FastAPI(
+        title="gischat",
+        summary="Real-time chat for GIS people: text, images, layers, CRS and extents",
+        description=(
+            "The REST API of a gischat instance. The chat itself is a websocket per room, "
+            "`/room/{room}/ws`, described by this instance's "
+            "[AsyncAPI document](asyncapi.json) (AsyncAPI 3.0)."
+        ),
+        version=package_version(),
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.chat = chat
+    app.include_router(build_router(settings, chat))
+    webclient.install(app, settings)
+    return app
+
+
+def build_router(settings: Settings, chat: ChatService) -> APIRouter:
+    router = APIRouter()
+    current_version = package_version()
+
+    def room_counts() -> list[RoomStatus]:
+        return [RoomStatus(name=name, nb_connected_users=chat.hub.count(name)) for name in chat.hub.rooms]
+
+    @router.get("/about", response_class=HTMLResponse, include_in_schema=False)
+    async def about() -> HTMLResponse:
+        return HTMLResponse(
+            page.render(settings, [(r.name, r.nb_connected_users) for r in room_counts()]),
+            headers={"Content-Security-Policy": page.CONTENT_SECURITY_POLICY},
+        )
+
+    @router.get(
+        "/rooms",
+        response_model=list[str],
+        responses={200: {"content": {"application/json": {"example": settings.rooms}}}},
+    )
+    async def rooms() -> list[str]:
+        """Names of the rooms of this instance, in the configured order."""
+        return list(settings.rooms)
+
+    @router.get(
+        "/channels",
+        response_model=list[str],
+        responses={200: {"content": {"application/json": {"example": settings.rooms}}}},
+    )
+    async def channels() -> list[str]:
+        """Names of the channels (3.x dialect): the rooms, in the same order; channel X is room X."""
+        return list(settings.rooms)
+
+    @router.get("/rules", response_model=RulesResponse)
+    async def rules() -> RulesResponse:
+        """The rules every message is checked against."""
+        return RulesResponse(
+            rules=settings.rules,
+            main_lang=settings.main_lang,
+            min_author_length=settings.min_author_length,
+            max_author_length=settings.max_author_length,
+            max_message_length=settings.max_message_length,
+            max_image_size=settings.max_image_size,
+            max_geojson_features=settings.max_geojson_features,
+        )
+
+    @router.get("/status", response_model=StatusResponse, response_model_exclude_none=True)
+    async def status() -> StatusResponse:
+        """Health and the number of open websockets per room (on every node); `channels` lists
+        the same conversations for 3.x clients.
+
+        With a shared broker, `broker` tells its state; `healthy` is false while this node is
+        cut off from it (it then serves its own sockets only)."""
+        broker = chat.hub.broker
+        healthy = broker.healthy
+        counts = room_counts()
+        return StatusResponse(
+            status="ok" if healthy else "degraded",
+            healthy=healthy,
+            rooms=counts,
+            channels=counts,
+            broker=broker.status(),
+        )
+
+    asyncapi = document_json(settings, current_version)  # built once per app
+
+    @router.get(
+        "/asyncapi.json",
+        response_model=dict[str, Any],
+        responses={200: {"description": "An AsyncAPI 3.0.0 document"}},
+    )
+    async def asyncapi_document() -> Response:
+        """The websocket protocol as an AsyncAPI 3.0 document: every message type in both
+        directions with its JSON Schema (this instance's limits included) and examples."""
+        return Response(asyncapi, media_type="application/json")
+
+    @router.get("/version", response_model=VersionResponse)
+    async def get_version() -> VersionResponse:
+        return VersionResponse(version=current_version)
+
+    if settings.metrics_enabled:
+        networks = [ipaddress.ip_network(network, strict=False) for network in settings.metrics_networks]
+
+        @router.get("/metrics", include_in_schema=False)
+        async def metrics(request: Request) -> Response:
+            """Prometheus metrics, for the networks in METRICS_NETWORKS only."""
+            if not address_in(client_address(request.client), networks):
+                return JSONResponse(
+                    status_code=403, content={"detail": "metrics are not served to your network"}
+                )
+            return Response(generate_latest(chat.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    add_conversation_routes(router, settings, chat, Dialect.ROOM)
+    add_conversation_routes(router, settings, chat, Dialect.CHANNEL)
+    return router
+
+
+def address_in(address: str, networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:  # "?" or a unix socket: not an address anyone listed
+        return False
+    return any(ip in network for network in networks)

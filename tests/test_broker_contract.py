@@ -1,0 +1,643 @@
+"""The broker contract: what every `Broker` promises the hub, tested against each implementation.
+
+The hub (`gischat.rooms.hub.Hub`) is written against the `Broker` protocol only, so every
+implementation must behave the same wherever the hub can tell. These tests drive the brokers
+directly, without websockets or the hub: each broker is built by `create_broker(settings)`,
+exactly as the app builds it, and started with a `RecordingNode`, a fake hub that records every
+call the broker makes, in order, and lets a test wait for a call (never for a fixed time).
+
+Most contracts are parametrized over `memory://` and a real Redis (or valkey) server, started
+once for the module; every test gets its own key prefix, so tests never see each other's
+nodes, nicknames or history. The contracts about several nodes exist only where there can be
+several nodes: their tests start two Redis brokers on one prefix, are named `test_redis_...`
+and sit in the last section of this file. Without a Redis server the Redis cases skip, except
+under CI (`CI=true`), where they fail (see `redis_nodes.require_redis`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, TypeAlias
+
+import pytest
+from redis_nodes import RedisServer, require_redis
+
+from gischat.broker import Broker, Envelope, Node, create_broker
+from gischat.protocol import dialects
+from gischat.protocol.dialects import Post
+
+from conftest import TIMEOUT, make_settings
+
+pytestmark = pytest.mark.anyio
+
+ROOM = "QGIS"
+OTHER_ROOM = "Living room"  # a room name with a space: it travels in headers and keys as well
+QUIET_ROOM = "Field and mobile"  # nothing is ever published there
+
+# Everything a recipient can tell about a delivered envelope: its room, the post's kind, id,
+# timestamp, body, style and reply, and the envelope's `to` and `keep`.
+Shape: TypeAlias = tuple[str, str, str, int, str, str | None, str | None, str | None, bool]
+
+
+def shape(room: str, envelope: Envelope) -> Shape:
+    post = envelope.post
+    return (
+        room,
+        post.kind,
+        post.id,
+        post.timestamp,
+        post.body,
+        post.style,
+        post.reply,
+        envelope.to,
+        envelope.keep,
+    )
+
+
+def post_shape(post: Post) -> tuple[str, str, int, str, str | None, str | None]:
+    return (post.kind, post.id, post.timestamp, post.body, post.style, post.reply)
+
+
+def sample(i: int, author: str = "alice", keep: bool | None = None) -> Envelope:
+    """The `i`-th of a varied series: plain texts, a layer with a style, replies, likes for one
+    nickname; non-ASCII text and an escaped newline in the body; a timestamp of its own (so a
+    broker that stamps posts again is caught)."""
+    kind = ("text", "geojson", "text", "like")[i % 4]
+    body = f'"author":"{author}","avatar":null,"text":"n° {i}: héllo wörld 🌍\\nsecond line"'
+    style = ',"style":{"fill":"#ff0000","stroke":null}' if kind == "geojson" else None
+    reply = str(uuid.uuid4()) if i % 4 == 2 else None
+    to = "bob" if kind == "like" else None
+    kept = (kind != "like" and i % 3 != 0) if keep is None else keep
+    post = Post(kind, body, style, reply, id=str(uuid.uuid4()), timestamp=1_700_000_000 + i)
+    return Envelope(post, to, kept)
+
+
+def marker(name: str) -> Envelope:
+    """A message whose arrival proves that everything published before it has been handled."""
+    return Envelope(Post("text", f'"author":"marker","avatar":null,"text":"{name}"'))
+
+
+class RecordingNode:
+    """A `Node` that records every call of its broker, in order, and lets a test wait for one.
+
+    `counts` and `nicknames` are what it reports about "its own sockets" (`local_count`,
+    `local_nicknames`): a test sets them, as the hub's rooms would change.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.counts: dict[str, int] = {}
+        self.nicknames: list[tuple[str, str, str]] = []
+        self.deliveries: list[tuple[str, Envelope]] = []
+        self.settled: list[tuple[str, str, str]] = []
+        self.remote_changes: list[str] = []
+        self.revoked: list[tuple[str, str, str]] = []
+        self.histories: dict[str, list[Post]] = {}
+        # Every call, in order: ("deliver", post id), ("settled", key), ("remote", room)...
+        self.log: list[tuple[str, str]] = []
+        self._changed = asyncio.Event()
+
+    def _record(self, call: str, detail: str) -> None:
+        self.log.append((call, detail))
+        self._changed.set()
+
+    # The Node protocol.
+
+    def deliver(self, room: str, envelope: Envelope) -> None:
+        self.deliveries.append((room, envelope))
+        self._record("deliver", envelope.post.id)
+
+    def claim_settled(self, room: str, key: str, nickname: str) -> None:
+        self.settled.append((room, key, nickname))
+        self._record("settled", key)
+
+    def remote_changed(self, room: str) -> None:
+        self.remote_changes.append(room)
+        self._record("remote", room)
+
+    def local_count(self, room: str) -> int:
+        return self.counts.get(room, 0)
+
+    def local_nicknames(self) -> list[tuple[str, str, str]]:
+        return list(self.nicknames)
+
+    def revoke(self, room: str, key: str, reason: str) -> None:
+        self.revoked.append((room, key, reason))
+        self._record("revoke", key)
+
+    def reset_history(self, room: str, posts: list[Post]) -> None:
+        self.histories[room] = list(posts)
+        self._record("history", room)
+
+    # What tests look at.
+
+    def shapes(self, room: str | None = None) -> list[Shape]:
+        return [shape(r, e) for r, e in self.deliveries if room is None or r == room]
+
+    def ids(self) -> list[str]:
+        return [envelope.post.id for _, envelope in self.deliveries]
+
+    def index(self, post: Post) -> int:
+        """Where `post` is in the order of deliveries (it must have been delivered exactly once)."""
+        ids = self.ids()
+        assert ids.count(post.id) == 1, f"{self.name}: {post.kind} {post.id} delivered {ids.count(post.id)}x"
+        return ids.index(post.id)
+
+    def delivered(self, post: Post) -> Envelope:
+        return self.deliveries[self.index(post)][1]
+
+    async def wait_until(self, predicate: Callable[[], bool], what: str, timeout: float = TIMEOUT) -> None:
+        """Wait until `predicate()` holds, checking again after every call the broker makes.
+
+        Everything a broker learns from elsewhere comes with a call to its node (a delivery, a
+        `remote_changed`), so waking up on calls is enough: no polling, no sleeping.
+        """
+        try:
+            async with asyncio.timeout(timeout):
+                while not predicate():
+                    self._changed.clear()
+                    await self._changed.wait()
+        except TimeoutError:
+            calls = self.log[-8:]
+            raise AssertionError(f"{self.name}: {what} not seen in {timeout:g} s (last: {calls})") from None
+
+    async def received(self, *posts: Post) -> None:
+        """Wait until every one of `posts` has been delivered."""
+        wanted = {post.id for post in posts}
+        await self.wait_until(lambda: wanted <= set(self.ids()), f"delivery of {len(wanted)} posts")
+
+
+if __debug__:  # mypy --strict checks that the fake implements the whole protocol
+    _node: Node = RecordingNode("type check")
+
+
+@dataclass
+class Nodes:
+    """Brokers on one URL and key prefix, each with its own recording node; stopped after the test."""
+
+    url: str
+    prefix: str = field(default_factory=lambda: f"contract-{uuid.uuid4().hex[:12]}")
+    started: list[Broker] = field(default_factory=list)
+
+    @property
+    def redis(self) -> bool:
+        return not self.url.startswith("memory://")
+
+    async def start(self, name: str, **settings: Any) -> tuple[Broker, RecordingNode]:
+        node = RecordingNode(name)
+        broker = create_broker(make_settings(broker_url=self.url, redis_key_prefix=self.prefix, **settings))
+        await broker.start(node)
+        self.started.append(broker)
+        # `start` returns once the broker serves; with a reachable Redis, as part of the service.
+        assert broker.healthy, f"{name} did not join the service: {broker.status()}"
+        return broker, node
+
+    async def stop(self) -> None:
+        for broker in reversed(self.started):
+            await broker.stop()  # stopping twice is harmless: some tests stop a node themselves
+
+
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer(require_redis())
+    server.start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture(params=["memory", "redis"])
+def broker_url(request: pytest.FixtureRequest) -> str:
+    """Each implementation in turn; Redis is started only for the tests that need it."""
+    if request.param == "memory":
+        return "memory://"
+    server = request.getfixturevalue("redis_server")
+    assert isinstance(server, RedisServer)
+    return server.url
+
+
+@pytest.fixture
+async def nodes(broker_url: str) -> AsyncIterator[Nodes]:
+    started = Nodes(broker_url)
+    yield started
+    await started.stop()
+
+
+@pytest.fixture
+async def redis_nodes(redis_server: RedisServer) -> AsyncIterator[Nodes]:
+    started = Nodes(redis_server.url)
+    yield started
+    await started.stop()
+
+
+async def settle(broker: Broker, node: RecordingNode, name: str = "settle") -> None:
+    """Publish a marker and wait for it: whatever the broker had queued before has been handled."""
+    flag = marker(name)
+    broker.publish(ROOM, flag)
+    await node.received(flag.post)
+
+
+# --- every broker ------------------------------------------------------------------------------
+
+
+async def test_publish_order_and_content(nodes: Nodes) -> None:
+    """Envelopes published in a row come back to `deliver`, in the room they were published to,
+    in the order they were published, each exactly once and unchanged: the post's kind, id,
+    timestamp, body, style and reply, the envelope's `to` and `keep`.
+
+    Why: one sender's messages must read in the order they were written, and every node renders
+    a post from what the broker carried (the 3.x dialect shows its id and timestamp, replies
+    point to ids, likes go to `to` only, `keep` decides what enters history)."""
+    broker, node = await nodes.start("only")
+    sent = [(ROOM if i % 3 else OTHER_ROOM, sample(i)) for i in range(40)]
+    for room, envelope in sent:
+        broker.publish(room, envelope)  # never awaited: publishing must not wait
+
+    await node.received(*(envelope.post for _, envelope in sent))
+    assert node.shapes() == [shape(room, envelope) for room, envelope in sent]
+    assert node.shapes(QUIET_ROOM) == []
+
+
+async def test_keep_is_carried_both_ways(nodes: Nodes) -> None:
+    """`keep` arrives as it was published, True as well as False, for any kind.
+
+    Why: the hub adds exactly the kept envelopes to its room's history; a broker that drops or
+    invents `keep` would leave what people said out of history, or put bookkeeping in it."""
+    broker, node = await nodes.start("only")
+    sent = [sample(i, keep=i % 2 == 0) for i in range(8)]
+    for envelope in sent:
+        broker.publish(ROOM, envelope)
+
+    await node.received(*(envelope.post for envelope in sent))
+    assert [node.delivered(envelope.post).keep for envelope in sent] == [envelope.keep for envelope in sent]
+
+
+async def test_first_claim_wins_and_announces_after_what_came_before(nodes: Nodes) -> None:
+    """A first claim of a nickname key wins (True) and its payload, the `newcomer`, is delivered
+    once, unchanged, as bookkeeping (no `to`, not kept), after everything published before the
+    claim and before everything published after it returned.
+
+    Why: the hub tells a socket it is registered once `claim` returns True, and the room must
+    see the `newcomer` where it happened, not ahead of that socket's earlier messages."""
+    broker, node = await nodes.start("only")
+    before = [sample(i, keep=True) for i in range(3)]
+    for envelope in before:
+        broker.publish(ROOM, envelope)
+    newcomer = dialects.newcomer("Alice")
+
+    assert await broker.claim(ROOM, "alice", "Alice", newcomer) is True
+    after = marker("after")
+    broker.publish(ROOM, after)
+
+    await node.received(newcomer, after.post)
+    assert node.ids() == [*(envelope.post.id for envelope in before), newcomer.id, after.post.id]
+    assert shape(ROOM, node.delivered(newcomer)) == shape(ROOM, Envelope(newcomer))
+
+
+async def test_release_announces_exiter_and_frees_the_nickname(nodes: Nodes) -> None:
+    """`release` delivers its payload, the `exiter`, unchanged and as bookkeeping; the nickname
+    can then be claimed again at once, and that claim's `newcomer` comes after the `exiter`.
+
+    Why: a person who leaves and comes back (a reconnecting client, at once) must get their
+    nickname back, and the room must read "left, joined", never "joined, left"."""
+    broker, node = await nodes.start("only")
+    first, exiter, second = dialects.newcomer("Alice"), dialects.exiter("Alice"), dialects.newcomer("alice")
+    assert await broker.claim(ROOM, "alice", "Alice", first) is True
+
+    broker.release(ROOM, "alice", "Alice", exiter)
+    assert await broker.claim(ROOM, "alice", "alice", second) is True  # not waiting for the exiter
+
+    await node.received(first, exiter, second)
+    assert node.index(first) < node.index(exiter) < node.index(second)
+    assert shape(ROOM, node.delivered(exiter)) == shape(ROOM, Envelope(exiter))
+
+
+async def test_claim_settled_only_for_won_claims_and_before_their_newcomer(nodes: Nodes) -> None:
+    """If a broker calls `claim_settled`, it is for this node's own won claim, with its room, key
+    and nickname, once, and before that claim's `newcomer` is delivered.
+
+    Why: the hub gives the nickname to the claiming socket there, so that a like right behind
+    the `newcomer` finds it. (The memory broker never calls it: its claim is decided in the
+    calling step and the hub registers the nickname on the return of `claim`.)"""
+    broker, node = await nodes.start("only")
+    newcomer = dialects.newcomer("Alice")
+    assert await broker.claim(OTHER_ROOM, "alice", "Alice", newcomer) is True
+    await node.received(newcomer)
+
+    assert node.settled in ([], [(OTHER_ROOM, "alice", "Alice")])
+    if nodes.redis:
+        assert node.settled, "a shared broker must settle the claim in the stream"
+    if node.settled:
+        assert node.log.index(("settled", "alice")) < node.log.index(("deliver", newcomer.id))
+
+
+async def test_own_claims_are_not_remote(nodes: Nodes) -> None:
+    """`remote_owner` and `remote_users` never report this node's own nicknames.
+
+    Why: the hub lists and checks its own nicknames itself and adds the remote ones: a broker
+    that mirrored its own node would list every local user twice, and lock people out of the
+    nickname they hold."""
+    broker, node = await nodes.start("only")
+    newcomer = dialects.newcomer("Alice")
+    assert await broker.claim(ROOM, "alice", "Alice", newcomer) is True
+    await node.received(newcomer)
+    await settle(broker, node)
+
+    assert broker.remote_owner(ROOM, "alice") is None
+    assert broker.remote_users(ROOM) == []
+    assert broker.remote_users(QUIET_ROOM) == []
+
+
+async def test_own_count_is_not_remote(nodes: Nodes) -> None:
+    """`count_changed` with sockets on this node leaves this node's `remote_count` at 0.
+
+    Why: a room's count is the local sockets plus `remote_count`; counting one's own sockets as
+    remote would double every count. With the memory broker there are no other nodes at all."""
+    broker, node = await nodes.start("only")
+    node.counts[ROOM] = 3
+    broker.count_changed(ROOM)
+    await settle(broker, node)
+
+    assert broker.remote_count(ROOM) == 0
+    assert broker.remote_count(QUIET_ROOM) == 0
+
+
+async def test_status_and_health(nodes: Nodes) -> None:
+    """`status()` is None for the single-process memory broker (nothing to add to `/status`) and a
+    dict for Redis (its state and this node's id); both are `healthy` once started, and a
+    stopped Redis node is not part of the service any more.
+
+    Why: `/status` and the readiness check report these as they are; a load balancer takes a
+    node that says it is unhealthy out of rotation."""
+    broker, _ = await nodes.start("only")
+    assert broker.healthy is True
+    status = broker.status()
+    if not nodes.redis:
+        assert status is None
+    else:
+        assert isinstance(status, dict)
+        assert status["state"] == "up"
+        assert isinstance(status["node"], str)
+        assert status["node"]
+        assert status["nodes"] == 1
+        assert "@" not in str(status["url"])  # where it is, never credentials
+
+    await broker.stop()
+    if nodes.redis:
+        assert broker.healthy is False
+
+
+async def test_stopped_broker_calls_its_node_no_more(nodes: Nodes) -> None:
+    """After `stop()`, publishing, claiming and releasing neither fail nor reach the node.
+
+    Why: the hub stops its broker while the last sockets are going away and may still publish
+    their departures; the stopped node must neither crash nor deliver into closed rooms."""
+    broker, node = await nodes.start("only")
+    await broker.stop()
+    calls = list(node.log)
+
+    broker.publish(ROOM, sample(0))
+    broker.release(ROOM, "alice", "Alice", dialects.exiter("Alice"))
+    broker.count_changed(ROOM)
+    assert node.log == calls
+
+
+async def test_memory_delivers_in_the_publishing_step() -> None:
+    """Memory only: publishing is delivering, in the same step, so a message reaches the local
+    sockets before `publish` returns and a claim's `newcomer` before `claim` returns.
+
+    Why: with one process nothing needs to travel, and the hub relies on it: a socket
+    registered through the memory broker is registered when `claim` returns."""
+    broker = create_broker(make_settings(broker_url="memory://"))
+    node = RecordingNode("only")
+    await broker.start(node)
+    envelope = sample(0)
+
+    broker.publish(ROOM, envelope)
+    assert node.shapes() == [shape(ROOM, envelope)]
+    newcomer = dialects.newcomer("Alice")
+    assert await broker.claim(ROOM, "alice", "Alice", newcomer) is True
+    assert node.ids()[-1] == newcomer.id
+    assert broker.remote_owner(ROOM, "alice") is None
+    assert broker.remote_users(ROOM) == []
+    assert node.histories == {}  # history stays in the hub: nothing shared to reset it from
+    await broker.stop()
+
+
+# --- several nodes: Redis only ------------------------------------------------------------------
+
+
+async def test_redis_one_order_for_every_node(redis_nodes: Nodes) -> None:
+    """Redis only: two nodes publishing at once see one and the same order, each node's own
+    messages in the order it published them, all content unchanged.
+
+    Why: a conversation reads the same on every node; replies and likes refer to ids that must
+    mean the same post everywhere."""
+    one, first = await redis_nodes.start("one")
+    two, second = await redis_nodes.start("two")
+    mine = [sample(i, "alice") for i in range(30)]
+    theirs = [sample(i, "bob") for i in range(30)]
+    for a, b in zip(mine, theirs, strict=True):
+        one.publish(ROOM, a)
+        two.publish(ROOM, b)
+
+    everything = [envelope.post for envelope in (*mine, *theirs)]
+    await first.received(*everything)
+    await second.received(*everything)
+    assert first.shapes() == second.shapes()
+    assert len(first.shapes()) == len(everything)
+    for sent in (mine, theirs):
+        ids = {envelope.post.id for envelope in sent}
+        assert [s for s in first.shapes() if s[2] in ids] == [shape(ROOM, e) for e in sent]
+
+
+async def test_redis_one_winner_per_nickname(redis_nodes: Nodes) -> None:
+    """Redis only: when two nodes claim the same nickname key at once, exactly one claim wins;
+    only the winner's `newcomer` is delivered (on both nodes) and only the winner's node is
+    told `claim_settled`. A later claim of a held key loses, even from a node whose mirror has
+    not caught up, and publishes nothing.
+
+    Why: a nickname is one person's in the whole service, whichever node each socket reached."""
+    one, first = await redis_nodes.start("one")
+    two, second = await redis_nodes.start("two")
+    keys = [f"nick{i}" for i in range(6)]
+    ours = {key: dialects.newcomer(key.upper()) for key in keys}
+    others = {key: dialects.newcomer(key.capitalize()) for key in keys}
+
+    results = await asyncio.gather(
+        *(one.claim(ROOM, key, key.upper(), ours[key]) for key in keys),
+        *(two.claim(ROOM, key, key.capitalize(), others[key]) for key in keys),
+    )
+    won_one, won_two = results[: len(keys)], results[len(keys) :]
+    late = dialects.newcomer("NICK0")
+    assert await two.claim(ROOM, "nick0", "NICK0", late) is False  # whoever holds it, it is held
+    # Anything the losing claims published would be in the stream before these markers.
+    flags = [marker("one"), marker("two")]
+    one.publish(ROOM, flags[0])
+    two.publish(ROOM, flags[1])
+    for node in (first, second):
+        await node.received(*(flag.post for flag in flags))
+
+    for key, a, b in zip(keys, won_one, won_two, strict=True):
+        assert [a, b].count(True) == 1, f"{key}: {a=} {b=}"
+        winner, loser = (ours[key], others[key]) if a else (others[key], ours[key])
+        for node in (first, second):
+            node.index(winner)
+            assert loser.id not in node.ids(), f"{node.name} got the losing newcomer for {key}"
+        settled_on, idle = (first, second) if a else (second, first)
+        assert settled_on.settled.count((ROOM, key, winner_name(winner))) == 1
+        assert all(k != key for _, k, _ in idle.settled)
+    for node in (first, second):
+        assert late.id not in node.ids()
+
+
+def winner_name(newcomer: Post) -> str:
+    """The nickname a `newcomer` post announces."""
+    prefix = '"newcomer":"'
+    start = newcomer.body.index(prefix) + len(prefix)
+    return newcomer.body[start : newcomer.body.index('"', start)]
+
+
+async def test_redis_exiter_precedes_next_claim_across_nodes(redis_nodes: Nodes) -> None:
+    """Redis only: a nickname released on one node can be claimed on the other, and every node
+    reads the `exiter` before the new `newcomer`.
+
+    Why: the second node decides the nickname is free from its mirror (as the hub does through
+    `remote_owner`); the stream must agree with that decision on every node."""
+    one, first = await redis_nodes.start("one")
+    two, second = await redis_nodes.start("two")
+    newcomer, exiter = dialects.newcomer("Alice"), dialects.exiter("Alice")
+    assert await one.claim(ROOM, "alice", "Alice", newcomer) is True
+    await second.wait_until(lambda: two.remote_owner(ROOM, "alice") == "Alice", "Alice held on node one")
+
+    one.release(ROOM, "alice", "Alice", exiter)
+    await second.wait_until(lambda: two.remote_owner(ROOM, "alice") is None, "Alice freed")
+    again = dialects.newcomer("alice")
+    assert await two.claim(ROOM, "alice", "alice", again) is True
+
+    for node in (first, second):
+        await node.received(newcomer, exiter, again)
+        assert node.index(newcomer) < node.index(exiter) < node.index(again)
+        assert shape(ROOM, node.delivered(exiter)) == shape(ROOM, Envelope(exiter))
+    await first.wait_until(lambda: one.remote_owner(ROOM, "alice") == "alice", "alice held on node two")
+
+
+async def test_redis_counts_cross_nodes(redis_nodes: Nodes) -> None:
+    """Redis only: after `count_changed`, the node's `local_count` becomes the other nodes'
+    `remote_count` (absolute numbers, the latest one wins), and they are told `remote_changed`;
+    both nodes add up to the same room total.
+
+    Why: `nb_users` counts every socket of a room, on every node."""
+    one, first = await redis_nodes.start("one")
+    two, second = await redis_nodes.start("two")
+    first.counts = {ROOM: 3, OTHER_ROOM: 1}
+    one.count_changed(ROOM)
+    one.count_changed(OTHER_ROOM)
+    await second.wait_until(
+        lambda: (two.remote_count(ROOM), two.remote_count(OTHER_ROOM)) == (3, 1), "node one's counts"
+    )
+    assert {ROOM, OTHER_ROOM} <= set(second.remote_changes)
+    assert two.remote_count(QUIET_ROOM) == 0
+
+    first.counts[ROOM] = 1
+    one.count_changed(ROOM)
+    second.counts[ROOM] = 2
+    two.count_changed(ROOM)
+    await second.wait_until(lambda: two.remote_count(ROOM) == 1, "node one's new count")
+    await first.wait_until(lambda: one.remote_count(ROOM) == 2, "node two's count")
+    assert one.remote_count(ROOM) + first.counts[ROOM] == two.remote_count(ROOM) + second.counts[ROOM]
+
+
+async def test_redis_remote_nicknames(redis_nodes: Nodes) -> None:
+    """Redis only: `remote_owner` and `remote_users` show the other node's nicknames, per room,
+    under the nickname key, with the nickname as registered; they go when released.
+
+    Why: the hub refuses a nickname held elsewhere and lists every user of the room without
+    asking Redis, from this mirror."""
+    one, _ = await redis_nodes.start("one")
+    two, second = await redis_nodes.start("two")
+    assert await one.claim(ROOM, "alice", "Alice", dialects.newcomer("Alice")) is True
+    assert await one.claim(OTHER_ROOM, "bob", "Bob", dialects.newcomer("Bob")) is True
+
+    await second.wait_until(
+        lambda: two.remote_owner(ROOM, "alice") == "Alice" and two.remote_owner(OTHER_ROOM, "bob") == "Bob",
+        "node one's nicknames",
+    )
+    assert two.remote_users(ROOM) == ["Alice"]
+    assert two.remote_users(OTHER_ROOM) == ["Bob"]
+    assert two.remote_owner(ROOM, "bob") is None
+    assert two.remote_users(QUIET_ROOM) == []
+
+    one.release(ROOM, "alice", "Alice", dialects.exiter("Alice"))
+    await second.wait_until(lambda: two.remote_owner(ROOM, "alice") is None, "Alice released")
+    assert two.remote_users(ROOM) == []
+    assert two.remote_users(OTHER_ROOM) == ["Bob"]
+
+
+async def test_redis_history_for_a_later_node(redis_nodes: Nodes) -> None:
+    """Redis only: kept envelopes are shared history; a node started later gets, through
+    `reset_history`, the last MAX_STORED_MESSAGES kept posts of each room, in order and
+    unchanged, and nothing that was not kept (bookkeeping, `newcomer`s). The first node of a
+    fresh service is reset to empty rooms.
+
+    Why: a socket that joins on any node is welcomed with the same recent conversation."""
+    one, first = await redis_nodes.start("one", max_stored_messages=3)
+    assert first.histories == {room: [] for room in (ROOM, OTHER_ROOM, QUIET_ROOM)}
+    sent = [sample(i, keep=i not in (2, 5)) for i in range(8)]
+    newcomer = dialects.newcomer("Alice")
+    for envelope in sent[:4]:
+        one.publish(ROOM, envelope)
+    assert await one.claim(ROOM, "alice", "Alice", newcomer) is True
+    for envelope in sent[4:]:
+        one.publish(ROOM, envelope)
+    elsewhere = sample(100, keep=True)
+    one.publish(OTHER_ROOM, elsewhere)
+    await first.received(*(envelope.post for envelope in sent), elsewhere.post)
+
+    _, second = await redis_nodes.start("two", max_stored_messages=3)
+    kept = [envelope.post for envelope in sent if envelope.keep]
+    assert [post_shape(post) for post in second.histories[ROOM]] == [post_shape(post) for post in kept[-3:]]
+    assert [post_shape(post) for post in second.histories[OTHER_ROOM]] == [post_shape(elsewhere.post)]
+    assert second.histories[QUIET_ROOM] == []
+    assert second.deliveries == []  # history comes through reset_history, not as live messages
+
+
+async def test_redis_stop_releases_nicknames_and_counts(redis_nodes: Nodes) -> None:
+    """Redis only: when a node stops, the others see its users go at once (not after
+    NODE_TIMEOUT): an `exiter` for each of its nicknames, its nicknames free to claim, its
+    sockets out of `remote_count`, one node less in `status()`; and what the stopped node
+    publishes afterwards reaches nobody.
+
+    Why: a restart or a scale-down must not lock people out of their nicknames nor leave ghost
+    users in the counts."""
+    one, first = await redis_nodes.start("one")
+    two, second = await redis_nodes.start("two")
+    first.counts[ROOM] = 2
+    one.count_changed(ROOM)
+    assert await one.claim(ROOM, "alice", "Alice", dialects.newcomer("Alice")) is True
+    await second.wait_until(
+        lambda: two.remote_owner(ROOM, "alice") == "Alice" and two.remote_count(ROOM) == 2, "node one"
+    )
+    status = two.status()
+    assert status is not None
+    assert status["nodes"] == 2
+
+    await one.stop()
+    await second.wait_until(
+        lambda: two.remote_owner(ROOM, "alice") is None and two.remote_count(ROOM) == 0, "node one gone"
+    )
+    exits = [e for _, e in second.deliveries if e.post.kind == "exiter" and '"exiter":"Alice"' in e.post.body]
+    assert len(exits) == 1
+    assert (exits[0].to, exits[0].keep) == (None, False)
+    assert two.remote_users(ROOM) == []
+    status = two.status()
+    assert status is not None
+    assert status["nodes"] == 1
+
+    ghost = sample(0)
+    one.publish(ROOM, ghost)
+    assert await two.claim(ROOM, "alice", "alice", dialects.newcomer("alice")) is True
+    await settle(two, second)
+    assert ghost.post.id not in second.ids()
