@@ -26,7 +26,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from gischat.cli import uvicorn_options
+from gischat.server.runner import uvicorn_options
 from gischat.settings import Settings
 
 rooms: defaultdict[str, list[WebSocket]] = defaultdict(list)

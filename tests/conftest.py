@@ -24,7 +24,8 @@ import uvicorn
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from gischat.cli import listening_socket, uvicorn_options
+from gischat.server.guard import GuardSpec, forget_guard
+from gischat.server.runner import listening_socket, prepare_process, uvicorn_options
 from gischat.settings import Settings
 from gischat.web.app import create_app
 
@@ -74,6 +75,7 @@ class LiveServer:
     port: int
     server: uvicorn.Server
     thread: threading.Thread
+    guard_spec: GuardSpec  # names the server's transport guard (see gischat.server.guard)
 
     @property
     def http_url(self) -> str:
@@ -89,6 +91,7 @@ class LiveServer:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=10)
+        forget_guard(self.guard_spec.token)
 
 
 def start_server(settings: Settings, port: int = 0) -> LiveServer:
@@ -96,7 +99,9 @@ def start_server(settings: Settings, port: int = 0) -> LiveServer:
     settings = settings.model_copy(update={"host": "127.0.0.1", "port": port})
     sock = listening_socket(settings)  # the socket the `gischat` command would listen on
     port = int(sock.getsockname()[1])
+    prepare_process(settings)  # as the `gischat` command does
     options = uvicorn_options(settings)
+    guard_spec = options["http"].keywords["guard_spec"]
     options.update(port=port, log_config=None, log_level="warning")
     options.pop("workers")
     config = uvicorn.Config(create_app(settings), **options)
@@ -108,7 +113,7 @@ def start_server(settings: Settings, port: int = 0) -> LiveServer:
         if not thread.is_alive() or time.monotonic() > deadline:
             raise RuntimeError("test server did not start")
         time.sleep(0.005)
-    return LiveServer(settings=settings, port=port, server=server, thread=thread)
+    return LiveServer(settings=settings, port=port, server=server, thread=thread, guard_spec=guard_spec)
 
 
 ServerFactory = Callable[..., LiveServer]

@@ -39,7 +39,6 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT7
 from websockets.asyncio.client import connect
 
-from gischat.chat.service import REPLY_REASON
 from gischat.protocol.asyncapi.document import (
     FILE_NAME_JSON_PATTERN,
     TINY_PNG,
@@ -47,9 +46,9 @@ from gischat.protocol.asyncapi.document import (
     field_rules,
     message_models,
 )
-from gischat.protocol.channel_messages import SCRIPTS_OFF_REASON
 from gischat.protocol.dialects import CHANNEL_TYPES, ROOM_TYPES, Dialect
-from gischat.protocol.messages import CLIENT_MODELS, SERVER_ONLY_TYPES, Limits, Uncompliant, check_file_name
+from gischat.protocol.messages import CLIENT_MODELS, SERVER_ONLY_TYPES, Limits, check_file_name
+from gischat.protocol.refusals import REPLY_REASON, SCRIPTS_OFF_REASON, Uncompliant
 
 from conftest import TIMEOUT, Client, LiveServer, ServerFactory, make_settings, ws_client
 from wire import check_shape, next_frame, parse_strict

@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import yaml
 
-from gischat.cli import DEFAULT_LOG_CONFIG
+from gischat.server.runner import DEFAULT_LOG_CONFIG
 
 from conftest import free_port
 

@@ -15,7 +15,7 @@ from test_images import b64, photo
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from gischat.chat.limits import AddressBook, Rate, Rates, TokenBucket
+from gischat.limits import AddressBook, Rate, Rates, TokenBucket
 from gischat.observability.logs import LINES_PER_CONNECTION, RefusalLog
 from gischat.settings import Settings
 

@@ -23,8 +23,8 @@ import pytest
 from test_cli import clean_env
 from websockets.sync.client import ClientConnection, connect
 
-from gischat.cli import DEFAULT_LOG_CONFIG, JSON_LOG_CONFIG, log_config
 from gischat.observability.logs import JsonFormatter, context
+from gischat.server.runner import DEFAULT_LOG_CONFIG, JSON_LOG_CONFIG, log_config
 from gischat.settings import Settings, SettingsError, load_settings
 
 from conftest import free_port

@@ -7,7 +7,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from test_delivery import small_window_client
 
-from gischat.observability.metrics import refusal_kind
+from gischat.protocol.refusals import refusal_kind
 
 from conftest import TIMEOUT, LiveServer, ServerFactory, text, ws_client
 from wire import next_frame, refused, wait_type

@@ -21,10 +21,13 @@ import psutil
 import pytest
 from PIL import Image
 
+from gischat.protocol import geojson, parsing, refusals
 from gischat.protocol import messages as models
 from gischat.protocol.dialects import Post
+from gischat.protocol.refusals import BUSY_REASON, CRASH_REASON, MEMORY_REASON
+from gischat.work import heap, jobs
 from gischat.work import pool as processing
-from gischat.work.pool import BUSY_REASON, CRASH_REASON, MEMORY_REASON, Prepared, Processor
+from gischat.work.pool import Prepared, Processor
 
 from conftest import make_settings
 
@@ -94,7 +97,7 @@ def photo_frame(size: tuple[int, int], author: str = "photographer") -> str:
 
 
 async def refusal(job: Any) -> str:
-    with pytest.raises(models.Uncompliant) as caught:
+    with pytest.raises(refusals.Uncompliant) as caught:
         await job
     return caught.value.reason
 
@@ -111,7 +114,7 @@ async def test_valid_layer_comes_back_as_the_models_wire(processor_factory: Proc
     processor = processor_factory()
     text = frame(layer(point(), multipoint(3), point(5, 6), author="Jane-GIS"))
     prepared = await processor.process_frame(text)
-    expected = models.parse_frame(text, models.Limits())
+    expected = parsing.parse_frame(text, models.Limits())
     assert isinstance(prepared, Prepared)
     assert (prepared.kind, prepared.author) == ("geojson", "Jane-GIS")
     assert wire(prepared) == expected.to_wire()
@@ -121,7 +124,7 @@ async def test_valid_layer_comes_back_as_the_models_wire(processor_factory: Proc
 
 async def test_parsed_layer_is_prepared_too(processor_factory: ProcessorFactory) -> None:
     processor = processor_factory()
-    message = models.parse_frame(frame(layer(point())), models.Limits())
+    message = parsing.parse_frame(frame(layer(point())), models.Limits())
     assert isinstance(message, models.GeojsonMessage)
     prepared = await processor.process_message(message)
     body, style = message.body()
@@ -156,7 +159,7 @@ async def test_too_many_vertices_are_refused(processor_factory: ProcessorFactory
     over = layer(polygon, collection, multipoint(4))
     reason = await refusal(processor.process_frame(frame(over)))
     assert reason == "geojson: too many vertices (11, max 10)"
-    parsed = models.parse_frame(frame(over), models.Limits())
+    parsed = parsing.parse_frame(frame(over), models.Limits())
     assert isinstance(parsed, models.GeojsonMessage)
     assert await refusal(processor.process_message(parsed)) == reason
 
@@ -174,7 +177,7 @@ def test_vertices_are_counted_by_geometry_type() -> None:
         None,
         {"type": "Circle", "coordinates": [[1, 2]]},
     ]
-    counts = [models.count_vertices({"features": [feature(g)]}) for g in geometries]  # type: ignore[arg-type]
+    counts = [geojson.count_vertices({"features": [feature(g)]}) for g in geometries]  # type: ignore[arg-type]
     assert counts == [1, 2, 2, 5, 8, 12, 1, 0, 0]
 
 
@@ -200,8 +203,8 @@ async def test_invalid_feature_reason_is_unchanged(
 ) -> None:
     processor = processor_factory()
     bad = feature(geometry)
-    with pytest.raises(models.Uncompliant) as local:
-        models.check_feature(3, bad)
+    with pytest.raises(refusals.Uncompliant) as local:
+        geojson.check_feature(3, bad)
     reason = await refusal(processor.process_frame(frame(layer(point(), point(), point(), bad))))
     assert reason == local.value.reason
     assert reason.startswith("geojson: not a valid FeatureCollection (features.3")
@@ -211,8 +214,8 @@ def test_junk_positions_are_refused_at_the_cost_of_one() -> None:
     """pydantic would build five errors per junk position: over a minute for a million."""
     junk = feature({"type": "MultiPoint", "coordinates": [[1, 2]] * 1000 + [["a", "b"]] * 300_000})
     start = time.perf_counter()
-    with pytest.raises(models.Uncompliant) as caught:
-        models.check_feature(0, junk)
+    with pytest.raises(refusals.Uncompliant) as caught:
+        geojson.check_feature(0, junk)
     assert time.perf_counter() - start < 3  # about 20 s without the screening
     assert caught.value.reason == (
         "geojson: not a valid FeatureCollection (features.0.geometry.MultiPoint.coordinates.1000.Position2D.0: "
@@ -237,7 +240,7 @@ async def test_image_is_resized_in_the_worker(processor_factory: ProcessorFactor
     assert orjson.loads(wire(prepared))["avatar"] == "cam.svg"
     assert (decoded(prepared).format, decoded(prepared).size) == ("JPEG", (100, 75))
 
-    small = models.parse_frame(photo_frame((40, 20)), models.Limits())
+    small = parsing.parse_frame(photo_frame((40, 20)), models.Limits())
     assert isinstance(small, models.ImageMessage)
     prepared = await processor.process_message(small)
     assert decoded(prepared).size == (40, 20)
@@ -260,20 +263,20 @@ async def test_main_heap_is_trimmed_after_large_jobs(
     processor = processor_factory()
     await processor.process_frame(frame(layer(point())))
     assert processor.trims == 0  # small jobs leave the heap alone
-    big = layer(feature({"type": "Point", "coordinates": [1, 2]}, notes="x" * (processing.LARGE_INPUT + 1)))
+    big = layer(feature({"type": "Point", "coordinates": [1, 2]}, notes="x" * (jobs.LARGE_INPUT + 1)))
     await processor.process_frame(frame(big))
     await wait_until(lambda: processor.trims == 1)
 
 
 async def test_heap_is_trimmed_once_large_buffers_stop_coming(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(processing, "TRIM_DELAY", 0.05)
-    before = processing._heap_trimmer.trims
+    monkeypatch.setattr(heap, "TRIM_DELAY", 0.05)
+    before = heap._heap_trimmer.trims
     for _ in range(5):  # a burst of large frames: one trim, after the last
-        processing.trim_heap_soon()
+        heap.trim_heap_soon()
         await asyncio.sleep(0.01)
-    await wait_until(lambda: processing._heap_trimmer.trims == before + 1)
+    await wait_until(lambda: heap._heap_trimmer.trims == before + 1)
     await asyncio.sleep(0.1)
-    assert processing._heap_trimmer.trims == before + 1
+    assert heap._heap_trimmer.trims == before + 1
 
 
 async def test_idle_workers_are_stopped_and_come_back(
@@ -297,10 +300,10 @@ async def test_idle_workers_are_stopped_and_come_back(
 
 
 def test_memory_error_in_a_job_becomes_a_refusal() -> None:
-    def greedy() -> processing.Outcome:
+    def greedy() -> jobs.Outcome:
         raise MemoryError
 
-    assert processing._guarded(0, greedy) == processing.Refused(MEMORY_REASON)
+    assert jobs._guarded(0, greedy) == jobs.Refused(MEMORY_REASON)
 
 
 # --- budget --------------------------------------------------------------------------------------

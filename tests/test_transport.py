@@ -28,17 +28,17 @@ import uvicorn
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from gischat.cli import log_connection_ceiling
-from gischat.server.transport import (
-    BYTES_KEY,
+from gischat.protocol.dialects import ASGI_BYTES_KEY
+from gischat.server.guard import (
     RESERVED_FDS,
-    STATE_KEY,
-    GuardedHttpProtocol,
-    GuardedWebSocketProtocol,
     TransportGuard,
     effective_max_connections,
+    guard_for,
     raise_nofile_limit,
 )
+from gischat.server.http import GuardedHttpProtocol
+from gischat.server.runner import log_connection_ceiling
+from gischat.server.websocket import GuardedWebSocketProtocol
 
 from conftest import TIMEOUT, LiveServer, ServerFactory, free_port, text, wait_for, ws_client
 
@@ -52,9 +52,8 @@ MiB = 1024 * 1024
 
 
 def guard_of(server: LiveServer) -> TransportGuard:
-    guard = server.server.lifespan.state[STATE_KEY]
-    assert isinstance(guard, TransportGuard)
-    return guard
+    """The server's guard, as the runner bound it to its protocols."""
+    return guard_for(server.guard_spec)
 
 
 async def all_released(server: LiveServer) -> None:
@@ -563,7 +562,7 @@ async def tiny_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         message = await receive()
         if message["type"] == "websocket.disconnect":
             return
-        await send({"type": "websocket.send", "text": "not this", BYTES_KEY: message["text"].encode()})
+        await send({"type": "websocket.send", "text": "not this", ASGI_BYTES_KEY: message["text"].encode()})
 
 
 @pytest.fixture

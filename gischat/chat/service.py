@@ -13,24 +13,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import sys
 from typing import Any
 
 from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket
 
-from gischat.chat.limits import AddressBook, ConnectionLimits, Rates
+from gischat.broker import MemoryBroker
+from gischat.chat.gauges import broker_state, live_state
 from gischat.chat.origins import origin_allowed
+from gischat.limits import AddressBook, ConnectionLimits, Rates
 from gischat.observability.logs import (
     SUMMARY_INTERVAL,
     FloodFilter,
     RefusalLog,
     context,
-    install_flood_filter,
 )
-from gischat.observability.metrics import live_state
-from gischat.protocol import dialects
-from gischat.protocol import messages as models
+from gischat.protocol import dialects, parsing
 from gischat.protocol.dialects import AnyClientMessage, Dialect, Post, is_message_id
 from gischat.protocol.messages import (
     GeojsonMessage,
@@ -39,9 +37,17 @@ from gischat.protocol.messages import (
     Limits,
     NewcomerMessage,
     TextMessage,
+)
+from gischat.protocol.refusals import (
+    ABUSE_REASON,
+    BINARY_REASON,
+    CLOSE_POLICY_VIOLATION,
+    INTERNAL_ERROR_REASON,
+    ORIGIN_REASON,
+    REPLY_REASON,
     Uncompliant,
 )
-from gischat.rooms.connection import CLOSE_POLICY_VIOLATION, Connection
+from gischat.rooms.connection import Connection
 from gischat.rooms.history import worth_keeping
 from gischat.rooms.hub import Hub
 from gischat.settings import Settings
@@ -49,17 +55,11 @@ from gischat.work.pool import OFFLOAD_THRESHOLD, Prepared, Processor
 
 logger = logging.getLogger("gischat.chat")
 
-BINARY_REASON = "binary frames are not supported: send JSON text frames"
-SWITCH_INTERVAL = 0.001
 # Frames handled back to back before the receive loop lets other tasks run.
 YIELD_EVERY = 16
-INTERNAL_ERROR_REASON = "server error while handling this message; it was not delivered"
-ABUSE_REASON = "too many messages refused for going too fast"
-ORIGIN_REASON = "origin not allowed: this page may not open a chat on this server"
 # The type a large frame says it is, looked up in its first bytes only to pick the rate bucket
 # it pays into; the worker that parses it decides what it really is.
 SNIFF_TYPE = re.compile(r'"type"\s*:\s*"(\w+)"')
-REPLY_REASON = "in_reply_to_id: not the id of a recent message of this conversation"
 
 
 class SlowDown(Uncompliant):
@@ -100,16 +100,14 @@ class ChatService:
         self.processor = Processor(settings)
         self.metrics = hub.metrics
         self.metrics.watch(live_state(hub, self.processor))
+        if not isinstance(hub.broker, MemoryBroker):
+            self.metrics.watch(broker_state(hub.broker))
         # A socket whose nickname another node won (after a split) no longer holds one.
         hub.on_nickname_lost = lambda conn: self.addresses.drop_nickname(conn.address)
         self.refusal_log = RefusalLog(logger, settings.log_rate)
         self._housekeeping: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        # The loop shares the GIL with the threads that hand work to the worker processes (and
-        # pickle what goes there); a 1 ms switch interval keeps other rooms' round trips short.
-        sys.setswitchinterval(SWITCH_INTERVAL)
-        install_flood_filter(self.settings.log_rate)
         await self.processor.start()
         await self.hub.start()
         self._housekeeping = asyncio.get_running_loop().create_task(self._summarise_logs())
@@ -185,7 +183,7 @@ class ChatService:
                 if text is None:
                     raise Uncompliant(BINARY_REASON)
                 await self.handle(conn, await self._read(conn, text))
-            except models.Ignored:
+            except parsing.Ignored:
                 pass  # QField's own `exiter`: the server announces departures itself
             except SlowDown as exc:
                 self.metrics.rate_limited.labels(exc.limit).inc()
@@ -328,7 +326,7 @@ class ChatService:
             body = {"type": "text", **body}
             if body["type"] != "text":
                 raise Uncompliant("type: only 'text' messages can be sent here")
-        message = models.parse_object(body, self.limits)
+        message = parsing.parse_object(body, self.limits)
         assert isinstance(message, TextMessage)
         if self.hub.taken(room, message.author):
             raise NicknameTaken(f"author '{message.author}' is registered by a user of room '{room}'")
@@ -345,4 +343,4 @@ async def deny(websocket: WebSocket, refusal: Refused) -> None:
             JSONResponse({"detail": refusal.detail}, status_code=refusal.status)
         )
     else:
-        await websocket.close(code=1008, reason=refusal.detail)
+        await websocket.close(code=CLOSE_POLICY_VIOLATION, reason=refusal.detail)

@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 
 import orjson
 
-from gischat.chat.limits import TokenBucket
+from gischat.limits import TokenBucket
 
 SUMMARY_INTERVAL = 10.0
 # Refusal lines logged per connection before it is only counted.

@@ -20,15 +20,11 @@ from gischat.protocol.messages import (
     AuthoredMessage,
     Avatar,
     Number,
-    Uncompliant,
     check_file_name,
     check_length,
     limits_of,
 )
-
-SCRIPTS_OFF_REASON = (
-    "script: scripts are not accepted on this instance (they run code on the receiver's machine)"
-)
+from gischat.protocol.refusals import SCRIPTS_OFF_REASON, Uncompliant
 
 
 class PositionMessage(AuthoredMessage):

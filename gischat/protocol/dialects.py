@@ -23,6 +23,11 @@ from typing import Any, TypeAlias, cast
 
 from gischat.protocol import channel_messages as channel_models
 from gischat.protocol import messages as models
+from gischat.protocol import parsing
+
+# The ASGI `websocket.send` key that carries `text` already encoded to UTF-8, once per broadcast:
+# gischat's websocket protocol writes it as is; any other server ignores it and sends `text`.
+ASGI_BYTES_KEY = "gischat.bytes"
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,11 +44,11 @@ class Outgoing:
     @classmethod
     def of(cls, text: str) -> Outgoing:
         data = text.encode()
-        return cls({"type": "websocket.send", "text": text, "gischat.bytes": data}, len(data))
+        return cls({"type": "websocket.send", "text": text, ASGI_BYTES_KEY: data}, len(data))
 
     @property
     def data(self) -> bytes:
-        data = self.event["gischat.bytes"]
+        data = self.event[ASGI_BYTES_KEY]
         assert isinstance(data, bytes)
         return data
 
@@ -89,13 +94,13 @@ AnyClientMessage: TypeAlias = (
 
 
 def parse_frame(text: str, limits: models.Limits, dialect: Dialect) -> AnyClientMessage:
-    """One frame of a socket of `dialect` as a validated message (see `models.parse_frame`)."""
-    message = models.parse_frame(text, limits, CLIENT_TYPES[dialect], IGNORED_TYPES[dialect])
+    """One frame of a socket of `dialect` as a validated message (see `parsing.parse_frame`)."""
+    message = parsing.parse_frame(text, limits, CLIENT_TYPES[dialect], IGNORED_TYPES[dialect])
     return cast(AnyClientMessage, message)
 
 
 def parse_object(data: Any, limits: models.Limits, dialect: Dialect) -> AnyClientMessage:
-    message = models.parse_object(data, limits, CLIENT_TYPES[dialect], IGNORED_TYPES[dialect])
+    message = parsing.parse_object(data, limits, CLIENT_TYPES[dialect], IGNORED_TYPES[dialect])
     return cast(AnyClientMessage, message)
 
 

@@ -18,14 +18,13 @@ from collections.abc import Callable
 
 from starlette.websockets import WebSocket
 
-from gischat.chat.limits import ConnectionLimits
+from gischat.limits import ConnectionLimits
 from gischat.observability.logs import context
 from gischat.protocol.dialects import Dialect, Outgoing, Post, uncompliant
+from gischat.protocol.refusals import CLOSE_POLICY_VIOLATION, SLOW_CONSUMER_REASON
 
 logger = logging.getLogger("gischat.connection")
 
-CLOSE_POLICY_VIOLATION = 1008
-SLOW_CONSUMER_REASON = "too slow: outbound queue full"
 # How far past its bound a queue may grow while its writer simply waits for its turn.
 HARD_LIMIT_FACTOR = 4
 # Messages waiting for a peer beyond which we stop reading from it until they are sent: a

@@ -18,10 +18,10 @@ from collections.abc import Callable
 from starlette.websockets import WebSocket
 
 from gischat.broker import Broker, Envelope, MemoryBroker
-from gischat.observability.metrics import Metrics, broker_state
+from gischat.observability.metrics import Metrics
 from gischat.protocol import dialects
 from gischat.protocol.dialects import AUTHORED_TYPES, Dialect, Post
-from gischat.protocol.messages import Uncompliant
+from gischat.protocol.refusals import Uncompliant
 from gischat.rooms.connection import Connection
 from gischat.rooms.history import History
 from gischat.settings import Settings
@@ -188,8 +188,6 @@ class Hub:
         self.broker = broker
         self.metrics = metrics if metrics is not None else Metrics()
         remote = None if isinstance(broker, MemoryBroker) else broker.remote_count
-        if remote is not None:
-            self.metrics.watch(broker_state(broker))
         self.rooms = {
             name: Room(
                 name,

@@ -23,7 +23,6 @@ from gischat.chat.service import ChatService, client_address
 from gischat.protocol.asyncapi.document import document_json
 from gischat.protocol.dialects import Dialect
 from gischat.rooms.hub import Hub
-from gischat.server.transport import STATE_KEY, TransportGuard
 from gischat.settings import Settings, ignored_upstream_settings, load_settings
 from gischat.web import about as page
 from gischat.web import client as webclient
@@ -48,18 +47,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, Any]]:
         await chat.start()
-        # Connection caps and deadlines enforced by gischat.transport's protocols, which find
-        # the guard in the lifespan state uvicorn hands them.
-        guard = TransportGuard(settings)
-        guard.start()
         logger.info("serving rooms %s (%s)", ", ".join(settings.rooms), settings.environment)
         ignored = ignored_upstream_settings(os.environ)
         if ignored is not None:
             logger.warning(ignored)
         try:
-            yield {STATE_KEY: guard}
+            yield {}
         finally:
-            guard.stop()
             await chat.stop()
 
     app = FastAPI(

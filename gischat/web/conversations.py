@@ -16,7 +16,8 @@ from starlette.websockets import WebSocket
 
 from gischat.chat.service import ChatService, NicknameTaken, Refused, client_address
 from gischat.protocol.dialects import Dialect
-from gischat.protocol.messages import TextMessage, Uncompliant
+from gischat.protocol.messages import TextMessage
+from gischat.protocol.refusals import Uncompliant
 from gischat.settings import Settings
 from gischat.web.schemas import ChannelTextResponse, ErrorResponse
 

@@ -59,189 +59,18 @@ from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError
 
 from gischat.broker.base import Envelope, Node
+from gischat.broker.redis.mirror import Buffered, Mirror, readable
+from gischat.broker.redis.scripts import SCRIPTS
 from gischat.protocol import dialects
 from gischat.protocol.dialects import Post
+from gischat.protocol.refusals import SPLIT_REASON
 
 if TYPE_CHECKING:
     from gischat.settings import Settings
 
 logger = logging.getLogger("gischat.broker")
 
-SPLIT_REASON = (
-    "newcomer: '{nickname}' was registered by another user while the server was split; "
-    "register another nickname"
-)
 FIRST_RETRY = 0.1  # seconds before the first reconnection attempt, doubled up to the maximum
-
-# Events are "<seq> <header JSON>\n<payload>"; the header is a JSON array:
-#   ["m", room, node, n, to, keep]          a message (payload: the post, `Post.encode()`)
-#   ["c", room, node, n, key, nickname, q]  a nickname claimed (payload: the newcomer post)
-#   ["r", room, node, n, key, nickname, q[, t]]  a nickname freed (payload: the exiter post;
-#                                            `t`: Redis's clock when a script freed it for a dead
-#                                            or split node, the exiter's timestamp on every node)
-#   ["n", "", node, n, {room: count}]       a node's socket counts
-#   ["g", "", node, 0]                      a node is gone
-# `n` numbers a node's own commands (0: written by a script on another node's behalf); `q`
-# (quiet) marks what the node's own sockets were already told while Redis was away.
-
-EMIT = """
-local keep = tonumber(ARGV[3])
-if keep > 0 and #ARGV[2] <= tonumber(ARGV[4]) then
-  redis.call('RPUSH', KEYS[3], ARGV[2])
-  redis.call('LTRIM', KEYS[3], -keep, -1)
-end
-local seq = redis.call('INCR', KEYS[1])
-redis.call('PUBLISH', KEYS[2], seq .. ' ' .. ARGV[1] .. '\\n' .. ARGV[2])
-return seq
-"""
-
-CLAIM = """
-if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return -1 end
-local mine = ARGV[1] .. '\\0' .. ARGV[4]
-local owner = redis.call('HGET', KEYS[4], ARGV[3])
-if owner then
-  if owner == mine then return 2 end
-  return 0
-end
-redis.call('HSET', KEYS[4], ARGV[3], mine)
-redis.call('HSET', KEYS[5], ARGV[2] .. '\\0' .. ARGV[3], ARGV[4] .. '\\0' .. ARGV[7])
-local seq = redis.call('INCR', KEYS[2])
-redis.call('PUBLISH', KEYS[3], seq .. ' ' .. ARGV[5] .. '\\n' .. ARGV[6])
-return 1
-"""
-
-RELEASE = """
-if redis.call('HGET', KEYS[3], ARGV[3]) ~= ARGV[1] .. '\\0' .. ARGV[4] then return 0 end
-redis.call('HDEL', KEYS[3], ARGV[3])
-redis.call('HDEL', KEYS[4], ARGV[2] .. '\\0' .. ARGV[3])
-local seq = redis.call('INCR', KEYS[1])
-redis.call('PUBLISH', KEYS[2], seq .. ' ' .. ARGV[5] .. '\\n' .. ARGV[6])
-return 1
-"""
-
-COUNTS = """
-if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return -1 end
-for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[4], ARGV[i], ARGV[i + 1]) end
-local seq = redis.call('INCR', KEYS[2])
-redis.call('PUBLISH', KEYS[3], seq .. ' ' .. ARGV[2] .. '\\n')
-return 1
-"""
-
-HEARTBEAT = """
-if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
-local t = redis.call('TIME')
-redis.call('ZADD', KEYS[1], t[1] * 1000 + math.floor(t[2] / 1000), ARGV[1])
-return 1
-"""
-
-# Shared by REAP and SYNC: free one entry of a node's nickname index if the node still holds it.
-FREE = """
-local function free(prefix, node, field, value, quiet, seqkey, channel)
-  local at = string.find(field, '\\0', 1, true)
-  local room, key = string.sub(field, 1, at - 1), string.sub(field, at + 1)
-  local sep = string.find(value, '\\0', 1, true)
-  local nickname, exiter = string.sub(value, 1, sep - 1), string.sub(value, sep + 1)
-  local nicks = prefix .. ':nicks:' .. room
-  if redis.call('HGET', nicks, key) == node .. '\\0' .. nickname then
-    redis.call('HDEL', nicks, key)
-    local seq = redis.call('INCR', seqkey)
-    local head = cjson.encode({'r', room, node, 0, key, nickname, quiet, tonumber(redis.call('TIME')[1])})
-    redis.call('PUBLISH', channel, seq .. ' ' .. head .. '\\n' .. exiter)
-  end
-end
-"""
-
-REAP = (
-    FREE
-    + """
-local dead
-if ARGV[3] ~= '' then
-  dead = {ARGV[3]}
-else
-  local t = redis.call('TIME')
-  local now = t[1] * 1000 + math.floor(t[2] / 1000)
-  dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
-end
-for _, node in ipairs(dead) do
-  redis.call('ZREM', KEYS[1], node)
-  local index = ARGV[1] .. ':nodenicks:' .. node
-  local entries = redis.call('HGETALL', index)
-  for i = 1, #entries, 2 do free(ARGV[1], node, entries[i], entries[i + 1], 0, KEYS[2], KEYS[3]) end
-  redis.call('DEL', index, ARGV[1] .. ':counts:' .. node)
-  local seq = redis.call('INCR', KEYS[2])
-  redis.call('PUBLISH', KEYS[3], seq .. ' ' .. cjson.encode({'g', '', node, 0}) .. '\\n')
-end
-return #dead
-"""
-)
-
-SYNC = (
-    FREE
-    + """
-local prefix, node = ARGV[1], ARGV[2]
-local t = redis.call('TIME')
-redis.call('ZADD', KEYS[1], t[1] * 1000 + math.floor(t[2] / 1000), node)
-redis.call('DEL', KEYS[4])
-local rooms = tonumber(ARGV[4])
-for i = 0, rooms - 1 do redis.call('HSET', KEYS[4], ARGV[5 + 2 * i], ARGV[6 + 2 * i]) end
-local first = 5 + 2 * rooms
-local here = {}
-for i = first, #ARGV, 6 do here[ARGV[i] .. '\\0' .. ARGV[i + 1]] = true end
-local entries = redis.call('HGETALL', KEYS[5])
-for i = 1, #entries, 2 do
-  if not here[entries[i]] then
-    free(prefix, node, entries[i], entries[i + 1], 1, KEYS[2], KEYS[3])
-    redis.call('HDEL', KEYS[5], entries[i])
-  end
-end
-local results = {}
-for i = first, #ARGV, 6 do
-  local room, key, nickname = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  local nicks = prefix .. ':nicks:' .. room
-  local mine = node .. '\\0' .. nickname
-  local owner = redis.call('HGET', nicks, key)
-  local field = room .. '\\0' .. key
-  if owner == mine then
-    redis.call('HSET', KEYS[5], field, nickname .. '\\0' .. ARGV[i + 5])
-    results[#results + 1] = 2
-  elseif owner then
-    redis.call('HDEL', KEYS[5], field)
-    results[#results + 1] = 0
-  else
-    redis.call('HSET', nicks, key, mine)
-    redis.call('HSET', KEYS[5], field, nickname .. '\\0' .. ARGV[i + 5])
-    local seq = redis.call('INCR', KEYS[2])
-    redis.call('PUBLISH', KEYS[3], seq .. ' ' .. ARGV[i + 3] .. '\\n' .. ARGV[i + 4])
-    results[#results + 1] = 1
-  end
-end
-local seq = redis.call('INCR', KEYS[2])
-redis.call('PUBLISH', KEYS[3], seq .. ' ' .. ARGV[3] .. '\\n')
-return results
-"""
-)
-
-SNAPSHOT = """
-local nodes = redis.call('ZRANGE', KEYS[2], 0, -1)
-local counts, nicks, history = {}, {}, {}
-for i, node in ipairs(nodes) do counts[i] = redis.call('HGETALL', ARGV[1] .. ':counts:' .. node) end
-for i = 2, #ARGV do
-  nicks[i - 1] = redis.call('HGETALL', ARGV[1] .. ':nicks:' .. ARGV[i])
-  history[i - 1] = redis.call('LRANGE', ARGV[1] .. ':history:' .. ARGV[i], 0, -1)
-end
-return {redis.call('GET', KEYS[1]) or '0', nodes, counts, nicks, history}
-"""
-
-SCRIPTS = {
-    "emit": EMIT,
-    "claim": CLAIM,
-    "release": RELEASE,
-    "counts": COUNTS,
-    "heartbeat": HEARTBEAT,
-    "reap": REAP,
-    "sync": SYNC,
-    "snapshot": SNAPSHOT,
-}
 
 
 class NodeReaped(Exception):
@@ -319,13 +148,10 @@ class RedisBroker:
         self._n = 0  # this node's commands, numbered
         self._last_own = 0  # the last of them that came back through the channel
         self._base = 0  # sequence number of the snapshot the mirror was loaded from
-        self._buffer: list[tuple[int, list[Any], bytes]] | None = None
+        self._buffer: list[Buffered] | None = None
         self._stopping = False
         self._down_since_logged = False
-        # The mirror of the other nodes: room -> key -> (nickname, node); node -> room -> sockets.
-        self._nicks: dict[str, dict[str, tuple[str, str]]] = {room: {} for room in self.rooms}
-        self._counts: dict[str, dict[str, int]] = {}
-        self._nodes_seen = 0
+        self._mirror = Mirror(self.node, self.rooms)
         k = self.prefix
         self.k_channel = f"{k}:events"
         self.k_seq = f"{k}:seq"
@@ -344,7 +170,7 @@ class RedisBroker:
             "url": self.where,
             "state": self.state,
             "node": self.node,
-            "nodes": len(self._counts) + 1 if self.state == "up" else 1,
+            "nodes": self._mirror.nodes() + 1 if self.state == "up" else 1,
         }
 
     async def start(self, node: Node) -> None:
@@ -455,14 +281,13 @@ class RedisBroker:
             self._wake.set()
 
     def remote_count(self, room: str) -> int:
-        return sum(counts.get(room, 0) for counts in self._counts.values())
+        return self._mirror.remote_count(room)
 
     def remote_owner(self, room: str, key: str) -> str | None:
-        entry = self._nicks.get(room, {}).get(key)
-        return entry[0] if entry is not None else None
+        return self._mirror.remote_owner(room, key)
 
     def remote_users(self, room: str) -> list[str]:
-        return [nickname for nickname, _ in self._nicks.get(room, {}).values()]
+        return self._mirror.remote_users(room)
 
     # --- the outgoing queue -------------------------------------------------------------------
 
@@ -588,7 +413,9 @@ class RedisBroker:
                     for task in done:
                         task.result()
                     raise ConnectionError("lost during the snapshot")
-            self._load(snapshot_task.result())
+            assert self._hub is not None
+            self._base = self._mirror.load(snapshot_task.result(), self._buffer or [], self._hub)
+            self._buffer = None
             self.state = "up"
             self._settled.set()
             if self._down_since_logged:
@@ -691,8 +518,7 @@ class RedisBroker:
         for command in pending:
             if command.n > self._last_own and command.local is not None:
                 self._deliver_local(*command.local)
-        self._nicks = {room: {} for room in self.rooms}
-        self._counts = {}
+        self._mirror.clear()
         if self._hub is not None:
             for room in self.rooms:
                 self._hub.remote_changed(room)
@@ -753,91 +579,13 @@ class RedisBroker:
         if self._buffer is not None:
             self._buffer.append((seq, header, payload))
         elif seq > self._base:
-            self._apply(header)
+            self._mirror.apply(header, hub)
 
     def _confirm(self, n: int) -> None:
         self._last_own = max(self._last_own, n)
         unconfirmed = self._unconfirmed
         while unconfirmed and unconfirmed[0].n <= n:
             unconfirmed.popleft()
-
-    def _apply(self, header: list[Any]) -> None:
-        """An event about another node, in the mirror."""
-        kind, room, node = header[0], header[1], header[2]
-        hub = self._hub
-        assert hub is not None
-        if kind == "c":
-            if room in self._nicks:
-                self._nicks[room][header[4]] = (header[5], node)
-        elif kind == "r":
-            entries = self._nicks.get(room)
-            if entries is not None and entries.get(header[4], ("", ""))[1] == node:
-                del entries[header[4]]
-        elif kind == "n":
-            counts = self._counts.setdefault(node, {})
-            for name, count in header[4].items():
-                counts[name] = int(count)
-                if name in self._nicks:
-                    hub.remote_changed(name)
-        elif kind == "g":
-            self._counts.pop(node, None)
-            for name, entries in self._nicks.items():
-                for key in [key for key, (_, owner) in entries.items() if owner == node]:
-                    del entries[key]
-                hub.remote_changed(name)
-
-    def _load(self, snapshot: list[Any]) -> None:
-        """The state of every other node, as of the snapshot; then what arrived meanwhile."""
-        hub = self._hub
-        assert hub is not None
-        seq_raw, nodes, counts, nicks, history = snapshot
-        self._base = int(seq_raw)
-        self._counts = {}
-        for node_raw, flat in zip(nodes, counts, strict=True):
-            node = node_raw.decode()
-            if node == self.node:
-                continue
-            self._counts[node] = {flat[i].decode(): int(flat[i + 1]) for i in range(0, len(flat), 2)}
-        self._nicks = {}
-        for room, flat in zip(self.rooms, nicks, strict=True):
-            entries: dict[str, tuple[str, str]] = {}
-            for i in range(0, len(flat), 2):
-                owner, _, nickname = flat[i + 1].decode().partition("\0")
-                if owner != self.node:
-                    entries[flat[i].decode()] = (nickname, owner)
-            self._nicks[room] = entries
-        buffered = self._buffer or []
-        self._buffer = None
-        kept: dict[str, list[Post]] = {}
-        for room, items in zip(self.rooms, history, strict=True):
-            posts = [post for post in map(readable, items) if post is not None]
-            if len(posts) < len(items):
-                logger.warning(
-                    "history of %r: %d stored messages in another format skipped (written by gischat 2.x?)",
-                    room,
-                    len(items) - len(posts),
-                )
-            kept[room] = posts
-        for seq, header, payload in buffered:
-            if seq <= self._base:
-                continue
-            if header[0] == "m":
-                post = readable(payload)
-                if post is not None:
-                    kept.setdefault(header[1], []).append(post)
-            else:
-                self._apply(header)
-        for room in self.rooms:
-            hub.reset_history(room, kept.get(room, []))
-            hub.remote_changed(room)
-
-
-def readable(payload: bytes, timestamp: int | None = None) -> Post | None:
-    """A post from Redis, or None for one this version cannot read (a 2.x node's wire text)."""
-    try:
-        return Post.decode(payload.decode(), timestamp)
-    except ValueError:
-        return None
 
 
 def newcomer_wire(nickname: str) -> str:

@@ -44,22 +44,20 @@ from typing import Any
 import orjson
 from pydantic.json_schema import models_json_schema
 
-from gischat.chat.service import BINARY_REASON
 from gischat.protocol.asyncapi import sockets as channels
 from gischat.protocol.asyncapi.sockets import Case, Shown
 from gischat.protocol.dialects import CHANNEL_TYPES, Dialect, parse_frame, parse_object
+from gischat.protocol.geojson import check_feature
 from gischat.protocol.messages import (
-    MAX_REASON_LENGTH,
     ExiterMessage,
     GeojsonMessage,
     Limits,
     NbUsersMessage,
-    Uncompliant,
     UncompliantMessage,
     WireMessage,
-    check_feature,
 )
-from gischat.protocol.messages import parse_object as parse_one
+from gischat.protocol.parsing import parse_object as parse_one
+from gischat.protocol.refusals import BINARY_REASON, MAX_REASON_LENGTH, Uncompliant
 from gischat.settings import Settings
 
 ASYNCAPI_VERSION = "3.0.0"

@@ -27,7 +27,6 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from gischat.chat.service import REPLY_REASON
 from gischat.protocol.dialects import (
     CHANNEL_ONLY_TYPES,
     CHANNEL_TYPES,
@@ -38,7 +37,8 @@ from gischat.protocol.dialects import (
     Post,
     parse_object,
 )
-from gischat.protocol.messages import SERVER_ONLY_TYPES, Limits, Uncompliant, WireMessage
+from gischat.protocol.messages import SERVER_ONLY_TYPES, Limits, WireMessage
+from gischat.protocol.refusals import REPLY_REASON, Uncompliant
 from gischat.settings import Settings
 
 ROOM = str(Dialect.ROOM)

@@ -1,0 +1,176 @@
+"""The Lua scripts every node runs in Redis, and the event format they publish.
+
+Each script checks and writes the shared state and publishes the matching event in one atomic
+step, so every node sees one order: a claim's `newcomer` after everything published before it,
+an `exiter` always before the next claim of the same nickname.
+"""
+
+# Events are "<seq> <header JSON>\n<payload>"; the header is a JSON array:
+#   ["m", room, node, n, to, keep]          a message (payload: the post, `Post.encode()`)
+#   ["c", room, node, n, key, nickname, q]  a nickname claimed (payload: the newcomer post)
+#   ["r", room, node, n, key, nickname, q[, t]]  a nickname freed (payload: the exiter post;
+#                                            `t`: Redis's clock when a script freed it for a dead
+#                                            or split node, the exiter's timestamp on every node)
+#   ["n", "", node, n, {room: count}]       a node's socket counts
+#   ["g", "", node, 0]                      a node is gone
+# `n` numbers a node's own commands (0: written by a script on another node's behalf); `q`
+# (quiet) marks what the node's own sockets were already told while Redis was away.
+
+EMIT = """
+local keep = tonumber(ARGV[3])
+if keep > 0 and #ARGV[2] <= tonumber(ARGV[4]) then
+  redis.call('RPUSH', KEYS[3], ARGV[2])
+  redis.call('LTRIM', KEYS[3], -keep, -1)
+end
+local seq = redis.call('INCR', KEYS[1])
+redis.call('PUBLISH', KEYS[2], seq .. ' ' .. ARGV[1] .. '\\n' .. ARGV[2])
+return seq
+"""
+
+CLAIM = """
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return -1 end
+local mine = ARGV[1] .. '\\0' .. ARGV[4]
+local owner = redis.call('HGET', KEYS[4], ARGV[3])
+if owner then
+  if owner == mine then return 2 end
+  return 0
+end
+redis.call('HSET', KEYS[4], ARGV[3], mine)
+redis.call('HSET', KEYS[5], ARGV[2] .. '\\0' .. ARGV[3], ARGV[4] .. '\\0' .. ARGV[7])
+local seq = redis.call('INCR', KEYS[2])
+redis.call('PUBLISH', KEYS[3], seq .. ' ' .. ARGV[5] .. '\\n' .. ARGV[6])
+return 1
+"""
+
+RELEASE = """
+if redis.call('HGET', KEYS[3], ARGV[3]) ~= ARGV[1] .. '\\0' .. ARGV[4] then return 0 end
+redis.call('HDEL', KEYS[3], ARGV[3])
+redis.call('HDEL', KEYS[4], ARGV[2] .. '\\0' .. ARGV[3])
+local seq = redis.call('INCR', KEYS[1])
+redis.call('PUBLISH', KEYS[2], seq .. ' ' .. ARGV[5] .. '\\n' .. ARGV[6])
+return 1
+"""
+
+COUNTS = """
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return -1 end
+for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[4], ARGV[i], ARGV[i + 1]) end
+local seq = redis.call('INCR', KEYS[2])
+redis.call('PUBLISH', KEYS[3], seq .. ' ' .. ARGV[2] .. '\\n')
+return 1
+"""
+
+HEARTBEAT = """
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
+local t = redis.call('TIME')
+redis.call('ZADD', KEYS[1], t[1] * 1000 + math.floor(t[2] / 1000), ARGV[1])
+return 1
+"""
+
+# Shared by REAP and SYNC: free one entry of a node's nickname index if the node still holds it.
+FREE = """
+local function free(prefix, node, field, value, quiet, seqkey, channel)
+  local at = string.find(field, '\\0', 1, true)
+  local room, key = string.sub(field, 1, at - 1), string.sub(field, at + 1)
+  local sep = string.find(value, '\\0', 1, true)
+  local nickname, exiter = string.sub(value, 1, sep - 1), string.sub(value, sep + 1)
+  local nicks = prefix .. ':nicks:' .. room
+  if redis.call('HGET', nicks, key) == node .. '\\0' .. nickname then
+    redis.call('HDEL', nicks, key)
+    local seq = redis.call('INCR', seqkey)
+    local head = cjson.encode({'r', room, node, 0, key, nickname, quiet, tonumber(redis.call('TIME')[1])})
+    redis.call('PUBLISH', channel, seq .. ' ' .. head .. '\\n' .. exiter)
+  end
+end
+"""
+
+REAP = (
+    FREE
+    + """
+local dead
+if ARGV[3] ~= '' then
+  dead = {ARGV[3]}
+else
+  local t = redis.call('TIME')
+  local now = t[1] * 1000 + math.floor(t[2] / 1000)
+  dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
+end
+for _, node in ipairs(dead) do
+  redis.call('ZREM', KEYS[1], node)
+  local index = ARGV[1] .. ':nodenicks:' .. node
+  local entries = redis.call('HGETALL', index)
+  for i = 1, #entries, 2 do free(ARGV[1], node, entries[i], entries[i + 1], 0, KEYS[2], KEYS[3]) end
+  redis.call('DEL', index, ARGV[1] .. ':counts:' .. node)
+  local seq = redis.call('INCR', KEYS[2])
+  redis.call('PUBLISH', KEYS[3], seq .. ' ' .. cjson.encode({'g', '', node, 0}) .. '\\n')
+end
+return #dead
+"""
+)
+
+SYNC = (
+    FREE
+    + """
+local prefix, node = ARGV[1], ARGV[2]
+local t = redis.call('TIME')
+redis.call('ZADD', KEYS[1], t[1] * 1000 + math.floor(t[2] / 1000), node)
+redis.call('DEL', KEYS[4])
+local rooms = tonumber(ARGV[4])
+for i = 0, rooms - 1 do redis.call('HSET', KEYS[4], ARGV[5 + 2 * i], ARGV[6 + 2 * i]) end
+local first = 5 + 2 * rooms
+local here = {}
+for i = first, #ARGV, 6 do here[ARGV[i] .. '\\0' .. ARGV[i + 1]] = true end
+local entries = redis.call('HGETALL', KEYS[5])
+for i = 1, #entries, 2 do
+  if not here[entries[i]] then
+    free(prefix, node, entries[i], entries[i + 1], 1, KEYS[2], KEYS[3])
+    redis.call('HDEL', KEYS[5], entries[i])
+  end
+end
+local results = {}
+for i = first, #ARGV, 6 do
+  local room, key, nickname = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local nicks = prefix .. ':nicks:' .. room
+  local mine = node .. '\\0' .. nickname
+  local owner = redis.call('HGET', nicks, key)
+  local field = room .. '\\0' .. key
+  if owner == mine then
+    redis.call('HSET', KEYS[5], field, nickname .. '\\0' .. ARGV[i + 5])
+    results[#results + 1] = 2
+  elseif owner then
+    redis.call('HDEL', KEYS[5], field)
+    results[#results + 1] = 0
+  else
+    redis.call('HSET', nicks, key, mine)
+    redis.call('HSET', KEYS[5], field, nickname .. '\\0' .. ARGV[i + 5])
+    local seq = redis.call('INCR', KEYS[2])
+    redis.call('PUBLISH', KEYS[3], seq .. ' ' .. ARGV[i + 3] .. '\\n' .. ARGV[i + 4])
+    results[#results + 1] = 1
+  end
+end
+local seq = redis.call('INCR', KEYS[2])
+redis.call('PUBLISH', KEYS[3], seq .. ' ' .. ARGV[3] .. '\\n')
+return results
+"""
+)
+
+SNAPSHOT = """
+local nodes = redis.call('ZRANGE', KEYS[2], 0, -1)
+local counts, nicks, history = {}, {}, {}
+for i, node in ipairs(nodes) do counts[i] = redis.call('HGETALL', ARGV[1] .. ':counts:' .. node) end
+for i = 2, #ARGV do
+  nicks[i - 1] = redis.call('HGETALL', ARGV[1] .. ':nicks:' .. ARGV[i])
+  history[i - 1] = redis.call('LRANGE', ARGV[1] .. ':history:' .. ARGV[i], 0, -1)
+end
+return {redis.call('GET', KEYS[1]) or '0', nodes, counts, nicks, history}
+"""
+
+SCRIPTS = {
+    "emit": EMIT,
+    "claim": CLAIM,
+    "release": RELEASE,
+    "counts": COUNTS,
+    "heartbeat": HEARTBEAT,
+    "reap": REAP,
+    "sync": SYNC,
+    "snapshot": SNAPSHOT,
+}

@@ -1,0 +1,67 @@
+"""Gauges read from the live rooms, the worker pool and the broker when Prometheus scrapes.
+
+They walk the objects of the parts below (rooms, work, broker), so they live here, where those
+parts are put together, and the metrics registry itself knows none of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from prometheus_client.core import GaugeMetricFamily, Metric
+
+from gischat.broker import Broker
+from gischat.rooms.hub import Hub
+from gischat.work.pool import Processor
+
+
+def live_state(hub: Hub, processor: Processor) -> Callable[[], Iterable[Metric]]:
+    """Gauges read from the rooms and the worker pool when Prometheus scrapes."""
+
+    def collect() -> Iterable[Metric]:
+        sockets = GaugeMetricFamily("gischat_websockets", "Open websockets, by room", labels=["room"])
+        users = GaugeMetricFamily("gischat_users", "Registered nicknames, by room", labels=["room"])
+        queued = GaugeMetricFamily(
+            "gischat_send_queue_messages",
+            "Messages waiting in sockets' outbound queues, by room",
+            labels=["room"],
+        )
+        deepest = GaugeMetricFamily(
+            "gischat_send_queue_max_messages",
+            "Longest outbound queue of one socket, by room",
+            labels=["room"],
+        )
+        for room in hub.rooms.values():
+            depths = [conn.pending for conn in room.connections]
+            sockets.add_metric([room.name], len(room.connections))
+            users.add_metric([room.name], len(room.nicknames))
+            queued.add_metric([room.name], sum(depths))
+            deepest.add_metric([room.name], max(depths, default=0))
+        yield from (sockets, users, queued, deepest)
+        yield GaugeMetricFamily(
+            "gischat_processing_jobs", "Images and layers queued or in work", value=processor.jobs_in_flight
+        )
+        yield GaugeMetricFamily(
+            "gischat_processing_bytes",
+            "Characters of images and layers queued or in work",
+            value=processor.bytes_in_flight,
+        )
+
+    return collect
+
+
+def broker_state(broker: Broker) -> Callable[[], Iterable[Metric]]:
+    """Gauges of a shared broker (BROKER_URL=redis://...), read when Prometheus scrapes."""
+
+    def collect() -> Iterable[Metric]:
+        status = broker.status() or {}
+        yield GaugeMetricFamily(
+            "gischat_broker_up", "1 while this node is part of the shared service", value=int(broker.healthy)
+        )
+        yield GaugeMetricFamily(
+            "gischat_broker_nodes",
+            "Nodes this node sees in the shared service, itself included",
+            value=int(status.get("nodes", 1)),
+        )
+
+    return collect

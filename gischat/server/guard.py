@@ -1,0 +1,345 @@
+"""The transport's shared state: connection caps, deadlines and the unfinished-data budget.
+
+gischat's uvicorn protocols (`server.http`, `server.websocket`) refuse abuse below the ASGI app;
+what they count together lives in one `TransportGuard` per server. The process runner builds
+the protocols bound to a `GuardSpec` (the settings and a token, cheap to pickle for worker
+processes); the first connection of a process creates that spec's guard and starts its sweep.
+Without a guard the protocols behave exactly like uvicorn's own. Deadlines are checked by one
+periodic sweep over ordered maps: no timer, task or object exists for an idle connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import resource
+import sys
+import time
+from collections import OrderedDict
+from typing import TYPE_CHECKING
+
+import orjson
+from uvicorn.middleware.proxy_headers import _TrustedHosts
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE
+
+from gischat.protocol.refusals import CLOSE_POLICY_VIOLATION, CLOSE_TRY_AGAIN_LATER
+from gischat.settings import Settings
+
+if TYPE_CHECKING:
+    from gischat.server.http import GuardedHttpProtocol
+    from gischat.server.websocket import GuardedWebSocketProtocol
+
+logger = logging.getLogger("gischat.transport")
+
+
+# File descriptors kept out of the connection cap for the server's own files, pipes and
+# workers, and for refused connections while their answer goes out.
+RESERVED_FDS = 128
+# Refused connections kept open briefly so the answer arrives before the socket closes
+# (closing with unread input makes the kernel reset the connection); beyond this many at
+# once, refused connections are closed at once.
+MAX_LINGERING = 64
+LINGER_SECONDS = 1.0
+# A connection over the global budget of unfinished data is closed only if it holds more than
+# this (or a quarter of the budget, if smaller): everybody's ordinary frames never are.
+LARGE_SHARE = 1024 * 1024
+# Bookkeeping cost of one received fragment of a fragmented message, counted with its data so
+# that a flood of one-byte fragments cannot hold much more memory than the budget says.
+FRAGMENT_OVERHEAD = 64
+# The largest control frame (125 bytes of payload, masked): a peer growing its unfinished data
+# by no more than this (interleaving pieces of pings, say) is not making progress.
+CONTROL_FRAME_MAX = 131
+# Seconds a client is asked to wait after a 503 or a 429.
+RETRY_AFTER = 5
+# Once we sent a close frame, the peer's reply is awaited this long (uvicorn: 10 s), and the
+# frames it still sends are parsed only up to this many bytes: enough for a polite peer's close
+# reply behind a message in flight, while a flood after our close costs no parsing at all.
+CLOSE_TIMEOUT = 1.0
+# A peer closed while it does not read gets this long to read what is left, our close frame last.
+UNREAD_CLOSE_TIMEOUT = 10.0
+CLOSING_READ_BYTES = 64 * 1024
+# A read at least this large means the peer is streaming a big message: reading from it stops
+# until the loop has served everybody else once. Left alone, the event loop (libuv) reads up to
+# 32 chunks in a row from each ready socket: with a hundred peers uploading at once, one loop
+# iteration copied gigabytes and stalled every room for a quarter of a second.
+BULK_READ = 64 * 1024
+
+
+# `TransportGuard.incomplete` entries: [deadline, bytes held, peak since last progress, fragments].
+_DEADLINE, _HELD, _PEAK, _FRAGMENTS = range(4)
+_PROGRESS = float("-inf")  # a peak that any size beats: progress was just made
+
+# GuardedHttpProtocol._head_bytes when no request head is being received.
+_HEAD_DONE = -1
+_REFUSED = -2
+
+
+def nofile_limit() -> int:
+    """The soft limit on open file descriptors of this process (sys.maxsize when unlimited)."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return sys.maxsize if soft == resource.RLIM_INFINITY or soft < 0 else int(soft)
+
+
+def raise_nofile_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE as far as the hard limit allows; return the soft limit then."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft == resource.RLIM_INFINITY or soft >= target:
+        return nofile_limit()
+    for candidate in (target, 1 << 20, 65536):  # the kernel may cap below an infinite hard limit
+        if soft < candidate <= target:
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (candidate, hard))
+            except (ValueError, OSError):
+                continue
+            break
+    return nofile_limit()
+
+
+def effective_max_connections(requested: int, nofile: int) -> int:
+    """`MAX_CONNECTIONS`, lowered to what `nofile` descriptors allow with some kept in reserve."""
+    return max(1, min(requested, nofile - RESERVED_FDS))
+
+
+def http_refusal(status: int, detail: str, default_headers: list[tuple[bytes, bytes]]) -> bytes:
+    """A complete HTTP/1.1 response with a JSON `detail`, closing the connection."""
+    body = orjson.dumps({"detail": detail})
+    parts = [STATUS_LINE[status]]
+    for name, value in default_headers:
+        parts += [name, b": ", value, b"\r\n"]
+    parts.append(b"content-type: application/json\r\ncontent-length: %d\r\n" % len(body))
+    if status in (429, 503):
+        parts.append(b"retry-after: %d\r\n" % RETRY_AFTER)
+    parts += [b"connection: close\r\n\r\n", body]
+    return b"".join(parts)
+
+
+class TransportGuard:
+    """Connection counts, deadlines and the unfinished-data budget shared by all connections."""
+
+    def __init__(self, settings: Settings, nofile: int | None = None) -> None:
+        self.requested_max_connections = settings.max_connections
+        self.max_connections = effective_max_connections(
+            settings.max_connections, nofile if nofile is not None else nofile_limit()
+        )
+        self.max_connections_per_ip = settings.max_connections_per_ip
+        self.header_timeout = settings.header_timeout
+        self.max_header_bytes = settings.max_header_bytes
+        self.frame_timeout = settings.frame_timeout
+        self.max_incomplete_bytes = settings.max_incomplete_bytes
+        self.large_share = min(LARGE_SHARE, settings.max_incomplete_bytes // 4)
+        # Pings are limited with a single number per connection (GCRA): the time at which its
+        # bucket would be full again; a ping costs `ping_interval` seconds of credit.
+        self.ping_rate = settings.ping_rate
+        self.ping_interval = 1 / settings.ping_rate if settings.ping_rate > 0 else 0.0
+        self.ping_tolerance = settings.ping_burst * self.ping_interval
+        self.trusted = _TrustedHosts(settings.forwarded_allow_ips)
+
+        # Open transport connections (HTTP or websocket), in all and per untrusted peer address.
+        self.connections = 0
+        self.per_ip: dict[str, int] = {}
+        # Bytes held by unfinished websocket messages, all connections together.
+        self.incomplete_bytes = 0
+        # Ordered by deadline: a refreshed deadline moves its entry to the end.
+        self.heads: OrderedDict[GuardedHttpProtocol, float] = OrderedDict()
+        self.lingering: OrderedDict[GuardedHttpProtocol, float] = OrderedDict()
+        self.incomplete: OrderedDict[GuardedWebSocketProtocol, list[float]] = OrderedDict()
+        # Refusals so far, by kind ("503", "1013", ...), for logs and tests.
+        self.refusals: dict[str, int] = {}
+
+        self.sweep_interval = max(0.05, min(0.5, self.header_timeout / 4, self.frame_timeout / 4))
+        self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # Refusal lines are rate limited (LOG_RATE per second); the others are counted.
+        self._log_interval = 1 / settings.log_rate
+        self._log_next = 0.0
+        self._log_suppressed = 0
+
+    # Life cycle: one periodic sweep while the server runs.
+
+    def start(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """Begin the periodic sweep on `loop` (the running one by default)."""
+        self._loop = loop if loop is not None else asyncio.get_running_loop()
+        self._schedule()
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        """A connection of the server's loop arrived: sweep there, from the first one on."""
+        if self._loop is None:
+            self.start(loop)
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._loop = None
+
+    def _schedule(self) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._timer = self._loop.call_later(self.sweep_interval, self._sweep)
+
+    def _sweep(self) -> None:
+        try:
+            self.sweep(time.monotonic())
+        except Exception:  # a bug here must not end the sweeps
+            logger.exception("transport sweep failed")
+        self._schedule()
+
+    def sweep(self, now: float) -> None:
+        """Act on every deadline that has passed."""
+        while self.heads:
+            http, deadline = next(iter(self.heads.items()))
+            if deadline > now:
+                break
+            del self.heads[http]
+            http.head_expired(now)
+        while self.lingering:
+            http, deadline = next(iter(self.lingering.items()))
+            if deadline > now:
+                break
+            del self.lingering[http]
+            http.transport.close()
+        while self.incomplete:
+            ws, entry = next(iter(self.incomplete.items()))
+            if entry[_DEADLINE] > now:
+                break
+            if ws.transport.is_closing():
+                self.forget(ws)
+            elif not ws.transport.is_reading():
+                # We are not reading (the app is busy with its previous message, or the peer
+                # does not read our answers): the peer cannot make progress, do not blame it.
+                entry[_DEADLINE] = now + self.frame_timeout
+                self.incomplete.move_to_end(ws)
+            else:
+                ws.fail(CLOSE_POLICY_VIOLATION, f"message incomplete: no data for {self.frame_timeout:g} s")
+
+    # Connection slots.
+
+    def acquire(self, ip: str) -> tuple[int, str] | None:
+        """Take a slot for a new connection from `ip`, or say why not (status, detail)."""
+        if self.connections >= self.max_connections:
+            return 503, f"server busy: too many connections ({self.max_connections}), try again later"
+        # No peer address (a unix socket): only a proxy connects that way, like a trusted one.
+        if ip and ip not in self.trusted:
+            count = self.per_ip.get(ip, 0)
+            if count >= self.max_connections_per_ip:
+                return 429, (
+                    f"too many connections from your address ({self.max_connections_per_ip}), try again later"
+                )
+            self.per_ip[ip] = count + 1
+        self.connections += 1
+        return None
+
+    def release(self, ip: str) -> None:
+        self.connections -= 1
+        count = self.per_ip.get(ip)  # trusted addresses are never counted per address
+        if count is not None:
+            if count <= 1:
+                del self.per_ip[ip]
+            else:
+                self.per_ip[ip] = count - 1
+
+    # Unfinished websocket messages.
+
+    def _track(self, ws: GuardedWebSocketProtocol, now: float) -> list[float]:
+        entry = [now + self.frame_timeout, 0, _PROGRESS, 0]
+        self.incomplete[ws] = entry
+        return entry
+
+    def fragment(self, ws: GuardedWebSocketProtocol, size: int, first: bool) -> None:
+        """A data frame arrived: the message goes on (fragments held) or is complete."""
+        entry = self.incomplete.get(ws)
+        if ws.frames:
+            if entry is None:
+                entry = self._track(ws, time.monotonic())
+            entry[_FRAGMENTS] = (0 if first else entry[_FRAGMENTS]) + size + FRAGMENT_OVERHEAD
+            entry[_PEAK] = _PROGRESS
+        elif entry is not None:
+            entry[_FRAGMENTS] = 0
+            entry[_PEAK] = _PROGRESS
+
+    def update(self, ws: GuardedWebSocketProtocol) -> None:
+        """Account for what `ws` holds after receiving data; refuse it if over the budget."""
+        entry = self.incomplete.get(ws)
+        if ws.close_sent or ws.transport.is_closing():
+            if entry is not None:
+                self.forget(ws)
+            return
+        held = len(ws.conn.reader.buffer) + (int(entry[_FRAGMENTS]) if entry is not None else 0)
+        if held == 0:
+            if entry is not None:
+                self.forget(ws)
+            return
+        now = time.monotonic()
+        if entry is None:
+            entry = self._track(ws, now)
+        grown = held - int(entry[_HELD])
+        entry[_HELD] = held
+        self.incomplete_bytes += grown
+        if held > entry[_PEAK] + CONTROL_FRAME_MAX:
+            entry[_DEADLINE] = now + self.frame_timeout
+            entry[_PEAK] = held
+            self.incomplete.move_to_end(ws)
+        if grown > 0 and self.incomplete_bytes > self.max_incomplete_bytes and held > self.large_share:
+            ws.fail(CLOSE_TRY_AGAIN_LATER, "server busy: too much unfinished data, try again later")
+
+    def touch(self, ws: GuardedWebSocketProtocol) -> None:
+        """Reading resumed: the peer gets a whole FRAME_TIMEOUT from now."""
+        entry = self.incomplete.get(ws)
+        if entry is not None:
+            entry[_DEADLINE] = time.monotonic() + self.frame_timeout
+            self.incomplete.move_to_end(ws)
+
+    def forget(self, ws: GuardedWebSocketProtocol) -> None:
+        entry = self.incomplete.pop(ws, None)
+        if entry is not None:
+            self.incomplete_bytes -= int(entry[_HELD])
+
+    # Logging.
+
+    def refused(self, kind: str, peer: str, detail: str) -> None:
+        self.refusals[kind] = self.refusals.get(kind, 0) + 1
+        now = time.monotonic()
+        if now < self._log_next:
+            self._log_suppressed += 1
+            return
+        self._log_next = now + self._log_interval
+        suppressed, self._log_suppressed = self._log_suppressed, 0
+        more = f" ({suppressed} more refusals not logged)" if suppressed else ""
+        logger.warning("%s refused (%s): %s%s", peer, kind, detail, more)
+
+
+def _peer(client: tuple[str, int] | None) -> str:
+    return client[0] if client else ""
+
+
+class GuardSpec:
+    """What a process needs to build a server's guard: its settings and a token naming the server."""
+
+    __slots__ = ("settings", "token")
+
+    def __init__(self, settings: Settings, token: str) -> None:
+        self.settings = settings
+        self.token = token
+
+    def __reduce__(self) -> tuple[type[GuardSpec], tuple[Settings, str]]:
+        return (GuardSpec, (self.settings, self.token))
+
+
+# The guards of this process, by server token: one per server the runner set up.
+_GUARDS: dict[str, TransportGuard] = {}
+
+
+def guard_for(spec: GuardSpec) -> TransportGuard:
+    """This process's guard for the server `spec` names, built on first use; its sweep starts on
+    the loop of the first connection (`attach`)."""
+    guard = _GUARDS.get(spec.token)
+    if guard is None:
+        guard = _GUARDS[spec.token] = TransportGuard(spec.settings)
+    return guard
+
+
+def forget_guard(token: str) -> None:
+    """The server named `token` stopped: stop its guard's sweep and let it go."""
+    guard = _GUARDS.pop(token, None)
+    if guard is not None:
+        guard.stop()
