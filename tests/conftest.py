@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import httpx
@@ -28,6 +28,9 @@ from gischat.server.guard import GuardSpec, forget_guard
 from gischat.server.runner import listening_socket, prepare_process, uvicorn_options
 from gischat.settings import Settings
 from gischat.web.app import create_app
+
+if TYPE_CHECKING:
+    from redis_nodes import RedisServer
 
 TEST_ROOMS = ["QGIS", "Field and mobile", "Living room"]
 TIMEOUT = 5.0
@@ -239,3 +242,14 @@ async def wait_for(predicate: Callable[[], Any], timeout: float = TIMEOUT) -> No
 
 def text(author: str, body: str = "hello", avatar: str | None = None) -> dict[str, Any]:
     return {"type": "text", "author": author, "avatar": avatar, "text": body}
+
+
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[RedisServer]:
+    """A real Redis (redis-server, or valkey from the test extra) for a module's scale-out tests."""
+    from redis_nodes import RedisServer, require_redis
+
+    server = RedisServer(require_redis())
+    server.start()
+    yield server
+    server.kill()

@@ -37,21 +37,19 @@ import pytest
 from jsonschema.protocols import Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT7
+from test_docs import json_block
 from websockets.asyncio.client import connect
 
-from gischat.protocol.asyncapi.document import (
-    FILE_NAME_JSON_PATTERN,
-    TINY_PNG,
-    build_document,
-    field_rules,
-    message_models,
-)
+from gischat.protocol.asyncapi.document import build_document
+from gischat.protocol.asyncapi.payloads import TINY_PNG
+from gischat.protocol.asyncapi.rules import FILE_NAME_JSON_PATTERN, field_rules
+from gischat.protocol.asyncapi.schemas import message_models
 from gischat.protocol.dialects import CHANNEL_TYPES, ROOM_TYPES, Dialect
 from gischat.protocol.messages import CLIENT_MODELS, SERVER_ONLY_TYPES, Limits, check_file_name
 from gischat.protocol.refusals import REPLY_REASON, SCRIPTS_OFF_REASON, Uncompliant
 
 from conftest import TIMEOUT, Client, LiveServer, ServerFactory, make_settings, ws_client
-from wire import check_shape, next_frame, parse_strict
+from wire import CHANNEL_KEYS, ENVELOPE, check_shape, next_frame, parse_strict
 
 pytestmark = pytest.mark.anyio
 
@@ -67,24 +65,7 @@ CONFIGURATIONS = {
     "scripts-and-replies": {"allow_scripts": True, "reply_threads": True},
 }
 
-# The 3.x wire, written down here rather than derived from the code under test: after `type`,
-# `id` and `timestamp`, each type's keys in this order; a reply ends with `in_reply_to_id`.
-ENVELOPE = ["type", "id", "timestamp"]
-CHANNEL_KEYS: dict[str, list[str]] = {
-    "text": ["author", "avatar", "text"],
-    "image": ["author", "avatar", "image_data"],
-    "geojson": ["author", "avatar", "layer_name", "crs_wkt", "crs_authid", "geojson", "style"],
-    "crs": ["author", "avatar", "crs_wkt", "crs_authid"],
-    "bbox": ["author", "avatar", "crs_wkt", "crs_authid", "xmin", "xmax", "ymin", "ymax"],
-    "position": ["author", "avatar", "crs_wkt", "crs_authid", "x", "y"],
-    "model": ["author", "avatar", "model_name", "model_group", "raw_xml"],
-    "script": ["author", "avatar", "name", "raw_pycode"],
-    "newcomer": ["newcomer"],
-    "exiter": ["exiter"],
-    "nb_users": ["nb_users"],
-    "like": ["liker_author", "liked_author", "message"],
-    "uncompliant": ["reason"],
-}
+# The 3.x wire (ENVELOPE, CHANNEL_KEYS) is written down once, in tests/wire.py, not derived from the code.
 REPLY = "in_reply_to_id"
 # The types a message may answer with: those with an author.
 REPLYING_TYPES = {kind for kind, keys in CHANNEL_KEYS.items() if "author" in keys}
@@ -216,20 +197,7 @@ def message_keys(refs: list[dict[str, str]]) -> list[str]:
 
 def protocol_examples() -> list[dict[str, Any]]:
     """The JSON objects of docs/protocol.md's "Examples, as they travel" block (some span two lines)."""
-    protocol = (ROOT / "docs" / "protocol.md").read_text()
-    block = re.search(r"Examples, as they travel:\s*```json\n(.*?)```", protocol, re.DOTALL)
-    assert block, "docs/protocol.md lost its 'Examples, as they travel' block"
-    text, position = block.group(1), 0
-    found: list[dict[str, Any]] = []
-    decoder = json.JSONDecoder()
-    while True:
-        while position < len(text) and text[position].isspace():
-            position += 1
-        if position == len(text):
-            return found
-        value, position = decoder.raw_decode(text, position)
-        assert isinstance(value, dict)
-        found.append(value)
+    return json_block((ROOT / "docs" / "protocol.md").read_text(), "Examples, as they travel:")
 
 
 def is_uuid4(value: Any) -> bool:

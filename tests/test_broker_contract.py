@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
 import pytest
-from redis_nodes import RedisServer, require_redis
+from redis_nodes import RedisServer
 
 from gischat.broker import Broker, Envelope, Node, create_broker
 from gischat.protocol import dialects
@@ -198,14 +198,6 @@ class Nodes:
     async def stop(self) -> None:
         for broker in reversed(self.started):
             await broker.stop()  # stopping twice is harmless: some tests stop a node themselves
-
-
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer(require_redis())
-    server.start()
-    yield server
-    server.kill()
 
 
 @pytest.fixture(params=["memory", "redis"])

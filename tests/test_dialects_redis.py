@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 from redis.asyncio import Redis
-from redis_nodes import Cluster, GischatNode, RedisServer, require_redis
+from redis_nodes import Cluster, GischatNode, RedisServer
 from test_dialects import position, shared_messages
 from websockets.asyncio.client import connect
 
@@ -19,14 +19,6 @@ from conftest import TIMEOUT, Client, text, wait_for
 from wire import CHANNEL_KEYS, ENVELOPE, next_channel_frame, next_frame, wait_channel_type, wait_type
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer(require_redis())
-    server.start()
-    yield server
-    server.kill()
 
 
 @pytest.fixture

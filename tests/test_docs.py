@@ -80,8 +80,9 @@ def names_in(cell: str) -> set[str]:
 
 
 def json_block(text: str, marker: str) -> list[dict[str, Any]]:
-    """The JSON objects (one or more per line) of the ```json block right after `marker` in `text`."""
-    block = re.search(re.escape(marker) + r"[^\n]*\n```json\n(.*?)```", text, re.DOTALL)
+    """The JSON objects (one or more per line, or one over several) of the ```json block right after
+    `marker` in `text`."""
+    block = re.search(re.escape(marker) + r"[^\n]*\n\s*```json\n(.*?)```", text, re.DOTALL)
     assert block, f"the docs lost the JSON block after {marker!r}"
     text, position = block.group(1), 0
     found: list[dict[str, Any]] = []

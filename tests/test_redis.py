@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 from PIL import Image
-from redis_nodes import Cluster, GischatNode, RedisServer, require_redis
+from redis_nodes import Cluster, GischatNode, RedisServer
 from websockets.asyncio.client import connect
 
 from conftest import TIMEOUT, Client, text, wait_for
@@ -30,14 +30,6 @@ from wire import check_shape, next_frame, parse_strict, wait_type
 pytestmark = pytest.mark.anyio
 
 ROOM = "QGIS"
-
-
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer(require_redis())
-    server.start()
-    yield server
-    server.kill()
 
 
 @pytest.fixture

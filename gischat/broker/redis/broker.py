@@ -46,20 +46,16 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections import deque
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote, urlsplit
 
 import orjson
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError
 
 from gischat.broker.base import Envelope, Node
+from gischat.broker.redis.connection import describe, redis_client, redis_location, redis_secrets
 from gischat.broker.redis.mirror import Buffered, Mirror, readable
+from gischat.broker.redis.outbox import Command, Outbox
 from gischat.broker.redis.scripts import SCRIPTS
 from gischat.protocol import dialects
 from gischat.protocol.dialects import Post
@@ -75,44 +71,6 @@ FIRST_RETRY = 0.1  # seconds before the first reconnection attempt, doubled up t
 
 class NodeReaped(Exception):
     """Redis no longer lists this node (it was taken for dead): it must register again."""
-
-
-def redis_location(url: str) -> str:
-    """Where a broker URL points, for logs and /status: scheme, host, port and database, no credentials."""
-    parts = urlsplit(url)
-    host = parts.hostname or "?"
-    if ":" in host:
-        host = f"[{host}]"
-    try:
-        port = parts.port or 6379
-    except ValueError:
-        port = 6379
-    db = parts.path.strip("/") or "0"
-    return f"{parts.scheme}://{host}:{port}/{db}"
-
-
-def redis_secrets(url: str) -> list[str]:
-    """The parts of a URL that must never reach a log line or an answer."""
-    parts = urlsplit(url)
-    found = [url]
-    if parts.password:
-        found += [parts.password, unquote(parts.password)]
-    if parts.username:
-        found += [parts.username, unquote(parts.username)]
-    return [secret for secret in found if len(secret) >= 3]
-
-
-@dataclass(slots=True)
-class Command:
-    """One script call in the outgoing queue, with what to deliver locally if its fate is unknown."""
-
-    script: str
-    keys: list[str]
-    args: list[Any]
-    future: asyncio.Future[Any] | None = None
-    local: tuple[str, Envelope] | None = None  # what this node's sockets would have got
-    n: int = 0
-    on_result: Any = field(default=None)
 
 
 class RedisBroker:
@@ -137,16 +95,9 @@ class RedisBroker:
         self._runner: asyncio.Task[None] | None = None
         self._client: Redis | None = None
         self._sha: dict[str, str] = {}
-        self._outbox: list[Command] = []
-        self._inflight: list[Command] = []
-        self._unconfirmed: deque[Command] = deque()
-        self._wake = asyncio.Event()
-        self._idle = asyncio.Event()  # the drainer has nothing left to send
+        self._outbox = Outbox()
         self._settled = asyncio.Event()  # the first connection attempt is over, either way
-        self._dirty: set[str] = set()
         self._lost: asyncio.Future[None] | None = None
-        self._n = 0  # this node's commands, numbered
-        self._last_own = 0  # the last of them that came back through the channel
         self._base = 0  # sequence number of the snapshot the mirror was loaded from
         self._buffer: list[Buffered] | None = None
         self._stopping = False
@@ -187,8 +138,8 @@ class RedisBroker:
         if self._online and client is not None:
             try:
                 async with asyncio.timeout(2):
-                    self._wake.set()
-                    await self._idle.wait()
+                    self._outbox.wake.set()
+                    await self._outbox.idle.wait()
                     # Leave at once: the other nodes drop this one's users now, not after a timeout.
                     await client.evalsha(
                         self._sha["reap"],
@@ -215,9 +166,9 @@ class RedisBroker:
             if self._hub is not None:
                 self._hub.deliver(room, envelope)
             return
-        self._n += 1
-        header = orjson.dumps(["m", room, self.node, self._n, envelope.to, envelope.keep])
-        self._send(
+        n = self._outbox.number()
+        header = orjson.dumps(["m", room, self.node, n, envelope.to, envelope.keep])
+        self._outbox.send(
             Command(
                 "emit",
                 [self.k_seq, self.k_channel, f"{self.prefix}:history:{room}"],
@@ -228,7 +179,7 @@ class RedisBroker:
                     self.history_bytes,
                 ],
                 local=(room, envelope),
-                n=self._n,
+                n=n,
             )
         )
 
@@ -236,17 +187,17 @@ class RedisBroker:
         if not self._online:
             self._deliver_local(room, Envelope(payload))
             return True
-        self._n += 1
+        n = self._outbox.number()
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        header = orjson.dumps(["c", room, self.node, self._n, key, nickname, 0])
-        self._send(
+        header = orjson.dumps(["c", room, self.node, n, key, nickname, 0])
+        self._outbox.send(
             Command(
                 "claim",
                 [self.k_nodes, self.k_seq, self.k_channel, f"{self.prefix}:nicks:{room}", self.k_index],
                 [self.node, room, key, nickname, header, payload.encode(), exiter_wire(nickname)],
                 future=future,
                 local=(room, Envelope(payload)),
-                n=self._n,
+                n=n,
             )
         )
         result = await future
@@ -263,22 +214,21 @@ class RedisBroker:
         if not self._online:
             self._deliver_local(room, Envelope(payload))
             return
-        self._n += 1
-        header = orjson.dumps(["r", room, self.node, self._n, key, nickname, 0])
-        self._send(
+        n = self._outbox.number()
+        header = orjson.dumps(["r", room, self.node, n, key, nickname, 0])
+        self._outbox.send(
             Command(
                 "release",
                 [self.k_seq, self.k_channel, f"{self.prefix}:nicks:{room}", self.k_index],
                 [self.node, room, key, nickname, header, payload.encode()],
                 local=(room, Envelope(payload)),
-                n=self._n,
+                n=n,
             )
         )
 
     def count_changed(self, room: str) -> None:
         if self._online:
-            self._dirty.add(room)
-            self._wake.set()
+            self._outbox.counts_changed(room)
 
     def remote_count(self, room: str) -> int:
         return self._mirror.remote_count(room)
@@ -289,74 +239,25 @@ class RedisBroker:
     def remote_users(self, room: str) -> list[str]:
         return self._mirror.remote_users(room)
 
-    # --- the outgoing queue -------------------------------------------------------------------
-
-    def _send(self, command: Command) -> None:
-        self._outbox.append(command)
-        if command.local is not None:
-            self._unconfirmed.append(command)
-        self._wake.set()
-
     def _deliver_local(self, room: str, envelope: Envelope) -> None:
         if self._hub is not None:
             self._hub.deliver(room, envelope)
 
-    def _counts_command(self) -> Command:
+    def _counts_command(self, rooms: set[str]) -> Command:
+        """The absolute socket counts of the rooms that changed, as one command."""
         assert self._hub is not None
-        counts = {room: self._hub.local_count(room) for room in sorted(self._dirty)}
-        self._dirty.clear()
-        self._n += 1
-        header = orjson.dumps(["n", "", self.node, self._n, counts])
+        counts = {room: self._hub.local_count(room) for room in sorted(rooms)}
+        n = self._outbox.number()
+        header = orjson.dumps(["n", "", self.node, n, counts])
         args: list[Any] = [self.node, header]
         for room, count in counts.items():
             args += [room, count]
-        return Command("counts", [self.k_nodes, self.k_seq, self.k_channel, self.k_counts], args, n=self._n)
-
-    async def _drain(self, client: Redis) -> None:
-        """The one task that talks to Redis for this node: whatever is queued, in order, pipelined."""
-        while True:
-            while not self._outbox and not self._dirty:
-                self._idle.set()
-                self._wake.clear()
-                await self._wake.wait()
-            self._idle.clear()
-            if self._dirty:
-                self._outbox.append(self._counts_command())
-            batch, self._outbox = self._outbox, []
-            self._inflight = batch
-            pipe = client.pipeline(transaction=False)
-            for command in batch:
-                pipe.evalsha(self._sha[command.script], len(command.keys), *command.keys, *command.args)
-            results = await pipe.execute(raise_on_error=False)
-            self._inflight = []
-            for command, result in zip(batch, results, strict=True):
-                if isinstance(result, NoScriptError):
-                    raise result  # Redis lost its scripts (restarted, flushed): start over
-                if isinstance(result, Exception):
-                    logger.error("broker: %s failed: %s", command.script, self._describe(result))
-                    result = 0
-                self._settle(command, result)
-
-    def _settle(self, command: Command, result: Any) -> None:
-        if command.script in ("claim", "release") and result in (0, -1, 2):
-            command.local = None  # nothing was published: nothing to make up for
-        if command.on_result is not None:
-            command.on_result(result)
-        if command.future is not None and not command.future.done():
-            command.future.set_result(result)
+        return Command("counts", [self.k_nodes, self.k_seq, self.k_channel, self.k_counts], args, n=n)
 
     # --- the connection's life ----------------------------------------------------------------
 
     def _client_for(self) -> Redis:
-        return Redis.from_url(
-            self.url,
-            retry=Retry(NoBackoff(), 0),
-            socket_timeout=None,
-            socket_connect_timeout=min(5.0, max(1.0, self.node_timeout)),
-            socket_keepalive=True,
-            decode_responses=False,
-            client_name=f"gischat-{self.node}",
-        )
+        return redis_client(self.url, self.node, connect_timeout=min(5.0, max(1.0, self.node_timeout)))
 
     async def _run(self) -> None:
         delay = FIRST_RETRY
@@ -399,11 +300,10 @@ class RedisBroker:
             self._buffer = []
             self._online = True
             self.state = "syncing"
-            self._outbox.insert(0, self._sync_command())
-            self._dirty.clear()
+            self._outbox.send_first(self._sync_command())
             tasks = [
                 loop.create_task(self._read(pubsub)),
-                loop.create_task(self._drain(client)),
+                loop.create_task(self._outbox.drain(client, self._sha, self._counts_command, self._describe)),
             ]
             async with asyncio.timeout(max(2.0, self.node_timeout)):
                 snapshot_task = loop.create_task(self._snapshot(client))
@@ -452,9 +352,9 @@ class RedisBroker:
     def _sync_command(self) -> Command:
         """Register (again), rewrite the counts, free what was given up and claim what was taken."""
         assert self._hub is not None
-        self._n += 1
+        n = self._outbox.number()
         counts = {room: self._hub.local_count(room) for room in self.rooms}
-        header = orjson.dumps(["n", "", self.node, self._n, counts])
+        header = orjson.dumps(["n", "", self.node, n, counts])
         args: list[Any] = [self.prefix, self.node, header, len(counts)]
         for room, count in counts.items():
             args += [room, count]
@@ -474,7 +374,7 @@ class RedisBroker:
             "sync",
             [self.k_nodes, self.k_seq, self.k_channel, self.k_counts, self.k_index],
             args,
-            n=self._n,
+            n=n,
             on_result=settle,
         )
 
@@ -484,8 +384,8 @@ class RedisBroker:
         while True:
             await asyncio.sleep(self.beat_interval)
             future: asyncio.Future[Any] = loop.create_future()
-            self._send(Command("heartbeat", [self.k_nodes], [self.node], future=future))
-            self._send(
+            self._outbox.send(Command("heartbeat", [self.k_nodes], [self.node], future=future))
+            self._outbox.send(
                 Command("reap", [self.k_nodes, self.k_seq, self.k_channel], [self.prefix, timeout_ms, ""])
             )
             try:
@@ -507,17 +407,8 @@ class RedisBroker:
         self.state = "down"
         self._settled.set()
         self._buffer = None
-        pending = [command for command in self._unconfirmed if command.local is not None]
-        self._unconfirmed.clear()
-        for command in [*self._inflight, *self._outbox]:
-            if command.future is not None and not command.future.done():
-                command.future.set_result(None)
-        self._inflight = []
-        self._outbox = []
-        self._dirty.clear()
-        for command in pending:
-            if command.n > self._last_own and command.local is not None:
-                self._deliver_local(*command.local)
+        for room, envelope in self._outbox.abandon():
+            self._deliver_local(room, envelope)
         self._mirror.clear()
         if self._hub is not None:
             for room in self.rooms:
@@ -530,10 +421,7 @@ class RedisBroker:
             self._down_since_logged = True
 
     def _describe(self, exc: BaseException) -> str:
-        text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
+        return describe(exc, self._secrets)
 
     # --- what comes back ----------------------------------------------------------------------
 
@@ -554,7 +442,7 @@ class RedisBroker:
         kind, room, node = header[0], header[1], header[2]
         mine = node == self.node
         if mine and header[3]:
-            self._confirm(header[3])
+            self._outbox.confirm(header[3])
         if kind == "m":
             keep = bool(header[5])
             if keep and self._buffer is not None:
@@ -580,12 +468,6 @@ class RedisBroker:
             self._buffer.append((seq, header, payload))
         elif seq > self._base:
             self._mirror.apply(header, hub)
-
-    def _confirm(self, n: int) -> None:
-        self._last_own = max(self._last_own, n)
-        unconfirmed = self._unconfirmed
-        while unconfirmed and unconfirmed[0].n <= n:
-            unconfirmed.popleft()
 
 
 def newcomer_wire(nickname: str) -> str:

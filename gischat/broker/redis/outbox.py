@@ -1,0 +1,137 @@
+"""This node's commands to Redis, in call order: queued, sent in pipelined batches by one task,
+confirmed when their own event comes back through the channel.
+
+`publish` never waits, and the order of calls is the order every node sees; so every command goes
+through this one queue, which a single task drains. Commands whose event has not come back yet
+are kept: if Redis goes away, what they would have delivered to this node's sockets is delivered
+locally instead, so nobody here misses what was said while Redis was leaving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
+
+from gischat.broker.base import Envelope
+
+logger = logging.getLogger("gischat.broker")
+
+
+@dataclass(slots=True)
+class Command:
+    """One script call in the outgoing queue, with what to deliver locally if its fate is unknown."""
+
+    script: str
+    keys: list[str]
+    args: list[Any]
+    future: asyncio.Future[Any] | None = None
+    local: tuple[str, Envelope] | None = None  # what this node's sockets would have got
+    n: int = 0
+    on_result: Any = field(default=None)
+
+
+class Outbox:
+    """The ordered queue of one node's commands, and the rooms whose counts are due."""
+
+    def __init__(self) -> None:
+        self.queued: list[Command] = []
+        self.inflight: list[Command] = []
+        self.unconfirmed: deque[Command] = deque()
+        self.dirty: set[str] = set()  # rooms whose socket count changed since the last counts
+        self.wake = asyncio.Event()
+        self.idle = asyncio.Event()  # the drainer has nothing left to send
+        self.n = 0  # this node's commands, numbered
+        self.last_own = 0  # the last of them that came back through the channel
+
+    def number(self) -> int:
+        """The number of the next command of this node (it comes back in its event's header)."""
+        self.n += 1
+        return self.n
+
+    def send(self, command: Command) -> None:
+        self.queued.append(command)
+        if command.local is not None:
+            self.unconfirmed.append(command)
+        self.wake.set()
+
+    def send_first(self, command: Command) -> None:
+        """Ahead of everything queued (the command that registers the node again)."""
+        self.queued.insert(0, command)
+        self.dirty.clear()
+
+    def counts_changed(self, room: str) -> None:
+        self.dirty.add(room)
+        self.wake.set()
+
+    def confirm(self, n: int) -> None:
+        """This node's command `n` came back through the channel: so did all before it."""
+        self.last_own = max(self.last_own, n)
+        unconfirmed = self.unconfirmed
+        while unconfirmed and unconfirmed[0].n <= n:
+            unconfirmed.popleft()
+
+    def abandon(self) -> list[tuple[str, Envelope]]:
+        """Redis is away: answer every waiting caller with None, drop the queue, and return what
+        this node's sockets were owed by commands whose event never came back."""
+        owed = [
+            command.local
+            for command in self.unconfirmed
+            if command.local is not None and command.n > self.last_own
+        ]
+        self.unconfirmed.clear()
+        for command in [*self.inflight, *self.queued]:
+            if command.future is not None and not command.future.done():
+                command.future.set_result(None)
+        self.inflight = []
+        self.queued = []
+        self.dirty.clear()
+        return owed
+
+    async def drain(
+        self,
+        client: Redis,
+        sha: dict[str, str],
+        counts_command: Callable[[set[str]], Command],
+        describe: Callable[[BaseException], str],
+    ) -> None:
+        """The one task that talks to Redis for this node: whatever is queued, in order, pipelined."""
+        while True:
+            while not self.queued and not self.dirty:
+                self.idle.set()
+                self.wake.clear()
+                await self.wake.wait()
+            self.idle.clear()
+            if self.dirty:
+                rooms, self.dirty = self.dirty, set()
+                self.queued.append(counts_command(rooms))
+            batch, self.queued = self.queued, []
+            self.inflight = batch
+            pipe = client.pipeline(transaction=False)
+            for command in batch:
+                pipe.evalsha(sha[command.script], len(command.keys), *command.keys, *command.args)
+            results = await pipe.execute(raise_on_error=False)
+            self.inflight = []
+            for command, result in zip(batch, results, strict=True):
+                if isinstance(result, NoScriptError):
+                    raise result  # Redis lost its scripts (restarted, flushed): start over
+                if isinstance(result, Exception):
+                    logger.error("broker: %s failed: %s", command.script, describe(result))
+                    result = 0
+                settle(command, result)
+
+
+def settle(command: Command, result: Any) -> None:
+    """A command's answer: to its callback and its waiting caller."""
+    if command.script in ("claim", "release") and result in (0, -1, 2):
+        command.local = None  # nothing was published: nothing to make up for
+    if command.on_result is not None:
+        command.on_result(result)
+    if command.future is not None and not command.future.done():
+        command.future.set_result(result)
