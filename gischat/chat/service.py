@@ -47,7 +47,7 @@ from gischat.protocol.refusals import (
     REPLY_REASON,
     Uncompliant,
 )
-from gischat.rooms.connection import Connection
+from gischat.rooms.connection import Connection, client_address
 from gischat.rooms.history import worth_keeping
 from gischat.rooms.hub import Hub
 from gischat.settings import Settings
@@ -81,11 +81,6 @@ class Refused(Exception):
         super().__init__(detail)
         self.status = status
         self.detail = detail
-
-
-def client_address(client: Any) -> str:
-    """The client's address as the app sees it (the real one, behind a trusted proxy)."""
-    return str(client.host) if client is not None else "?"
 
 
 class ChatService:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from typing import Any
 
 from starlette.websockets import WebSocket
 
@@ -30,6 +31,16 @@ HARD_LIMIT_FACTOR = 4
 # Messages waiting for a peer beyond which we stop reading from it until they are sent: a
 # client that talks faster than it listens only ever waits for itself.
 READ_PAUSE_MESSAGES = 64
+
+
+def client_address(client: Any) -> str:
+    """The client's address as the app sees it (the real one, behind a trusted proxy); "?" unknown."""
+    return str(client.host) if client is not None else "?"
+
+
+def peer_name(client: Any) -> str:
+    """The client's address and port, as logs show a connection."""
+    return f"{client.host}:{client.port}" if client is not None else "?"
 
 
 class Connection:
@@ -75,9 +86,8 @@ class Connection:
         self.max_messages = max_messages
         self.max_bytes = max_bytes
         self.closing = False
-        client = websocket.client
-        self.address = client.host if client else "?"
-        self.peer = f"{client.host}:{client.port}" if client else "?"
+        self.address = client_address(websocket.client)
+        self.peer = peer_name(websocket.client)
         # Rate-limit buckets, made on the first message: an idle socket carries none.
         self.limits: ConnectionLimits | None = None
         self.refusals = 0

@@ -90,17 +90,9 @@ class Room:
         self._count_timer: asyncio.TimerHandle | None = None
         self._last_count_sent = float("-inf")
 
-    def owner(self, nickname: str) -> Connection | None:
-        return self.nicknames.get(nickname_key(nickname))
-
     def total(self) -> int:
         """Open sockets of the room on every node."""
         return len(self.connections) + (self.remote(self.name) if self.remote is not None else 0)
-
-    def users(self) -> list[str]:
-        """Registered nicknames, sorted the way people read them (case-insensitively)."""
-        names = [conn.nickname for conn in self.nicknames.values() if conn.nickname is not None]
-        return sorted(names, key=lambda name: (name.casefold(), name))
 
     def deliver(self, envelope: Envelope) -> None:
         post = envelope.post
@@ -217,8 +209,6 @@ class Hub:
         target = self.rooms.get(room)
         if target is not None:
             target.deliver(envelope)
-
-    _deliver = deliver
 
     def claim_settled(self, room: str, key: str, nickname: str) -> None:
         """This node's claim won, as the ordered event stream says: the nickname is the socket's

@@ -16,12 +16,13 @@ import resource
 import sys
 import time
 from collections import OrderedDict
+from enum import IntEnum
 from typing import TYPE_CHECKING
 
 import orjson
-from uvicorn.middleware.proxy_headers import _TrustedHosts
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE
 
+from gischat.networks import Networks
 from gischat.protocol.refusals import CLOSE_POLICY_VIOLATION, CLOSE_TRY_AGAIN_LATER
 from gischat.settings import Settings
 
@@ -65,13 +66,14 @@ CLOSING_READ_BYTES = 64 * 1024
 BULK_READ = 64 * 1024
 
 
-# `TransportGuard.incomplete` entries: [deadline, bytes held, peak since last progress, fragments].
-_DEADLINE, _HELD, _PEAK, _FRAGMENTS = range(4)
 _PROGRESS = float("-inf")  # a peak that any size beats: progress was just made
 
-# GuardedHttpProtocol._head_bytes when no request head is being received.
-_HEAD_DONE = -1
-_REFUSED = -2
+
+class HeadState(IntEnum):
+    """`GuardedHttpProtocol._head_bytes` when no request head is being received (else its byte count)."""
+
+    DONE = -1  # the head is complete: a body, or nothing yet of the next request
+    REFUSED = -2  # the connection was refused: nothing more is parsed
 
 
 def nofile_limit() -> int:
@@ -114,11 +116,22 @@ def http_refusal(status: int, detail: str, default_headers: list[tuple[bytes, by
     return b"".join(parts)
 
 
+class Unfinished:
+    """A websocket message still being received: what it holds, and until when it may take."""
+
+    __slots__ = ("deadline", "fragments", "held", "peak")
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline  # data must arrive before this (monotonic seconds)
+        self.held = 0  # bytes it holds: unparsed input and fragments received so far
+        self.peak = _PROGRESS  # `held` at the last progress
+        self.fragments = 0  # bytes of its fragments, with their bookkeeping
+
+
 class TransportGuard:
     """Connection counts, deadlines and the unfinished-data budget shared by all connections."""
 
     def __init__(self, settings: Settings, nofile: int | None = None) -> None:
-        self.requested_max_connections = settings.max_connections
         self.max_connections = effective_max_connections(
             settings.max_connections, nofile if nofile is not None else nofile_limit()
         )
@@ -133,7 +146,7 @@ class TransportGuard:
         self.ping_rate = settings.ping_rate
         self.ping_interval = 1 / settings.ping_rate if settings.ping_rate > 0 else 0.0
         self.ping_tolerance = settings.ping_burst * self.ping_interval
-        self.trusted = _TrustedHosts(settings.forwarded_allow_ips)
+        self.trusted = Networks(settings.forwarded_allow_ips)
 
         # Open transport connections (HTTP or websocket), in all and per untrusted peer address.
         self.connections = 0
@@ -143,7 +156,7 @@ class TransportGuard:
         # Ordered by deadline: a refreshed deadline moves its entry to the end.
         self.heads: OrderedDict[GuardedHttpProtocol, float] = OrderedDict()
         self.lingering: OrderedDict[GuardedHttpProtocol, float] = OrderedDict()
-        self.incomplete: OrderedDict[GuardedWebSocketProtocol, list[float]] = OrderedDict()
+        self.incomplete: OrderedDict[GuardedWebSocketProtocol, Unfinished] = OrderedDict()
         # Refusals so far, by kind ("503", "1013", ...), for logs and tests.
         self.refusals: dict[str, int] = {}
 
@@ -200,14 +213,14 @@ class TransportGuard:
             http.transport.close()
         while self.incomplete:
             ws, entry = next(iter(self.incomplete.items()))
-            if entry[_DEADLINE] > now:
+            if entry.deadline > now:
                 break
             if ws.transport.is_closing():
                 self.forget(ws)
             elif not ws.transport.is_reading():
                 # We are not reading (the app is busy with its previous message, or the peer
                 # does not read our answers): the peer cannot make progress, do not blame it.
-                entry[_DEADLINE] = now + self.frame_timeout
+                entry.deadline = now + self.frame_timeout
                 self.incomplete.move_to_end(ws)
             else:
                 ws.fail(CLOSE_POLICY_VIOLATION, f"message incomplete: no data for {self.frame_timeout:g} s")
@@ -240,8 +253,8 @@ class TransportGuard:
 
     # Unfinished websocket messages.
 
-    def _track(self, ws: GuardedWebSocketProtocol, now: float) -> list[float]:
-        entry = [now + self.frame_timeout, 0, _PROGRESS, 0]
+    def _track(self, ws: GuardedWebSocketProtocol, now: float) -> Unfinished:
+        entry = Unfinished(now + self.frame_timeout)
         self.incomplete[ws] = entry
         return entry
 
@@ -251,11 +264,11 @@ class TransportGuard:
         if ws.frames:
             if entry is None:
                 entry = self._track(ws, time.monotonic())
-            entry[_FRAGMENTS] = (0 if first else entry[_FRAGMENTS]) + size + FRAGMENT_OVERHEAD
-            entry[_PEAK] = _PROGRESS
+            entry.fragments = (0 if first else entry.fragments) + size + FRAGMENT_OVERHEAD
+            entry.peak = _PROGRESS
         elif entry is not None:
-            entry[_FRAGMENTS] = 0
-            entry[_PEAK] = _PROGRESS
+            entry.fragments = 0
+            entry.peak = _PROGRESS
 
     def update(self, ws: GuardedWebSocketProtocol) -> None:
         """Account for what `ws` holds after receiving data; refuse it if over the budget."""
@@ -264,7 +277,7 @@ class TransportGuard:
             if entry is not None:
                 self.forget(ws)
             return
-        held = len(ws.conn.reader.buffer) + (int(entry[_FRAGMENTS]) if entry is not None else 0)
+        held = len(ws.conn.reader.buffer) + (entry.fragments if entry is not None else 0)
         if held == 0:
             if entry is not None:
                 self.forget(ws)
@@ -272,12 +285,12 @@ class TransportGuard:
         now = time.monotonic()
         if entry is None:
             entry = self._track(ws, now)
-        grown = held - int(entry[_HELD])
-        entry[_HELD] = held
+        grown = held - entry.held
+        entry.held = held
         self.incomplete_bytes += grown
-        if held > entry[_PEAK] + CONTROL_FRAME_MAX:
-            entry[_DEADLINE] = now + self.frame_timeout
-            entry[_PEAK] = held
+        if held > entry.peak + CONTROL_FRAME_MAX:
+            entry.deadline = now + self.frame_timeout
+            entry.peak = held
             self.incomplete.move_to_end(ws)
         if grown > 0 and self.incomplete_bytes > self.max_incomplete_bytes and held > self.large_share:
             ws.fail(CLOSE_TRY_AGAIN_LATER, "server busy: too much unfinished data, try again later")
@@ -286,13 +299,13 @@ class TransportGuard:
         """Reading resumed: the peer gets a whole FRAME_TIMEOUT from now."""
         entry = self.incomplete.get(ws)
         if entry is not None:
-            entry[_DEADLINE] = time.monotonic() + self.frame_timeout
+            entry.deadline = time.monotonic() + self.frame_timeout
             self.incomplete.move_to_end(ws)
 
     def forget(self, ws: GuardedWebSocketProtocol) -> None:
         entry = self.incomplete.pop(ws, None)
         if entry is not None:
-            self.incomplete_bytes -= int(entry[_HELD])
+            self.incomplete_bytes -= entry.held
 
     # Logging.
 

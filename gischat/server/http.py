@@ -12,11 +12,10 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from gischat.server.guard import (
-    _HEAD_DONE,
-    _REFUSED,
     LINGER_SECONDS,
     MAX_LINGERING,
     GuardSpec,
+    HeadState,
     TransportGuard,
     _peer,
     guard_for,
@@ -45,7 +44,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self._guard = guard_for(guard_spec)
             self._guard.attach(self.loop)
         self._slot: str | None = None  # the peer address whose connection slot we hold
-        # Bytes received for the request head in progress, or _HEAD_DONE, or _REFUSED.
+        # Bytes received for the request head in progress, or HeadState.DONE, or HeadState.REFUSED.
         self._head_bytes = 0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -77,9 +76,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             super().data_received(data)
             return
         while data:
-            if self._head_bytes == _REFUSED:
+            if self._head_bytes == HeadState.REFUSED:
                 return  # our answer is out; what the peer still sends is dropped
-            if self._head_bytes == _HEAD_DONE:  # a body, or the next request of a pipeline
+            if self._head_bytes == HeadState.DONE:  # a body, or the next request of a pipeline
                 super().data_received(data)
                 return
             room = guard.max_header_bytes - self._head_bytes
@@ -96,20 +95,20 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         guard = self._guard
-        if guard is not None and self._head_bytes != _REFUSED and self not in guard.heads:
+        if guard is not None and self._head_bytes != HeadState.REFUSED and self not in guard.heads:
             # The next request on a kept-alive connection: its head has HEADER_TIMEOUT too.
             guard.heads[self] = time.monotonic() + guard.header_timeout
 
     def on_headers_complete(self) -> None:
         guard = self._guard
         if guard is not None:
-            self._head_bytes = _HEAD_DONE
+            self._head_bytes = HeadState.DONE
             guard.heads.pop(self, None)
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
         super().on_message_complete()
-        if self._guard is not None and self._head_bytes == _HEAD_DONE:
+        if self._guard is not None and self._head_bytes == HeadState.DONE:
             self._head_bytes = 0
 
     def handle_websocket_upgrade(self) -> None:
@@ -132,7 +131,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def head_expired(self, now: float) -> None:
         """Called by the sweep when the request head did not arrive within HEADER_TIMEOUT."""
         guard = self._guard
-        if guard is None or self.transport.is_closing() or self._head_bytes == _REFUSED:
+        if guard is None or self.transport.is_closing() or self._head_bytes == HeadState.REFUSED:
             return
         if not self.transport.is_reading():  # we paused reading (a pipeline): not the peer's fault
             guard.heads[self] = now + guard.header_timeout
@@ -146,7 +145,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         """Answer `status` with a JSON detail and close, parsing nothing more."""
         guard = self._guard
         assert guard is not None
-        self._head_bytes = _REFUSED
+        self._head_bytes = HeadState.REFUSED
         guard.heads.pop(self, None)
         guard.refused(str(status), _peer(self.client), detail)
         if self.transport.is_closing():

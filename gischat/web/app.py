@@ -6,7 +6,6 @@ like in one process. `gischat.app:app` is the app built from the environment, on
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -19,9 +18,11 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gischat.broker import create_broker
-from gischat.chat.service import ChatService, client_address
+from gischat.chat.service import ChatService
+from gischat.networks import Networks
 from gischat.protocol.asyncapi.document import document_json
 from gischat.protocol.dialects import Dialect
+from gischat.rooms.connection import client_address
 from gischat.rooms.hub import Hub
 from gischat.settings import Settings, ignored_upstream_settings, load_settings
 from gischat.web import about as page
@@ -154,12 +155,12 @@ def build_router(settings: Settings, chat: ChatService) -> APIRouter:
         return VersionResponse(version=current_version)
 
     if settings.metrics_enabled:
-        networks = [ipaddress.ip_network(network, strict=False) for network in settings.metrics_networks]
+        networks = Networks(settings.metrics_networks)
 
         @router.get("/metrics", include_in_schema=False)
         async def metrics(request: Request) -> Response:
             """Prometheus metrics, for the networks in METRICS_NETWORKS only."""
-            if not address_in(client_address(request.client), networks):
+            if client_address(request.client) not in networks:
                 return JSONResponse(
                     status_code=403, content={"detail": "metrics are not served to your network"}
                 )
@@ -168,11 +169,3 @@ def build_router(settings: Settings, chat: ChatService) -> APIRouter:
     add_conversation_routes(router, settings, chat, Dialect.ROOM)
     add_conversation_routes(router, settings, chat, Dialect.CHANNEL)
     return router
-
-
-def address_in(address: str, networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:  # "?" or a unix socket: not an address anyone listed
-        return False
-    return any(ip in network for network in networks)

@@ -14,10 +14,11 @@ from fastapi.responses import JSONResponse, Response
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket
 
-from gischat.chat.service import ChatService, NicknameTaken, Refused, client_address
+from gischat.chat.service import ChatService, NicknameTaken, Refused
 from gischat.protocol.dialects import Dialect
 from gischat.protocol.messages import TextMessage
 from gischat.protocol.refusals import Uncompliant
+from gischat.rooms.connection import client_address
 from gischat.settings import Settings
 from gischat.web.schemas import ChannelTextResponse, ErrorResponse
 

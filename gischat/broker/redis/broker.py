@@ -46,6 +46,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -69,6 +70,16 @@ logger = logging.getLogger("gischat.broker")
 FIRST_RETRY = 0.1  # seconds before the first reconnection attempt, doubled up to the maximum
 
 
+class NodeState(StrEnum):
+    """Where this node stands with the shared service (shown in `/status`)."""
+
+    CONNECTING = "connecting"  # the first attempt to reach Redis
+    SYNCING = "syncing"  # registered again, loading the others' state
+    UP = "up"  # part of the shared service
+    DOWN = "down"  # Redis is away: serving this node's sockets alone, retrying
+    STOPPED = "stopped"
+
+
 class NodeReaped(Exception):
     """Redis no longer lists this node (it was taken for dead): it must register again."""
 
@@ -89,7 +100,7 @@ class RedisBroker:
         self.rooms = list(settings.rooms)
         self.history_size = settings.max_stored_messages
         self.history_bytes = settings.max_stored_bytes
-        self.state = "connecting"  # "up", "syncing", "down", "connecting", "stopped"
+        self.state = NodeState.CONNECTING
         self._online = False  # commands go to Redis (else: everything stays on this node)
         self._hub: Node | None = None
         self._runner: asyncio.Task[None] | None = None
@@ -114,14 +125,14 @@ class RedisBroker:
 
     @property
     def healthy(self) -> bool:
-        return self.state == "up"
+        return self.state is NodeState.UP
 
     def status(self) -> dict[str, Any] | None:
         return {
             "url": self.where,
             "state": self.state,
             "node": self.node,
-            "nodes": self._mirror.nodes() + 1 if self.state == "up" else 1,
+            "nodes": self._mirror.nodes() + 1 if self.state is NodeState.UP else 1,
         }
 
     async def start(self, node: Node) -> None:
@@ -154,7 +165,7 @@ class RedisBroker:
             except Exception as exc:
                 logger.warning("broker: could not leave %s cleanly: %s", self.where, self._describe(exc))
         self._online = False
-        self.state = "stopped"
+        self.state = NodeState.STOPPED
         if self._runner is not None:
             self._runner.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -299,7 +310,7 @@ class RedisBroker:
             self._lost = loop.create_future()
             self._buffer = []
             self._online = True
-            self.state = "syncing"
+            self.state = NodeState.SYNCING
             self._outbox.send_first(self._sync_command())
             tasks = [
                 loop.create_task(self._read(pubsub)),
@@ -316,7 +327,7 @@ class RedisBroker:
             assert self._hub is not None
             self._base = self._mirror.load(snapshot_task.result(), self._buffer or [], self._hub)
             self._buffer = None
-            self.state = "up"
+            self.state = NodeState.UP
             self._settled.set()
             if self._down_since_logged:
                 logger.warning("broker: back on %s as node %s; presence restored", self.where, self.node)
@@ -404,7 +415,7 @@ class RedisBroker:
         """Redis is away: serve this node's sockets alone, and make up for what was in flight."""
         was = self.state
         self._online = False
-        self.state = "down"
+        self.state = NodeState.DOWN
         self._settled.set()
         self._buffer = None
         for room, envelope in self._outbox.abandon():
@@ -414,7 +425,7 @@ class RedisBroker:
             for room in self.rooms:
                 self._hub.remote_changed(room)
         if not self._down_since_logged:
-            verb = "cannot reach" if was == "connecting" else "lost"
+            verb = "cannot reach" if was is NodeState.CONNECTING else "lost"
             logger.warning(
                 "broker: %s %s (%s); serving this node's sockets alone, retrying", verb, self.where, reason
             )
