@@ -11,8 +11,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from gischat.settings import Settings
-
 Clock = Callable[[], float]
 
 
@@ -78,6 +76,22 @@ def per_minute(count: float, what: str) -> Rate:
 
 
 @dataclass(frozen=True, slots=True)
+class RateSettings:
+    """The rate settings as configured: a rate per second (or minute) and a burst each."""
+
+    message_rate: float
+    message_burst: int
+    byte_rate: int
+    byte_burst: int
+    images_per_minute: float
+    layers_per_minute: float
+    rate_strikes_per_minute: int
+    registrations_per_minute: float
+    put_rate: float
+    put_burst: int
+
+
+@dataclass(frozen=True, slots=True)
 class Rates:
     """Every per-connection and per-address rate of an instance."""
 
@@ -90,7 +104,7 @@ class Rates:
     puts: Rate
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Rates:
+    def from_settings(cls, settings: RateSettings) -> Rates:
         return cls(
             messages=Rate(settings.message_rate, settings.message_burst, "messages"),
             bytes=Rate(settings.byte_rate, settings.byte_burst, "bytes"),

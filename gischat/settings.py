@@ -8,12 +8,13 @@ rather than as a traceback from deep inside an import.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Literal, Self, TypeVar
 from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
@@ -344,6 +345,25 @@ def ignored_upstream_settings(environ: Mapping[str, str], env_file: str | None =
     return "ignoring upstream gischat settings: " + "; ".join(
         f"{', '.join(names)} ({reason})" for reason, names in reasons.items()
     )
+
+
+ConfigT = TypeVar("ConfigT")
+
+
+def project(config: type[ConfigT], settings: Settings, **parts: Any) -> ConfigT:
+    """The part of `settings` a part of the server reads, as that part's own settings type.
+
+    Each part declares a small frozen dataclass whose fields are named like the settings it needs
+    (`RoomSettings`, `BrokerSettings`, ...); the app is put together from these, so no part below
+    the top ever holds the whole `Settings`. `parts` fills fields that are not settings themselves.
+    """
+    assert dataclasses.is_dataclass(config)
+    values = {
+        field.name: getattr(settings, field.name)
+        for field in dataclasses.fields(config)
+        if field.name not in parts
+    }
+    return config(**values, **parts)
 
 
 def load_settings(**overrides: Any) -> Settings:

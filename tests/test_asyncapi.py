@@ -47,6 +47,7 @@ from gischat.protocol.asyncapi.schemas import message_models
 from gischat.protocol.dialects import CHANNEL_TYPES, ROOM_TYPES, Dialect
 from gischat.protocol.messages import CLIENT_MODELS, SERVER_ONLY_TYPES, Limits, check_file_name
 from gischat.protocol.refusals import REPLY_REASON, SCRIPTS_OFF_REASON, Uncompliant
+from gischat.web.app import document_settings
 
 from conftest import TIMEOUT, Client, LiveServer, ServerFactory, make_settings, ws_client
 from wire import CHANNEL_KEYS, ENVELOPE, check_shape, next_frame, parse_strict
@@ -547,7 +548,7 @@ def test_tight_limits_leave_examples_out_not_the_document(asyncapi_schema: dict[
         allow_scripts=True,
         reply_threads=True,
     )
-    document = build_document(settings, "1.0.0")
+    document = build_document(document_settings(settings), "1.0.0")
     assert not list(jsonschema.Draft7Validator(asyncapi_schema).iter_errors(document))
     shown = {key for key, _ in examples(document)}
     assert not shown & {

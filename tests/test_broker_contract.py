@@ -25,9 +25,10 @@ from typing import Any, TypeAlias
 import pytest
 from redis_nodes import RedisServer
 
-from gischat.broker import Broker, Envelope, Node, create_broker
+from gischat.broker import Broker, BrokerSettings, Envelope, Node, create_broker
 from gischat.protocol import dialects
 from gischat.protocol.dialects import Post
+from gischat.settings import project
 
 from conftest import TIMEOUT, make_settings
 
@@ -188,7 +189,11 @@ class Nodes:
 
     async def start(self, name: str, **settings: Any) -> tuple[Broker, RecordingNode]:
         node = RecordingNode(name)
-        broker = create_broker(make_settings(broker_url=self.url, redis_key_prefix=self.prefix, **settings))
+        broker = create_broker(
+            project(
+                BrokerSettings, make_settings(broker_url=self.url, redis_key_prefix=self.prefix, **settings)
+            )
+        )
         await broker.start(node)
         self.started.append(broker)
         # `start` returns once the broker serves; with a reachable Redis, as part of the service.
@@ -402,7 +407,7 @@ async def test_memory_delivers_in_the_publishing_step() -> None:
 
     Why: with one process nothing needs to travel, and the hub relies on it: a socket
     registered through the memory broker is registered when `claim` returns."""
-    broker = create_broker(make_settings(broker_url="memory://"))
+    broker = create_broker(project(BrokerSettings, make_settings(broker_url="memory://")))
     node = RecordingNode("only")
     await broker.start(node)
     envelope = sample(0)

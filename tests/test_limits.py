@@ -15,9 +15,9 @@ from test_images import b64, photo
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from gischat.limits import AddressBook, Rate, Rates, TokenBucket
+from gischat.limits import AddressBook, Rate, Rates, RateSettings, TokenBucket
 from gischat.observability.logs import LINES_PER_CONNECTION, RefusalLog
-from gischat.settings import Settings
+from gischat.settings import Settings, project
 
 from conftest import TIMEOUT, Client, LiveServer, ServerFactory, closing, text, wait_for, ws_client
 from wire import next_frame, wait_type
@@ -70,13 +70,13 @@ def test_token_bucket_takes_amounts_and_zero_rate_is_unlimited() -> None:
 
 def test_rate_reasons_name_the_limit() -> None:
     assert Rate(5.0, 40, "messages").reason() == "slow down: more than 40 messages at once or 5 per second"
-    rates = Rates.from_settings(Settings(_env_file=None, images_per_minute=12))
+    rates = Rates.from_settings(project(RateSettings, Settings(_env_file=None, images_per_minute=12)))
     assert rates.images.reason() == "slow down: more than 12 images at once or 12 per minute"
 
 
 def test_address_book_forgets_addresses_once_they_hold_nothing() -> None:
     clock = FakeClock()
-    rates = Rates.from_settings(Settings(_env_file=None, put_rate=1.0, put_burst=2))
+    rates = Rates.from_settings(project(RateSettings, Settings(_env_file=None, put_rate=1.0, put_burst=2)))
     book = AddressBook(rates, clock)
     assert book.open_websocket("a", 2)
     assert book.open_websocket("a", 2)

@@ -25,9 +25,10 @@ from gischat.protocol import geojson, parsing, refusals
 from gischat.protocol import messages as models
 from gischat.protocol.dialects import Post
 from gischat.protocol.refusals import BUSY_REASON, CRASH_REASON, MEMORY_REASON
+from gischat.settings import project
 from gischat.work import heap, jobs
 from gischat.work import pool as processing
-from gischat.work.pool import Prepared, Processor
+from gischat.work.pool import PoolSettings, Prepared, Processor
 
 from conftest import make_settings
 
@@ -44,7 +45,8 @@ async def processor_factory() -> AsyncIterator[ProcessorFactory]:
     started: list[Processor] = []
 
     def factory(**overrides: Any) -> Processor:
-        processor = Processor(make_settings(**overrides))
+        settings = make_settings(**overrides)
+        processor = Processor(project(PoolSettings, settings), project(models.Limits, settings))
         started.append(processor)
         return processor
 

@@ -6,14 +6,13 @@ the URL scheme of `BROKER_URL`; the Redis engine is imported only when asked for
 
 from __future__ import annotations
 
-from gischat.broker.base import Broker, Envelope, Node
+from gischat.broker.base import Broker, BrokerSettings, Envelope, Node
 from gischat.broker.memory import MemoryBroker
-from gischat.settings import Settings
 
-__all__ = ["Broker", "Envelope", "MemoryBroker", "Node", "create_broker"]
+__all__ = ["Broker", "BrokerSettings", "Envelope", "MemoryBroker", "Node", "create_broker"]
 
 
-def create_broker(settings: Settings) -> Broker:
+def create_broker(settings: BrokerSettings) -> Broker:
     """Pick the broker implementation from the URL scheme of `BROKER_URL`."""
     scheme = settings.broker_url.split("://", 1)[0]
     if scheme == "memory":

@@ -23,6 +23,19 @@ from gischat.protocol.dialects import Post
 
 
 @dataclass(frozen=True, slots=True)
+class BrokerSettings:
+    """Which broker (`memory://`, `redis://...`) and how a shared one behaves."""
+
+    broker_url: str
+    redis_key_prefix: str
+    node_timeout: float
+    redis_reconnect_max_delay: float
+    rooms: list[str]
+    max_stored_messages: int
+    max_stored_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
 class Envelope:
     """One message for a conversation; `to` narrows delivery to one nickname (likes).
 

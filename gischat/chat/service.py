@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.responses import JSONResponse
@@ -21,7 +22,7 @@ from starlette.websockets import WebSocket
 from gischat.broker import MemoryBroker
 from gischat.chat.gauges import broker_state, live_state
 from gischat.chat.origins import origin_allowed
-from gischat.limits import AddressBook, ConnectionLimits, Rates
+from gischat.limits import AddressBook, ConnectionLimits, Rates, RateSettings
 from gischat.observability.logs import (
     SUMMARY_INTERVAL,
     FloodFilter,
@@ -50,7 +51,6 @@ from gischat.protocol.refusals import (
 from gischat.rooms.connection import Connection, client_address
 from gischat.rooms.history import worth_keeping
 from gischat.rooms.hub import Hub
-from gischat.settings import Settings
 from gischat.work.pool import OFFLOAD_THRESHOLD, Prepared, Processor
 
 logger = logging.getLogger("gischat.chat")
@@ -83,16 +83,29 @@ class Refused(Exception):
         self.detail = detail
 
 
+@dataclass(frozen=True, slots=True)
+class ChatSettings:
+    """Who may chat from where: browser origins, per-address caps, replies, the log's pace."""
+
+    allowed_origins: list[str]
+    log_rate: float
+    max_nicknames_per_ip: int
+    max_websockets_per_ip: int
+    reply_threads: bool
+
+
 class ChatService:
     """The instance's chat logic, shared by the websocket and REST routes."""
 
-    def __init__(self, settings: Settings, hub: Hub) -> None:
+    def __init__(
+        self, settings: ChatSettings, hub: Hub, limits: Limits, rates: RateSettings, processor: Processor
+    ) -> None:
         self.settings = settings
         self.hub = hub
-        self.limits = Limits.from_settings(settings)
-        self.rates = Rates.from_settings(settings)
+        self.limits = limits
+        self.rates = Rates.from_settings(rates)
         self.addresses = AddressBook(self.rates)
-        self.processor = Processor(settings)
+        self.processor = processor
         self.metrics = hub.metrics
         self.metrics.watch(live_state(hub, self.processor))
         if not isinstance(hub.broker, MemoryBroker):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Literal
 
 import orjson
 from geojson_pydantic import FeatureCollection
@@ -27,7 +27,6 @@ from pydantic import (
 from pydantic.json_schema import SkipJsonSchema
 
 from gischat.protocol.refusals import Uncompliant, first_problem
-from gischat.settings import Settings
 
 # Bounds on the free-form fields: generous for real use (a WKT2 string of a compound CRS
 # runs to a few kB), small enough that nobody stuffs a payload into them.
@@ -43,7 +42,8 @@ SERVER_ONLY_TYPES = ("nb_users", "exiter", "uncompliant")
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """The instance's message rules, handed to validators as the pydantic context."""
+    """The instance's message rules, handed to validators as the pydantic context (fields named
+    like the settings they come from)."""
 
     min_author_length: int = 3
     max_author_length: int = 32
@@ -56,21 +56,6 @@ class Limits:
     max_script_length: int = 1024 * 1024
     max_model_length: int = 1024 * 1024
     max_image_length: int = 16 * 1024 * 1024
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> Self:
-        return cls(
-            max_style_length=settings.max_style_length,
-            allow_scripts=settings.allow_scripts,
-            max_script_length=settings.max_script_length,
-            max_model_length=settings.max_model_length,
-            max_image_length=settings.max_image_length,
-            min_author_length=settings.min_author_length,
-            max_author_length=settings.max_author_length,
-            max_message_length=settings.max_message_length,
-            max_geojson_features=settings.max_geojson_features,
-            max_geojson_vertices=settings.max_geojson_vertices,
-        )
 
 
 def check_nickname(value: str, limits: Limits, field: str) -> str:

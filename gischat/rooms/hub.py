@@ -14,6 +14,7 @@ import asyncio
 import logging
 import unicodedata
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from starlette.websockets import WebSocket
 
@@ -24,7 +25,6 @@ from gischat.protocol.dialects import AUTHORED_TYPES, Dialect, Post
 from gischat.protocol.refusals import Uncompliant
 from gischat.rooms.connection import Connection
 from gischat.rooms.history import History
-from gischat.settings import Settings
 
 logger = logging.getLogger("gischat.rooms")
 
@@ -172,10 +172,24 @@ class Room:
             self._count_timer = None
 
 
+@dataclass(frozen=True, slots=True)
+class RoomSettings:
+    """What the rooms of an instance are and how they behave."""
+
+    rooms: list[str]
+    nb_users_interval: float
+    max_stored_messages: int
+    max_stored_bytes: int
+    geojson_style: bool
+    reply_threads: bool
+    send_queue_size: int
+    send_queue_bytes: int
+
+
 class Hub:
     """Every room of the instance, and the path from a sender to the recipients."""
 
-    def __init__(self, settings: Settings, broker: Broker, metrics: Metrics | None = None) -> None:
+    def __init__(self, settings: RoomSettings, broker: Broker, metrics: Metrics | None = None) -> None:
         self.settings = settings
         self.broker = broker
         self.metrics = metrics if metrics is not None else Metrics()

@@ -16,6 +16,7 @@ import resource
 import sys
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
 from enum import IntEnum
 from typing import TYPE_CHECKING
 
@@ -24,7 +25,6 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE
 
 from gischat.networks import Networks
 from gischat.protocol.refusals import CLOSE_POLICY_VIOLATION, CLOSE_TRY_AGAIN_LATER
-from gischat.settings import Settings
 
 if TYPE_CHECKING:
     from gischat.server.http import GuardedHttpProtocol
@@ -116,6 +116,22 @@ def http_refusal(status: int, detail: str, default_headers: list[tuple[bytes, by
     return b"".join(parts)
 
 
+@dataclass(frozen=True, slots=True)
+class GuardSettings:
+    """The transport's limits: connection caps, request heads, unfinished messages, pings, logs."""
+
+    forwarded_allow_ips: str
+    max_connections: int
+    max_connections_per_ip: int
+    header_timeout: float
+    max_header_bytes: int
+    frame_timeout: float
+    max_incomplete_bytes: int
+    ping_rate: float
+    ping_burst: int
+    log_rate: float
+
+
 class Unfinished:
     """A websocket message still being received: what it holds, and until when it may take."""
 
@@ -131,7 +147,7 @@ class Unfinished:
 class TransportGuard:
     """Connection counts, deadlines and the unfinished-data budget shared by all connections."""
 
-    def __init__(self, settings: Settings, nofile: int | None = None) -> None:
+    def __init__(self, settings: GuardSettings, nofile: int | None = None) -> None:
         self.max_connections = effective_max_connections(
             settings.max_connections, nofile if nofile is not None else nofile_limit()
         )
@@ -330,11 +346,11 @@ class GuardSpec:
 
     __slots__ = ("settings", "token")
 
-    def __init__(self, settings: Settings, token: str) -> None:
+    def __init__(self, settings: GuardSettings, token: str) -> None:
         self.settings = settings
         self.token = token
 
-    def __reduce__(self) -> tuple[type[GuardSpec], tuple[Settings, str]]:
+    def __reduce__(self) -> tuple[type[GuardSpec], tuple[GuardSettings, str]]:
         return (GuardSpec, (self.settings, self.token))
 
 

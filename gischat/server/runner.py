@@ -22,10 +22,16 @@ import uvicorn
 from uvicorn.supervisors.multiprocess import Multiprocess
 
 from gischat.observability.logs import install_flood_filter
-from gischat.server.guard import RESERVED_FDS, GuardSpec, effective_max_connections, raise_nofile_limit
+from gischat.server.guard import (
+    RESERVED_FDS,
+    GuardSettings,
+    GuardSpec,
+    effective_max_connections,
+    raise_nofile_limit,
+)
 from gischat.server.http import GuardedHttpProtocol
 from gischat.server.websocket import GuardedWebSocketProtocol
-from gischat.settings import Settings
+from gischat.settings import Settings, project
 
 # The loop shares the GIL with the threads that hand work to the worker processes (and pickle
 # what goes there); a 1 ms switch interval keeps other rooms' round trips short.
@@ -82,7 +88,7 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
     """Translate settings into uvicorn's keyword arguments."""
     # The server's guard: one per process, built on the first connection from this spec (which
     # pickles cheaply to worker processes with the rest of the config).
-    spec = GuardSpec(settings, uuid.uuid4().hex)
+    spec = GuardSpec(project(GuardSettings, settings), uuid.uuid4().hex)
     return {
         "host": settings.host,
         "port": settings.port,

@@ -17,18 +17,22 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from gischat.broker import create_broker
-from gischat.chat.service import ChatService
+from gischat.broker import BrokerSettings, create_broker
+from gischat.chat.service import ChatService, ChatSettings
+from gischat.limits import RateSettings
 from gischat.networks import Networks
 from gischat.protocol.asyncapi.document import document_json
+from gischat.protocol.asyncapi.rules import DocumentSettings
 from gischat.protocol.dialects import Dialect
+from gischat.protocol.messages import Limits
 from gischat.rooms.connection import client_address
-from gischat.rooms.hub import Hub
-from gischat.settings import Settings, ignored_upstream_settings, load_settings
+from gischat.rooms.hub import Hub, RoomSettings
+from gischat.settings import Settings, ignored_upstream_settings, load_settings, project
 from gischat.web import about as page
 from gischat.web import client as webclient
 from gischat.web.conversations import add_conversation_routes
 from gischat.web.schemas import RoomStatus, RulesResponse, StatusResponse, VersionResponse
+from gischat.work.pool import PoolSettings, Processor
 
 logger = logging.getLogger("gischat")
 
@@ -40,10 +44,26 @@ def package_version() -> str:
         return "0+unknown"
 
 
+def assemble(settings: Settings) -> ChatService:
+    """The chat service and the parts below it, each given its own settings, not the whole set."""
+    limits = project(Limits, settings)
+    broker = create_broker(project(BrokerSettings, settings))
+    hub = Hub(project(RoomSettings, settings), broker)
+    processor = Processor(project(PoolSettings, settings), limits)
+    return ChatService(
+        project(ChatSettings, settings), hub, limits, project(RateSettings, settings), processor
+    )
+
+
+def document_settings(settings: Settings) -> DocumentSettings:
+    """What the AsyncAPI document tells of this instance."""
+    return project(DocumentSettings, settings, limits=project(Limits, settings))
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build an app for these settings (read from the environment when not given)."""
     settings = settings if settings is not None else load_settings()
-    chat = ChatService(settings, Hub(settings, create_broker(settings)))
+    chat = assemble(settings)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, Any]]:
@@ -138,7 +158,7 @@ def build_router(settings: Settings, chat: ChatService) -> APIRouter:
             broker=broker.status(),
         )
 
-    asyncapi = document_json(settings, current_version)  # built once per app
+    asyncapi = document_json(document_settings(settings), current_version)  # built once per app
 
     @router.get(
         "/asyncapi.json",

@@ -20,7 +20,6 @@ from gischat.protocol import geojson, parsing, refusals
 from gischat.protocol import messages as models
 from gischat.protocol.dialects import AnyClientMessage, Dialect, parse_object
 from gischat.protocol.refusals import MEMORY_REASON, NOT_JSON_REASON
-from gischat.settings import Settings
 from gischat.work import images
 from gischat.work.heap import release_memory, tune_allocator
 
@@ -50,14 +49,6 @@ class Rules:
     limits: models.Limits
     max_image_size: int
     max_image_pixels: int
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> Rules:
-        return cls(
-            limits=models.Limits.from_settings(settings),
-            max_image_size=settings.max_image_size,
-            max_image_pixels=settings.max_image_pixels,
-        )
 
 
 @dataclass(frozen=True, slots=True)

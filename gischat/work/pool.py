@@ -26,14 +26,13 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from gischat.protocol import messages as models
 from gischat.protocol import parsing, refusals
 from gischat.protocol.dialects import AnyClientMessage, Dialect
 from gischat.protocol.refusals import BUSY_REASON, CRASH_REASON
-from gischat.settings import Settings
 from gischat.work.heap import TRIM_DELAY, release_memory
 from gischat.work.jobs import (
     IGNORED,
@@ -64,6 +63,18 @@ POOL_IDLE = 5.0
 # --- on the event loop ----------------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class PoolSettings:
+    """The worker pool's settings: its size, its recycling, its budget, the image rules."""
+
+    processing_workers: int
+    processing_worker_max_tasks: int
+    max_processing_jobs: int
+    max_processing_bytes: int
+    max_image_size: int
+    max_image_pixels: int
+
+
 class Processor:
     """The loop's side: budget checks, a lazily created pool, crash recovery, statistics.
 
@@ -71,9 +82,9 @@ class Processor:
     thread, so the counters need no lock.
     """
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: PoolSettings, limits: models.Limits) -> None:
         self.settings = settings
-        self.rules = Rules.from_settings(settings)
+        self.rules = Rules(limits, settings.max_image_size, settings.max_image_pixels)
         self._pool: ProcessPoolExecutor | None = None
         self._pool_lock = threading.Lock()  # pool creation runs in a thread
         self._stopped = False
@@ -278,7 +289,7 @@ def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[..., object],
         loop.call_soon_threadsafe(callback, *args)
 
 
-def _new_pool(settings: Settings) -> ProcessPoolExecutor:
+def _new_pool(settings: PoolSettings) -> ProcessPoolExecutor:
     context = multiprocessing.get_context("forkserver")
     # Only takes effect when the forkserver starts, once per server process; harmless after.
     context.set_forkserver_preload([__name__])

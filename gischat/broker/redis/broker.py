@@ -47,23 +47,20 @@ import contextlib
 import logging
 import secrets
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 
-from gischat.broker.base import Envelope, Node
+from gischat.broker.base import BrokerSettings, Envelope, Node
 from gischat.broker.redis.connection import describe, redis_client, redis_location, redis_secrets
 from gischat.broker.redis.mirror import Buffered, Mirror, readable
 from gischat.broker.redis.outbox import Command, Outbox
-from gischat.broker.redis.scripts import SCRIPTS
+from gischat.broker.redis.scripts import SCRIPTS, EventKind, Header
 from gischat.protocol import dialects
 from gischat.protocol.dialects import Post
 from gischat.protocol.refusals import SPLIT_REASON
-
-if TYPE_CHECKING:
-    from gischat.settings import Settings
 
 logger = logging.getLogger("gischat.broker")
 
@@ -87,7 +84,7 @@ class NodeReaped(Exception):
 class RedisBroker:
     """Rooms shared by every gischat process connected to the same Redis and key prefix."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: BrokerSettings) -> None:
         self.url = settings.broker_url
         self.where = redis_location(self.url)
         self._secrets = redis_secrets(self.url)
@@ -449,27 +446,27 @@ class RedisBroker:
         head, _, rest = data.partition(b" ")
         header_text, _, payload = rest.partition(b"\n")
         seq = int(head)
-        header = orjson.loads(header_text)
-        kind, room, node = header[0], header[1], header[2]
-        mine = node == self.node
-        if mine and header[3]:
-            self._outbox.confirm(header[3])
-        if kind == "m":
-            keep = bool(header[5])
+        header = Header.parse(orjson.loads(header_text))
+        kind, room = header.kind, header.room
+        mine = header.node == self.node
+        if mine and header.n:
+            self._outbox.confirm(header.n)
+        if kind is EventKind.MESSAGE:
+            keep = header.keep
             if keep and self._buffer is not None:
                 self._buffer.append((seq, header, payload))
                 keep = False
             post = readable(payload)
             if post is not None:
-                hub.deliver(room, Envelope(post, header[4], keep and seq > self._base))
+                hub.deliver(room, Envelope(post, header.to, keep and seq > self._base))
             return
-        if kind in ("c", "r") and not (mine and header[6]):
-            if kind == "c" and mine:
-                hub.claim_settled(room, header[4], header[5])
-            post = readable(payload, header[7] if kind == "r" and len(header) > 7 else None)
+        if kind in (EventKind.CLAIMED, EventKind.FREED) and not (mine and header.quiet):
+            if kind is EventKind.CLAIMED and mine:
+                hub.claim_settled(room, header.key, header.nickname)
+            post = readable(payload, header.freed_at)
             if post is not None:
                 hub.deliver(room, Envelope(post))
-        if kind == "g" and mine:
+        if kind is EventKind.GONE and mine:
             if not self._stopping:
                 self._fail(NodeReaped("Redis took this node for dead; registering again"))
             return

@@ -11,12 +11,13 @@ import logging
 from typing import Any, TypeAlias
 
 from gischat.broker.base import Node
+from gischat.broker.redis.scripts import EventKind, Header
 from gischat.protocol.dialects import Post
 
 logger = logging.getLogger("gischat.broker")
 
 # An event received while the snapshot was on its way: (sequence number, header, payload).
-Buffered: TypeAlias = tuple[int, list[Any], bytes]
+Buffered: TypeAlias = tuple[int, Header, bytes]
 
 
 class Mirror:
@@ -47,23 +48,23 @@ class Mirror:
     def remote_users(self, room: str) -> list[str]:
         return [nickname for nickname, _ in self.nicks.get(room, {}).values()]
 
-    def apply(self, header: list[Any], hub: Node) -> None:
+    def apply(self, header: Header, hub: Node) -> None:
         """An event about another node (a claim, a release, counts, a departure), in the mirror."""
-        kind, room, node = header[0], header[1], header[2]
-        if kind == "c":
+        room, node = header.room, header.node
+        if header.kind is EventKind.CLAIMED:
             if room in self.nicks:
-                self.nicks[room][header[4]] = (header[5], node)
-        elif kind == "r":
+                self.nicks[room][header.key] = (header.nickname, node)
+        elif header.kind is EventKind.FREED:
             entries = self.nicks.get(room)
-            if entries is not None and entries.get(header[4], ("", ""))[1] == node:
-                del entries[header[4]]
-        elif kind == "n":
+            if entries is not None and entries.get(header.key, ("", ""))[1] == node:
+                del entries[header.key]
+        elif header.kind is EventKind.COUNTS:
             counts = self.counts.setdefault(node, {})
-            for name, count in header[4].items():
-                counts[name] = int(count)
+            for name, count in header.counts.items():
+                counts[name] = count
                 if name in self.nicks:
                     hub.remote_changed(name)
-        elif kind == "g":
+        elif header.kind is EventKind.GONE:
             self.counts.pop(node, None)
             for name, entries in self.nicks.items():
                 for key in [key for key, (_, owner) in entries.items() if owner == node]:
@@ -102,10 +103,10 @@ class Mirror:
         for seq, header, payload in buffered:
             if seq <= base:
                 continue
-            if header[0] == "m":
+            if header.kind is EventKind.MESSAGE:
                 post = readable(payload)
                 if post is not None:
-                    kept.setdefault(header[1], []).append(post)
+                    kept.setdefault(header.room, []).append(post)
             else:
                 self.apply(header, hub)
         for room in self.rooms:

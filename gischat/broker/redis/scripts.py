@@ -5,6 +5,12 @@ step, so every node sees one order: a claim's `newcomer` after everything publis
 an `exiter` always before the next claim of the same nickname.
 """
 
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
 # Events are "<seq> <header JSON>\n<payload>"; the header is a JSON array:
 #   ["m", room, node, n, to, keep]          a message (payload: the post, `Post.encode()`)
 #   ["c", room, node, n, key, nickname, q]  a nickname claimed (payload: the newcomer post)
@@ -174,3 +180,61 @@ SCRIPTS = {
     "sync": SYNC,
     "snapshot": SNAPSHOT,
 }
+
+
+class EventKind(StrEnum):
+    """The first element of an event's header."""
+
+    MESSAGE = "m"
+    CLAIMED = "c"
+    FREED = "r"
+    COUNTS = "n"
+    GONE = "g"
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    """An event's header, read by name: the JSON array above, as `publish` and the scripts write it."""
+
+    kind: EventKind
+    room: str
+    node: str
+    n: int  # the node's own command number (0: written by a script on another node's behalf)
+    rest: tuple[Any, ...]  # the kind's own fields
+
+    @classmethod
+    def parse(cls, raw: list[Any]) -> Header:
+        return cls(EventKind(raw[0]), raw[1], raw[2], int(raw[3]), tuple(raw[4:]))
+
+    # A message: to whom (None: the whole room), and whether it goes into history.
+    @property
+    def to(self) -> str | None:
+        to = self.rest[0]
+        return None if to is None else str(to)
+
+    @property
+    def keep(self) -> bool:
+        return bool(self.rest[1])
+
+    # A claim or a release: the nickname's key, the nickname, whether the node's sockets were
+    # told already (quiet), and for a release by a script, Redis's clock at that moment.
+    @property
+    def key(self) -> str:
+        return str(self.rest[0])
+
+    @property
+    def nickname(self) -> str:
+        return str(self.rest[1])
+
+    @property
+    def quiet(self) -> bool:
+        return bool(self.rest[2])
+
+    @property
+    def freed_at(self) -> int | None:
+        return int(self.rest[3]) if self.kind is EventKind.FREED and len(self.rest) > 3 else None
+
+    # Counts: room -> this node's sockets there.
+    @property
+    def counts(self) -> dict[str, int]:
+        return {str(room): int(count) for room, count in self.rest[0].items()}

@@ -16,11 +16,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from gischat.protocol.asyncapi.rules import DocumentSettings
 from gischat.protocol.asyncapi.schemas import CLIENT, SERVER
 from gischat.protocol.asyncapi.sockets import CHANNEL, ROOM, Part, message_key
 from gischat.protocol.dialects import CHANNEL_ONLY_TYPES, CHANNEL_TYPES, CLIENT_TYPES, IGNORED_TYPES, Dialect
 from gischat.protocol.messages import SERVER_ONLY_TYPES
-from gischat.settings import Settings
 
 ADDRESSES: dict[Dialect, str] = {Dialect.ROOM: "/room/{room}/ws", Dialect.CHANNEL: "/channel/{channel}/ws"}
 # Who gets each type when the server sends it; any other type goes to the whole conversation.
@@ -28,7 +28,7 @@ TO_LIKED_AUTHOR = "like"
 TO_SENDER = "uncompliant"
 
 
-def room_object(settings: Settings, parts: list[Part]) -> dict[str, Any]:
+def room_object(settings: DocumentSettings, parts: list[Part]) -> dict[str, Any]:
     """`/room/{room}/ws`, with this instance's rooms, history and frame limit."""
     history = (
         f"Right after its first `nb_users`, a new socket receives the room's last "
@@ -57,7 +57,7 @@ def room_object(settings: Settings, parts: list[Part]) -> dict[str, Any]:
     }
 
 
-def channel_object(settings: Settings, parts: list[Part]) -> dict[str, Any]:
+def channel_object(settings: DocumentSettings, parts: list[Part]) -> dict[str, Any]:
     """`/channel/{channel}/ws`: the room's rules plus the 3.x envelope, replies and scripts."""
     ignored = ", ".join(f"`{kind}`" for kind in sorted(IGNORED_TYPES[Dialect.CHANNEL]))
     only = ", ".join(f"`{kind}`" for kind in CHANNEL_TYPES if kind in CHANNEL_ONLY_TYPES)

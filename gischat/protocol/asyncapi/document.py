@@ -52,11 +52,10 @@ from gischat.protocol.asyncapi import channels, sockets
 from gischat.protocol.asyncapi.examples import accepted, fitting_nickname, server_examples
 from gischat.protocol.asyncapi.notes import descriptions
 from gischat.protocol.asyncapi.refusals import channel_cases, channel_fixed, refusals
+from gischat.protocol.asyncapi.rules import DocumentSettings
 from gischat.protocol.asyncapi.schemas import message_models, model_schemas
 from gischat.protocol.asyncapi.sockets import message_object
 from gischat.protocol.dialects import CHANNEL_TYPES, Dialect
-from gischat.protocol.messages import Limits
-from gischat.settings import Settings
 
 ASYNCAPI_VERSION = "3.0.0"
 
@@ -69,9 +68,9 @@ def package_version() -> str:
         return "0+unknown"
 
 
-def build_document(settings: Settings, package: str | None = None) -> dict[str, Any]:
+def build_document(settings: DocumentSettings, package: str | None = None) -> dict[str, Any]:
     """The AsyncAPI 3.0.0 document of this instance's websocket protocol."""
-    limits = Limits.from_settings(settings)
+    limits = settings.limits
     models = message_models()
     schemas = model_schemas(models, limits)
     shown = {kind: accepted(kind, model, limits) for kind, model in CHANNEL_TYPES.items()}
@@ -134,12 +133,12 @@ def build_document(settings: Settings, package: str | None = None) -> dict[str, 
     }
 
 
-def document_json(settings: Settings, package: str | None = None) -> bytes:
+def document_json(settings: DocumentSettings, package: str | None = None) -> bytes:
     """`build_document` as the bytes `/asyncapi.json` serves."""
     return orjson.dumps(build_document(settings, package))
 
 
-def _servers(settings: Settings) -> dict[str, Any]:
+def _servers(settings: DocumentSettings) -> dict[str, Any]:
     """Where clients reach the instance: as it listens, and behind a TLS-terminating proxy."""
     host = settings.host if settings.host not in ("", "0.0.0.0", "::") else "localhost"  # noqa: S104
     if ":" in host:  # an IPv6 address

@@ -21,13 +21,12 @@ from typing import Any
 import orjson
 
 from gischat.protocol.asyncapi.payloads import CLIENT_EXAMPLES
-from gischat.protocol.asyncapi.rules import REPLY_KEY
+from gischat.protocol.asyncapi.rules import REPLY_KEY, DocumentSettings
 from gischat.protocol.dialects import Dialect, Post, parse_object
 from gischat.protocol.geojson import check_feature
 from gischat.protocol.messages import ExiterMessage, GeojsonMessage, Limits, NbUsersMessage, WireMessage
 from gischat.protocol.parsing import parse_object as parse_one
 from gischat.protocol.refusals import Uncompliant
-from gischat.settings import Settings
 
 # An example: its name, summary and validated message.
 Shown = tuple[str, str, WireMessage]
@@ -81,7 +80,7 @@ def fitting_nickname(nickname: str, limits: Limits) -> str:
     return padded[: limits.max_author_length]
 
 
-def replies(texts: Sequence[Shown], limits: Limits, settings: Settings) -> dict[str, list[Reply]]:
+def replies(texts: Sequence[Shown], limits: Limits, settings: DocumentSettings) -> dict[str, list[Reply]]:
     """With REPLY_THREADS on, an answer to the first text example: name, summary, as sent, as received."""
     if not settings.reply_threads or not texts:
         return {}

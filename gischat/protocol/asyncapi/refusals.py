@@ -18,10 +18,10 @@ from typing import Any
 
 from gischat.protocol.asyncapi.examples import Shown
 from gischat.protocol.asyncapi.payloads import MODEL_XML, SCRIPT_CODE, WGS84_WKT
+from gischat.protocol.asyncapi.rules import DocumentSettings
 from gischat.protocol.dialects import Dialect, parse_frame, parse_object
 from gischat.protocol.messages import Limits, UncompliantMessage
 from gischat.protocol.refusals import BINARY_REASON, REPLY_REASON, Uncompliant
-from gischat.settings import Settings
 
 # A refusal to show: name, summary, and an attempt that raises `Uncompliant`.
 Case = tuple[str, str, Callable[[], object]]
@@ -121,7 +121,7 @@ def channel_cases(limits: Limits, author: str) -> list[Case]:
     return cases
 
 
-def channel_fixed(settings: Settings) -> list[Fixed]:
+def channel_fixed(settings: DocumentSettings) -> list[Fixed]:
     """Refusals a channel client meets that are decided on the conversation's state, after validation."""
     if not settings.reply_threads:
         return []

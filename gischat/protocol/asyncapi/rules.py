@@ -11,6 +11,7 @@ This module depends on nothing else of the package: every other module may read 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from gischat.protocol.messages import Limits
@@ -86,3 +87,18 @@ def field_rules(limits: Limits) -> dict[str, dict[str, Any]]:
         "reason": {"maxLength": MAX_REASON_LENGTH},
         "nb_users": {"minimum": 0},
     }
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentSettings:
+    """What the document tells of the instance: its rooms, address, switches and limits."""
+
+    rooms: list[str]
+    host: str
+    port: int
+    reply_threads: bool
+    allow_scripts: bool
+    max_frame_size: int
+    max_script_length: int
+    max_stored_messages: int
+    limits: Limits

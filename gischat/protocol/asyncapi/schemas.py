@@ -24,7 +24,7 @@ from typing import Any
 from pydantic.json_schema import models_json_schema
 
 from gischat.protocol.asyncapi.notes import FIELD_NOTES, SERVER_FIELD_NOTES
-from gischat.protocol.asyncapi.rules import REPLY_KEY, UUID4_JSON_PATTERN, field_rules
+from gischat.protocol.asyncapi.rules import REPLY_KEY, UUID4_JSON_PATTERN, DocumentSettings, field_rules
 from gischat.protocol.dialects import CHANNEL_TYPES
 from gischat.protocol.messages import (
     ExiterMessage,
@@ -33,7 +33,6 @@ from gischat.protocol.messages import (
     UncompliantMessage,
     WireMessage,
 )
-from gischat.settings import Settings
 
 SCHEMA_REF = "#/components/schemas/{model}"
 
@@ -133,7 +132,9 @@ def schema_name(direction: str, model: type[WireMessage]) -> str:
     return f"Channel{direction.capitalize()}{model.__name__}"
 
 
-def client_schema(schema: dict[str, Any], model: type[WireMessage], settings: Settings) -> dict[str, Any]:
+def client_schema(
+    schema: dict[str, Any], model: type[WireMessage], settings: DocumentSettings
+) -> dict[str, Any]:
     """What a channel client sends: the model's schema, `in_reply_to_id` last where it may be given."""
     properties = {name: prop for name, prop in schema["properties"].items() if name != REPLY_KEY}
     if takes_replies(model):
@@ -141,7 +142,9 @@ def client_schema(schema: dict[str, Any], model: type[WireMessage], settings: Se
     return {**schema, "title": schema_name(CLIENT, model), "properties": properties}
 
 
-def server_schema(schema: dict[str, Any], model: type[WireMessage], settings: Settings) -> dict[str, Any]:
+def server_schema(
+    schema: dict[str, Any], model: type[WireMessage], settings: DocumentSettings
+) -> dict[str, Any]:
     """What channel sockets receive: the envelope, then every key of the type, all present."""
     properties: dict[str, Any] = {"type": schema["properties"]["type"], "id": ID_SCHEMA}
     properties["timestamp"] = TIMESTAMP_SCHEMA
@@ -163,7 +166,7 @@ def server_schema(schema: dict[str, Any], model: type[WireMessage], settings: Se
     }
 
 
-def reply_schema(settings: Settings, *, from_client: bool) -> dict[str, Any]:
+def reply_schema(settings: DocumentSettings, *, from_client: bool) -> dict[str, Any]:
     """`in_reply_to_id` as a client may send it, or as channel sockets receive it; its meaning
     depends on whether the instance threads replies (REPLY_THREADS)."""
     if not from_client:

@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 
 from gischat.protocol.asyncapi.examples import Shown, example, frame, replies, wire
 from gischat.protocol.asyncapi.notes import type_notes
+from gischat.protocol.asyncapi.rules import DocumentSettings
 from gischat.protocol.asyncapi.schemas import (
     CLIENT,
     SCHEMA_REF,
@@ -29,7 +30,6 @@ from gischat.protocol.asyncapi.schemas import (
 )
 from gischat.protocol.dialects import CHANNEL_TYPES, ROOM_TYPES, Dialect
 from gischat.protocol.messages import SERVER_ONLY_TYPES, Limits, WireMessage
-from gischat.settings import Settings
 
 # Each socket's key in the document's `channels` (and its parameter's name).
 ROOM = str(Dialect.ROOM)
@@ -83,7 +83,7 @@ def channel_components(
     descriptions: Mapping[str, str],
     shown: Mapping[str, Sequence[Shown]],
     limits: Limits,
-    settings: Settings,
+    settings: DocumentSettings,
 ) -> tuple[dict[str, Any], list[Part]]:
     """The channel's schemas and messages, from each model's schema (`schemas`, by model name), each
     type's description and its examples: accepted client ones, or what the server sends."""
