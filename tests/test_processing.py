@@ -261,13 +261,14 @@ async def test_image_refusals_keep_their_reasons(processor_factory: ProcessorFac
 async def test_main_heap_is_trimmed_after_large_jobs(
     processor_factory: ProcessorFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(processing, "TRIM_DELAY", 0.01)
+    monkeypatch.setattr(heap, "TRIM_DELAY", 0.01)
     processor = processor_factory()
+    before, due = heap._heap_trimmer.trims, heap._heap_trimmer.due
     await processor.process_frame(frame(layer(point())))
-    assert processor.trims == 0  # small jobs leave the heap alone
+    assert heap._heap_trimmer.due == due  # small jobs ask for no trim
     big = layer(feature({"type": "Point", "coordinates": [1, 2]}, notes="x" * (jobs.LARGE_INPUT + 1)))
     await processor.process_frame(frame(big))
-    await wait_until(lambda: processor.trims == 1)
+    await wait_until(lambda: heap._heap_trimmer.trims == before + 1)
 
 
 async def test_heap_is_trimmed_once_large_buffers_stop_coming(monkeypatch: pytest.MonkeyPatch) -> None:

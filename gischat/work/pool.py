@@ -33,7 +33,7 @@ from gischat.protocol import messages as models
 from gischat.protocol import parsing, refusals
 from gischat.protocol.dialects import AnyClientMessage, Dialect
 from gischat.protocol.refusals import BUSY_REASON, CRASH_REASON
-from gischat.work.heap import TRIM_DELAY, release_memory
+from gischat.work.heap import trim_heap_soon
 from gischat.work.jobs import (
     IGNORED,
     LARGE_INPUT,
@@ -95,9 +95,6 @@ class Processor:
         self.busy_refusals = 0
         self.crashed_jobs = 0  # lost to a worker that died
         self.pool_restarts = 0  # pools replaced after a crash
-        self.trims = 0  # heap trims of the main process after large jobs
-        self._trim_timer: asyncio.TimerHandle | None = None
-        self._trimming: asyncio.Task[bool] | None = None
         self._idle_timer: asyncio.TimerHandle | None = None
         self._idle_due = 0.0
         self.idle_stops = 0  # pools stopped for lack of work
@@ -113,9 +110,6 @@ class Processor:
     async def stop(self) -> None:
         """Shut the workers down, waiting briefly for running jobs, then terminating them."""
         self._stopped = True
-        if self._trim_timer is not None:
-            self._trim_timer.cancel()
-            self._trim_timer = None
         if self._idle_timer is not None:
             self._idle_timer.cancel()
             self._idle_timer = None
@@ -182,33 +176,15 @@ class Processor:
             raise refusals.Uncompliant(CRASH_REASON) from None
         self.jobs_done += 1
         if size > LARGE_INPUT:
-            self._schedule_trim()
+            # glibc keeps the freed frames, results and per-socket copies of big layers for reuse
+            # (150 MB after a burst of ten 16 MB layers): the process's one trimmer hands them back
+            # once large buffers stop coming, whoever let them go (here, or the transport).
+            trim_heap_soon()
         if outcome == IGNORED:
             raise parsing.Ignored()
         if isinstance(outcome, Refused):
             raise refusals.Uncompliant(outcome.reason)
         return outcome
-
-    def _schedule_trim(self) -> None:
-        """Trim the main heap once large jobs have been quiet for TRIM_DELAY seconds.
-
-        glibc keeps the freed frames, results and per-socket copies of big layers for reuse
-        (150 MB after a burst of ten 16 MB layers); the trim takes tens of milliseconds
-        without the GIL, so it runs in a thread and the loop never waits for it.
-        """
-        if self._trim_timer is not None:
-            self._trim_timer.cancel()
-        self._trim_timer = asyncio.get_running_loop().call_later(TRIM_DELAY, self._trim)
-
-    def _trim(self) -> None:
-        self._trim_timer = None
-        if self._stopped or (self._trimming is not None and not self._trimming.done()):
-            return
-        if self.bytes_in_flight > LARGE_INPUT:
-            self._schedule_trim()  # still busy: the memory would be taken again at once
-            return
-        self.trims += 1
-        self._trimming = asyncio.get_running_loop().create_task(asyncio.to_thread(release_memory))
 
     def _reserve(self, size: int) -> None:
         jobs = self.jobs_in_flight + 1
