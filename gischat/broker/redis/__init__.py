@@ -1,0 +1,45 @@
+"""The Redis engine: any number of gischat processes (nodes) serving one set of rooms.
+
+What travels, and in which order
+    Every node subscribes to one pub/sub channel, `{prefix}:events`, and delivers what comes
+    back to its own sockets; a node never delivers its own messages directly, so every node
+    sees one order, the order in which Redis ran the scripts that published them. A node
+    sends everything (messages, nickname claims and releases, its socket counts, heartbeats)
+    through one ordered outgoing queue, drained by a single task that pipelines the commands
+    on one connection: one sender's messages, and a `newcomer` after what its socket said
+    before it, keep their order.
+
+Presence, without counters that drift
+    Nicknames live in one hash per room, `{prefix}:nicks:{room}`, nickname key -> owning node
+    and nickname, changed only by Lua scripts that check and write in one step and publish
+    the matching `newcomer`/`exiter` in that same step: a race for a nickname has exactly one
+    winner, and an `exiter` precedes the next claim of the nickname. Socket counts are
+    absolute (each node writes its own per-room numbers, never increments), so nothing adds
+    up wrongly after a crash: a room's count is the sum over the nodes alive.
+
+Mirror
+    Each node keeps in memory what the other nodes hold (their nicknames and counts), loaded
+    from a snapshot when it (re)connects and kept current from the events: identity checks,
+    counts, user lists and likes never wait on Redis. Every event carries a sequence number
+    from `{prefix}:seq`; the snapshot carries the number it was taken at, so an event is
+    applied once, whether it arrived before or after the snapshot.
+
+Nodes that die
+    Each node refreshes its heartbeat (a score in `{prefix}:nodes`, Redis time) several times
+    per `NODE_TIMEOUT`, and asks Redis to reap the nodes whose heartbeat is older. Reaping is
+    one script, so exactly one caller does it: it frees the dead node's nicknames (publishing
+    their `exiter`s), deletes its counts and publishes that the node is gone. A node that
+    stops cleanly reaps itself.
+
+Redis going away
+    The node keeps its own sockets chatting (messages delivered locally, nicknames unique
+    among its own sockets), says `healthy: false` in `/status`, and reconnects with backoff.
+    Back, it runs one script that re-registers it, rewrites its counts, frees the nicknames
+    its sockets gave up meanwhile and claims again those they took; a nickname another node
+    holds by then stays with that node, and the local socket keeps its connection but loses
+    the nickname, with an `uncompliant` saying so.
+
+`broker.py` holds the node's life and its side of the `Broker` interface; `outbox.py` the ordered
+command queue; `scripts.py` the Lua scripts and the events they publish; `mirror.py` the other
+nodes as this one knows them; `connection.py` the client and what of the URL may be shown.
+"""

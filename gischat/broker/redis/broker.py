@@ -1,43 +1,5 @@
-"""The Redis broker: any number of gischat processes (nodes) serving one set of rooms.
-
-What travels, and in which order
-    Every node subscribes to one pub/sub channel, `{prefix}:events`, and delivers what comes
-    back to its own sockets; a node never delivers its own messages directly, so every node
-    sees one order, the order in which Redis ran the scripts that published them. A node
-    sends everything (messages, nickname claims and releases, its socket counts, heartbeats)
-    through one ordered outgoing queue, drained by a single task that pipelines the commands
-    on one connection: one sender's messages, and a `newcomer` after what its socket said
-    before it, keep their order.
-
-Presence, without counters that drift
-    Nicknames live in one hash per room, `{prefix}:nicks:{room}`, nickname key -> owning node
-    and nickname, changed only by Lua scripts that check and write in one step and publish
-    the matching `newcomer`/`exiter` in that same step: a race for a nickname has exactly one
-    winner, and an `exiter` precedes the next claim of the nickname. Socket counts are
-    absolute (each node writes its own per-room numbers, never increments), so nothing adds
-    up wrongly after a crash: a room's count is the sum over the nodes alive.
-
-Mirror
-    Each node keeps in memory what the other nodes hold (their nicknames and counts), loaded
-    from a snapshot when it (re)connects and kept current from the events: identity checks,
-    counts, user lists and likes never wait on Redis. Every event carries a sequence number
-    from `{prefix}:seq`; the snapshot carries the number it was taken at, so an event is
-    applied once, whether it arrived before or after the snapshot.
-
-Nodes that die
-    Each node refreshes its heartbeat (a score in `{prefix}:nodes`, Redis time) several times
-    per `NODE_TIMEOUT`, and asks Redis to reap the nodes whose heartbeat is older. Reaping is
-    one script, so exactly one caller does it: it frees the dead node's nicknames (publishing
-    their `exiter`s), deletes its counts and publishes that the node is gone. A node that
-    stops cleanly reaps itself.
-
-Redis going away
-    The node keeps its own sockets chatting (messages delivered locally, nicknames unique
-    among its own sockets), says `healthy: false` in `/status`, and reconnects with backoff.
-    Back, it runs one script that re-registers it, rewrites its counts, frees the nicknames
-    its sockets gave up meanwhile and claims again those they took; a nickname another node
-    holds by then stays with that node, and the local socket keeps its connection but loses
-    the nickname, with an `uncompliant` saying so.
+"""A node of the Redis engine: its side of the `Broker` interface and its life (connect, register,
+snapshot, heartbeat, degraded mode, resync). How the engine works is told in the package's docstring.
 """
 
 from __future__ import annotations
@@ -57,8 +19,7 @@ from gischat.broker.base import BrokerSettings, Envelope, Node
 from gischat.broker.redis.connection import describe, redis_client, redis_location, redis_secrets
 from gischat.broker.redis.mirror import Buffered, Mirror, readable
 from gischat.broker.redis.outbox import Command, Outbox
-from gischat.broker.redis.scripts import SCRIPTS, EventKind, Header
-from gischat.protocol import dialects
+from gischat.broker.redis.scripts import SCRIPTS, EventKind, Header, counts_command, exiter_wire, sync_command
 from gischat.protocol.dialects import Post
 from gischat.protocol.refusals import SPLIT_REASON
 
@@ -175,7 +136,7 @@ class RedisBroker:
                 self._hub.deliver(room, envelope)
             return
         n = self._outbox.number()
-        header = orjson.dumps(["m", room, self.node, n, envelope.to, envelope.keep])
+        header = orjson.dumps([EventKind.MESSAGE, room, self.node, n, envelope.to, envelope.keep])
         self._outbox.send(
             Command(
                 "emit",
@@ -197,7 +158,7 @@ class RedisBroker:
             return True
         n = self._outbox.number()
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        header = orjson.dumps(["c", room, self.node, n, key, nickname, 0])
+        header = orjson.dumps([EventKind.CLAIMED, room, self.node, n, key, nickname, 0])
         self._outbox.send(
             Command(
                 "claim",
@@ -223,7 +184,7 @@ class RedisBroker:
             self._deliver_local(room, Envelope(payload))
             return
         n = self._outbox.number()
-        header = orjson.dumps(["r", room, self.node, n, key, nickname, 0])
+        header = orjson.dumps([EventKind.FREED, room, self.node, n, key, nickname, 0])
         self._outbox.send(
             Command(
                 "release",
@@ -255,12 +216,8 @@ class RedisBroker:
         """The absolute socket counts of the rooms that changed, as one command."""
         assert self._hub is not None
         counts = {room: self._hub.local_count(room) for room in sorted(rooms)}
-        n = self._outbox.number()
-        header = orjson.dumps(["n", "", self.node, n, counts])
-        args: list[Any] = [self.node, header]
-        for room, count in counts.items():
-            args += [room, count]
-        return Command("counts", [self.k_nodes, self.k_seq, self.k_channel, self.k_counts], args, n=n)
+        keys = [self.k_nodes, self.k_seq, self.k_channel, self.k_counts]
+        return counts_command(self.node, self._outbox.number(), keys, counts)
 
     # --- the connection's life ----------------------------------------------------------------
 
@@ -359,32 +316,16 @@ class RedisBroker:
 
     def _sync_command(self) -> Command:
         """Register (again), rewrite the counts, free what was given up and claim what was taken."""
-        assert self._hub is not None
-        n = self._outbox.number()
-        counts = {room: self._hub.local_count(room) for room in self.rooms}
-        header = orjson.dumps(["n", "", self.node, n, counts])
-        args: list[Any] = [self.prefix, self.node, header, len(counts)]
-        for room, count in counts.items():
-            args += [room, count]
-        held = self._hub.local_nicknames()
-        for room, key, nickname in held:
-            claim_header = orjson.dumps(["c", room, self.node, 0, key, nickname, 1])
-            args += [room, key, nickname, claim_header, newcomer_wire(nickname), exiter_wire(nickname)]
+        hub = self._hub
+        assert hub is not None
+        counts = {room: hub.local_count(room) for room in self.rooms}
+        held = hub.local_nicknames()
 
-        def settle(results: Any) -> None:
-            if not isinstance(results, list) or self._hub is None:
-                return
-            for (room, key, nickname), result in zip(held, results, strict=False):
-                if int(result) == 0:
-                    self._hub.revoke(room, key, SPLIT_REASON.format(nickname=nickname))
+        def lost(room: str, key: str, nickname: str) -> None:
+            hub.revoke(room, key, SPLIT_REASON.format(nickname=nickname))
 
-        return Command(
-            "sync",
-            [self.k_nodes, self.k_seq, self.k_channel, self.k_counts, self.k_index],
-            args,
-            n=n,
-            on_result=settle,
-        )
+        keys = [self.k_nodes, self.k_seq, self.k_channel, self.k_counts, self.k_index]
+        return sync_command(self.prefix, self.node, self._outbox.number(), keys, counts, held, lost)
 
     async def _beat(self) -> None:
         loop = asyncio.get_running_loop()
@@ -476,12 +417,3 @@ class RedisBroker:
             self._buffer.append((seq, header, payload))
         elif seq > self._base:
             self._mirror.apply(header, hub)
-
-
-def newcomer_wire(nickname: str) -> str:
-    return dialects.newcomer(nickname).encode()
-
-
-def exiter_wire(nickname: str) -> str:
-    """The exiter a script publishes when it frees the nickname for a node that cannot."""
-    return dialects.exiter(nickname).encode()

@@ -7,9 +7,15 @@ an `exiter` always before the next claim of the same nickname.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
+
+import orjson
+
+from gischat.broker.redis.outbox import Command
+from gischat.protocol import dialects
 
 # Events are "<seq> <header JSON>\n<payload>"; the header is a JSON array:
 #   ["m", room, node, n, to, keep]          a message (payload: the post, `Post.encode()`)
@@ -238,3 +244,53 @@ class Header:
     @property
     def counts(self) -> dict[str, int]:
         return {str(room): int(count) for room, count in self.rest[0].items()}
+
+
+# --- commands -------------------------------------------------------------------------------------
+
+
+def counts_command(node: str, n: int, keys: list[str], counts: dict[str, int]) -> Command:
+    """COUNTS: a node's absolute socket counts of some rooms."""
+    header = orjson.dumps([EventKind.COUNTS, "", node, n, counts])
+    args: list[Any] = [node, header]
+    for room, count in counts.items():
+        args += [room, count]
+    return Command("counts", keys, args, n=n)
+
+
+def sync_command(
+    prefix: str,
+    node: str,
+    n: int,
+    keys: list[str],
+    counts: dict[str, int],
+    held: list[tuple[str, str, str]],
+    lost: Callable[[str, str, str], None],
+) -> Command:
+    """SYNC: register the node (again) with its counts and the nicknames its sockets hold
+    (`held`: room, key, nickname); `lost` is told of each one another node took meanwhile."""
+    header = orjson.dumps([EventKind.COUNTS, "", node, n, counts])
+    args: list[Any] = [prefix, node, header, len(counts)]
+    for room, count in counts.items():
+        args += [room, count]
+    for room, key, nickname in held:
+        claim_header = orjson.dumps([EventKind.CLAIMED, room, node, 0, key, nickname, 1])
+        args += [room, key, nickname, claim_header, newcomer_wire(nickname), exiter_wire(nickname)]
+
+    def settle(results: Any) -> None:
+        if not isinstance(results, list):
+            return
+        for (room, key, nickname), result in zip(held, results, strict=False):
+            if int(result) == 0:
+                lost(room, key, nickname)
+
+    return Command("sync", keys, args, n=n, on_result=settle)
+
+
+def newcomer_wire(nickname: str) -> str:
+    return dialects.newcomer(nickname).encode()
+
+
+def exiter_wire(nickname: str) -> str:
+    """The exiter a script publishes when it frees the nickname for a node that cannot."""
+    return dialects.exiter(nickname).encode()
