@@ -6,7 +6,7 @@
     python bench/run.py --dialects --baseline /tmp/before  # scenario 1 on it too, as 'before'
 
 A broadcast is serialised once and rendered once per dialect some recipient speaks
-(gischat/dialects.py `Post.frame`, gischat/rooms.py `Room.deliver`): a conversation read in
+(gischat/protocol/dialects.py `Post.frame`, gischat/rooms/hub.py `Room.deliver`): a conversation read in
 both dialects should cost the server about what one read in a single dialect does, one more
 rendering per message and none per recipient. One gischat process serves every arrangement;
 rounds alternate between them, the order rotating by one every round, so a drift in the
@@ -97,7 +97,7 @@ from scenarios_fanout import (
 
 
 class Dialect(StrEnum):
-    """The route a socket opened, as gischat/dialects.py names them (not imported from there, so
+    """The route a socket opened, as gischat/protocol/dialects.py names them (not imported from there, so
     the bench also runs beside an older gischat tree, see --baseline)."""
 
     ROOM = "room"  # 2.x: /room/{r}/ws
@@ -135,7 +135,7 @@ LABELS = {
     "before": "scenario 1, gischat before",
     "naive": "scenario 1, naive",
 }
-# README.md, Benchmarks: scenario 1 before the two dialects (2 cores, Python 3.11.7).
+# docs/benchmarks.md: scenario 1 before the two dialects (2 cores, Python 3.11.7).
 README_FANOUT = {"gischat": 70_175.0, "naive": 57_812.0}
 
 # What a text's head looks like in each dialect: enough to tell them apart, matched on every frame.
@@ -426,7 +426,7 @@ def scenario_one_table(outcomes: dict[str, Outcome], baseline: str | None) -> li
         "",
         "Scenario 1 (bench/run.py's fan-out: its code, its clients, all on /room) in the same run"
         + (f"; 'before' is gischat from {baseline}" if baseline else "")
-        + f". README.md before the two dialects: gischat {README_FANOUT['gischat']:,.0f}, naive "
+        + f". docs/benchmarks.md before the two dialects: gischat {README_FANOUT['gischat']:,.0f}, naive "
         f"{README_FANOUT['naive']:,.0f} deliveries/s, ratio {readme:.2f}.",
         "",
         "| metric | "

@@ -1,4 +1,4 @@
-"""Transport limits (gischat.transport) against a real server, over real sockets.
+"""Transport limits (gischat.server) against a real server, over real sockets.
 
 Attackers connect from their own loopback addresses (127.0.0.2, 127.0.0.3...) with raw sockets
 and hand-made frames; 127.0.0.1 is a trusted proxy under the default FORWARDED_ALLOW_IPS. Each

@@ -7,7 +7,7 @@ message reaches local sockets in the same event-loop step it was published in.
 
 `publish` never waits: it hands the envelope over in call order, and that order is the
 order everyone sees (one sender's messages, or an `exiter` before the next `newcomer` of
-the same nickname). The Redis broker (`gischat.redis_broker`) keeps the same promise by
+the same nickname). The Redis broker (`gischat.broker.redis`) keeps the same promise by
 appending to one ordered outgoing queue that a single task drains, and adds what a shared
 service needs: nickname claims decided in Redis, and a mirror of the other nodes' sockets
 and nicknames, so that counts, user lists and identity checks are global without a round

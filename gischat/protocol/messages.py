@@ -1,4 +1,4 @@
-"""The wire protocol: every message a client may send or receive, and how frames become them.
+"""The wire models of the 2.x dialect: every message a client may send or receive, and their rules.
 
 The models mirror the wire exactly. Clients in the field (QTribu builds a frozen dataclass
 with `Cls(**message)`) break on an extra or a missing key, so each model's fields are the

@@ -1,0 +1,1 @@
+"""The conversations of an instance: rooms, their sockets and nicknames, outboxes, history."""

@@ -1,0 +1,1 @@
+"""Work that grows with what a client sends (images, layers, big frames), done in worker processes."""

@@ -1,0 +1,1 @@
+"""The AsyncAPI 3.0 document of both websocket dialects, generated from the wire models (see `document`)."""
