@@ -13,11 +13,9 @@ import ipaddress
 import os
 import re
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Annotated, Any, Literal, Self, TypeVar
 from urllib.parse import urlsplit
 
-from dotenv import dotenv_values
 from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -313,38 +311,6 @@ class Settings(BaseSettings):
                 "would hold its own copy of every room"
             )
         return self
-
-
-# Upstream 3.x settings an operator swapping images may still have, and why they do nothing here.
-MATRIX_REASON = "the Matrix bridge is not built: it keeps users' Matrix passwords in Redis in clear"
-SENTRY_REASON = "no Sentry reporting: errors go to the log and /metrics"
-IGNORED_UPSTREAM: dict[str, str] = {
-    "MATRIX_CHAT_ENABLED": MATRIX_REASON,
-    "MATRIX_PING_MESSAGE_PREFIX": MATRIX_REASON,
-    "MATRIX_PING_HOMESERVER": MATRIX_REASON,
-    "MATRIX_PING_ROOMID": MATRIX_REASON,
-    "MATRIX_PING_TOKEN": MATRIX_REASON,
-    "SENTRY_DSN": SENTRY_REASON,
-    "SENTRY_TRACES_SAMPLE_RATE": SENTRY_REASON,
-    "SENTRY_PROFILES_SAMPLE_RATE": SENTRY_REASON,
-}
-
-
-def ignored_upstream_settings(environ: Mapping[str, str], env_file: str | None = ".env") -> str | None:
-    """One line naming the upstream settings present in the environment (or `.env`) that this
-    server ignores, and why; None when there are none."""
-    names = {name.upper() for name in environ}
-    if env_file is not None and Path(env_file).is_file():
-        names |= {name.upper() for name in dotenv_values(env_file)}
-    found = [name for name in IGNORED_UPSTREAM if name in names]
-    if not found:
-        return None
-    reasons: dict[str, list[str]] = {}
-    for name in found:
-        reasons.setdefault(IGNORED_UPSTREAM[name], []).append(name)
-    return "ignoring upstream gischat settings: " + "; ".join(
-        f"{', '.join(names)} ({reason})" for reason, names in reasons.items()
-    )
 
 
 ConfigT = TypeVar("ConfigT")

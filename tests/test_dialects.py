@@ -16,7 +16,8 @@ import pytest
 from test_images import b64, photo
 from websockets.exceptions import InvalidStatus
 
-from gischat.settings import ignored_upstream_settings, load_settings
+from gischat.settings import load_settings
+from gischat.upstream import ignored_upstream_settings
 
 from conftest import (
     TIMEOUT,

@@ -16,7 +16,8 @@ from starlette.routing import Mount, WebSocketRoute
 
 from gischat.protocol import dialects
 from gischat.protocol import messages as models
-from gischat.settings import IGNORED_UPSTREAM, Settings
+from gischat.settings import Settings
+from gischat.upstream import IGNORED_UPSTREAM
 from gischat.web.app import create_app
 
 ROOT = Path(__file__).resolve().parent.parent

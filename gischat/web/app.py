@@ -27,7 +27,8 @@ from gischat.protocol.dialects import Dialect
 from gischat.protocol.messages import Limits
 from gischat.rooms.connection import client_address
 from gischat.rooms.hub import Hub, RoomSettings
-from gischat.settings import Settings, ignored_upstream_settings, load_settings, project
+from gischat.settings import Settings, load_settings, project
+from gischat.upstream import ignored_upstream_settings
 from gischat.web import about as page
 from gischat.web import client as webclient
 from gischat.web.conversations import add_conversation_routes
