@@ -25,7 +25,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from gischat.server.guard import GuardSpec, forget_guard
-from gischat.server.runner import listening_socket, prepare_process, uvicorn_options
+from gischat.server.runner import guarded, listening_socket, prepare_process, uvicorn_options
 from gischat.settings import Settings
 from gischat.web.app import create_app
 
@@ -107,7 +107,7 @@ def start_server(settings: Settings, port: int = 0) -> LiveServer:
     guard_spec = options["http"].keywords["guard_spec"]
     options.update(port=port, log_config=None, log_level="warning")
     options.pop("workers")
-    config = uvicorn.Config(create_app(settings), **options)
+    config = uvicorn.Config(guarded(create_app(settings)), **options)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()

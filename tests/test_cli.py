@@ -208,3 +208,24 @@ def test_uvicorn_with_invalid_settings_names_the_variable(tmp_path: Path) -> Non
     assert elapsed < QUICK_EXIT
     assert "MAX_AUTHOR_LENGTH" in result.stderr
     assert "Uvicorn running" not in result.stdout + result.stderr
+
+
+def test_plain_uvicorn_says_it_runs_without_the_guards(tmp_path: Path) -> None:
+    """`uvicorn gischat.app:app` works, and says in one line what it lacks and what to run instead."""
+    port = free_port()
+    env = clean_env(PORT=str(port))
+    command = [sys.executable, "-m", "uvicorn", "gischat.app:app", "--port", str(port)]
+    with running(command, env, tmp_path) as server:
+        wait_until_serving(server)
+        check_websocket(server, "QGIS")
+        lines = [line for line in server.output().splitlines() if "transport guards" in line]
+        assert len(lines) == 1, server.output()
+        assert "`gischat` command" in lines[0]
+
+
+def test_the_gischat_command_runs_guarded(tmp_path: Path) -> None:
+    port = free_port()
+    env = clean_env(PORT=str(port))
+    with running(LAUNCHERS["gischat"], env, tmp_path) as server:
+        wait_until_serving(server)
+        assert "transport guards" not in server.output()

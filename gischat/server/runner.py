@@ -38,6 +38,16 @@ from gischat.settings import Settings, project
 SWITCH_INTERVAL = 0.001
 
 
+# Where an app built by the runner is told that gischat's guarded protocols serve it.
+GUARDED_STATE = "transport_guarded"
+
+
+def guarded(app: Any) -> Any:
+    """Mark an app as served by gischat's guarded protocols (its lifespan warns when it is not)."""
+    setattr(app.state, GUARDED_STATE, True)
+    return app
+
+
 def prepare_process(settings: Settings) -> None:
     """Process-wide settings of a server process, set once logging is configured, before it serves."""
     sys.setswitchinterval(SWITCH_INTERVAL)
@@ -156,7 +166,7 @@ def worker_app() -> Any:
     values = json.loads(os.environ[WORKER_SETTINGS])
     settings = Settings(_env_file=None, **values)
     prepare_process(settings)
-    return create_app(settings)
+    return guarded(create_app(settings))
 
 
 def serve(settings: Settings) -> None:
@@ -177,7 +187,7 @@ def serve(settings: Settings) -> None:
         os.environ[WORKER_SETTINGS] = settings.model_dump_json()
         config = uvicorn.Config("gischat.server.runner:worker_app", factory=True, workers=workers, **options)
     else:
-        config = uvicorn.Config(create_app(settings), **options)  # also sets up logging
+        config = uvicorn.Config(guarded(create_app(settings)), **options)  # also sets up logging
         prepare_process(settings)  # after uvicorn set up logging: the flood filter goes on its handlers
     host, port = sock.getsockname()[:2]
     log = logging.getLogger("gischat")

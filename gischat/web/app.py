@@ -45,6 +45,12 @@ def package_version() -> str:
         return "0+unknown"
 
 
+UNGUARDED_WARNING = (
+    "running without gischat's transport guards (connection caps, request-head and frame deadlines, "
+    "ping limits): start the server with the `gischat` command (or `python -m gischat`) instead"
+)
+
+
 def assemble(settings: Settings) -> ChatService:
     """The chat service and the parts below it, each given its own settings, not the whole set."""
     limits = project(Limits, settings)
@@ -67,8 +73,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     chat = assemble(settings)
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, Any]]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         await chat.start()
+        if not getattr(app.state, "transport_guarded", False):
+            # Plain `uvicorn gischat.app:app`: the app works, but nothing below it caps connections,
+            # times out request heads and unfinished frames, or limits pings.
+            logger.warning(UNGUARDED_WARNING)
         logger.info("serving rooms %s (%s)", ", ".join(settings.rooms), settings.environment)
         ignored = ignored_upstream_settings(os.environ)
         if ignored is not None:
