@@ -11,9 +11,8 @@ from __future__ import annotations
 
 from collections import deque
 
-from gischat.protocol.dialects import Dialect, Post
+from gischat.protocol.dialects import AUTHORED_TYPES, Dialect, Post
 
-STORED_TYPES = frozenset({"text", "image", "geojson", "crs", "bbox", "position", "model", "script"})
 # Texts that trigger a QTribu or QChat easter egg: fun once, noise when replayed to every newcomer.
 # QChat adds a few of its own.
 EASTER_EGGS = frozenset(
@@ -31,7 +30,7 @@ EASTER_EGGS = frozenset(
 
 def worth_keeping(kind: str, text: str | None = None) -> bool:
     """Whether a message of this type (and text) belongs in a room's history."""
-    if kind not in STORED_TYPES:
+    if kind not in AUTHORED_TYPES:  # what people said, not the room's bookkeeping
         return False
     return text is None or text.strip().casefold() not in EASTER_EGGS
 
