@@ -4,7 +4,7 @@ Routes stay thin and call into `ChatService`; the websocket session loop lives h
 so the same rules apply to a message whether it came over a websocket or `PUT`. Every
 message pays into its connection's rate buckets before anything else is done with it, and
 anything whose cost grows with its size (images, layers, any large frame) is handed to the
-worker processes of `processing`, so the event loop only ever does a bounded amount of work
+worker processes of `gischat.work`, so the event loop only ever does a bounded amount of work
 per frame.
 """
 

@@ -312,15 +312,3 @@ CLIENT_MODELS: dict[str, type[WireMessage]] = {
     "crs": CrsMessage,
     "bbox": BboxMessage,
 }
-
-
-def uncompliant(reason: str) -> str:
-    return UncompliantMessage(reason=reason).to_wire()
-
-
-def nb_users(count: int) -> str:
-    return NbUsersMessage(nb_users=count).to_wire()
-
-
-def exiter(nickname: str) -> str:
-    return ExiterMessage(exiter=nickname).to_wire()

@@ -1,8 +1,8 @@
 """Rooms: who is connected, who has registered which nickname, and local delivery.
 
 The hub owns every room of the instance. Outgoing room messages go through the broker and
-come back through `deliver`, which pushes the one serialised text to each local socket's
-queue. Membership changes are synchronous, so the counts and the user list never include
+come back through `deliver`, which pushes one frame per dialect (built once per broadcast) to
+each local socket's queue. Membership changes are synchronous, so the counts and the user list never include
 a socket that is gone, whichever way it went. With several nodes (a shared broker) the
 rooms hold this node's sockets and nicknames; the broker mirrors the other nodes', and
 counts, user lists and identity checks add both.
