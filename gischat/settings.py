@@ -138,6 +138,14 @@ class Settings(BaseSettings):
     # messages of all connections together may hold at most this many bytes.
     frame_timeout: float = Field(default=20.0, gt=0, le=3600)
     max_incomplete_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)
+    # Read budgets at the socket: a peer sending faster than its byte rate (per connection and
+    # per client address, with a burst) is read slower, never refused; a client address's large
+    # frames (64 KiB and up) hold at most MAX_HELD_BYTES_PER_IP at once, the next one waits.
+    read_rate: int = Field(default=8 * 1024 * 1024, ge=0)
+    read_burst: int = Field(default=32 * 1024 * 1024, ge=1024)
+    read_rate_per_ip: int = Field(default=32 * 1024 * 1024, ge=0)
+    read_burst_per_ip: int = Field(default=128 * 1024 * 1024, ge=1024)
+    max_held_bytes_per_ip: int = Field(default=64 * 1024 * 1024, ge=1024)
 
     # Browser pages allowed to open websockets and post: requests without an Origin (QGIS, curl,
     # scripts) and same-host pages always are; "*" allows every origin.

@@ -28,7 +28,7 @@ import uvicorn
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from gischat.protocol.dialects import ASGI_BYTES_KEY
+from gischat.protocol.frames import SINK_EXTENSION, Outgoing
 from gischat.server.guard import (
     RESERVED_FDS,
     TransportGuard,
@@ -545,11 +545,11 @@ async def test_global_budget_of_unfinished_data_closes_1013(server_factory: Serv
     await all_released(server)
 
 
-# --- without a guard, and the pre-encoded send path ------------------------------------------------
+# --- without a guard, and the frame sink ----------------------------------------------------------
 
 
 async def tiny_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    """Echoes each text message back through `gischat.bytes`, with a `text` that must be ignored."""
+    """Echoes each text message back as a ready frame through the scope's frame sink."""
     if scope["type"] == "http":
         await receive()
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
@@ -558,11 +558,14 @@ async def tiny_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     assert scope["type"] == "websocket"
     await receive()
     await send({"type": "websocket.accept"})
+    sink = scope["extensions"][SINK_EXTENSION]
     while True:
         message = await receive()
         if message["type"] == "websocket.disconnect":
             return
-        await send({"type": "websocket.send", "text": "not this", ASGI_BYTES_KEY: message["text"].encode()})
+        item = Outgoing.of(message["text"])
+        if not sink.offer(item):
+            await sink.deliver(item)
 
 
 @pytest.fixture
@@ -590,7 +593,7 @@ def tiny_server() -> Iterator[int]:
     thread.join(timeout=10)
 
 
-async def test_pre_encoded_text_is_sent_as_is_and_no_guard_means_plain_uvicorn(tiny_server: int) -> None:
+async def test_ready_frames_are_sent_as_is_and_no_guard_means_no_limits(tiny_server: int) -> None:
     async with connect(f"ws://127.0.0.1:{tiny_server}/", open_timeout=TIMEOUT) as ws:
         for message in ("héllo wörld ✓", "x" * 200_000):
             await ws.send(message)

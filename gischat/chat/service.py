@@ -29,7 +29,7 @@ from gischat.observability.logs import (
     RefusalLog,
     context,
 )
-from gischat.protocol import dialects, parsing
+from gischat.protocol import dialects, geojson, parsing
 from gischat.protocol.dialects import AnyClientMessage, Dialect, Post, is_message_id
 from gischat.protocol.messages import (
     GeojsonMessage,
@@ -263,6 +263,8 @@ class ChatService:
             sniffed = SNIFF_TYPE.search(text, 0, 256)
             kind = sniffed.group(1) if sniffed else None
             self._charge(conn, kind)
+            if kind == "geojson":  # no parse, no worker, for a layer its text shows is too big
+                geojson.check_raw_vertices(text, self.limits.max_geojson_vertices)
             with self.metrics.processing.labels("image" if kind == "image" else "geojson").time():
                 return await self.processor.process_frame(text, conn.dialect)
         message = dialects.parse_frame(text, self.limits, conn.dialect)

@@ -17,40 +17,13 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, TypeAlias, cast
 
 from gischat.protocol import channel_messages as channel_models
 from gischat.protocol import messages as models
 from gischat.protocol import parsing
-
-# The ASGI `websocket.send` key that carries `text` already encoded to UTF-8, once per broadcast:
-# gischat's websocket protocol writes it as is; any other server ignores it and sends `text`.
-ASGI_BYTES_KEY = "gischat.bytes"
-
-
-@dataclass(frozen=True, slots=True)
-class Outgoing:
-    """One frame on its way to many sockets: encoded once, one ASGI event for every recipient.
-
-    The `gischat.bytes` key lets gischat's websocket protocol skip encoding the text again for
-    each recipient; any other ASGI server simply ignores it and sends `text`.
-    """
-
-    event: dict[str, Any]
-    size: int
-
-    @classmethod
-    def of(cls, text: str) -> Outgoing:
-        data = text.encode()
-        return cls({"type": "websocket.send", "text": text, ASGI_BYTES_KEY: data}, len(data))
-
-    @property
-    def data(self) -> bytes:
-        data = self.event[ASGI_BYTES_KEY]
-        assert isinstance(data, bytes)
-        return data
+from gischat.protocol.frames import Outgoing
 
 
 class Dialect(StrEnum):

@@ -1,4 +1,4 @@
-"""One websocket's outbound side: a bounded queue drained by its own writer task.
+"""One websocket's outbound side: written at once when the peer keeps up, else a bounded queue.
 
 Why not simply `await websocket.send_text()` for each recipient in turn? Because a send
 waits whenever that peer's TCP window is full, and a single client that stops reading
@@ -8,6 +8,11 @@ queue to the network at the pace its peer reads. A peer that falls too far behin
 queued messages or bytes than the instance allows) is dropped from the room at once and
 its socket is closed with 1008, so it costs nobody else any latency and the server no
 unbounded memory.
+
+Under gischat's own transport the socket offers a `FrameSink`: as long as the peer keeps up
+and nothing is queued for it, a broadcast frame is written straight to its socket, with no
+queue, no task and no ASGI event; only a peer that cannot take it now gets a queue and a
+writer. Under any other ASGI server every message goes through the queue and `send`.
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ from starlette.websockets import WebSocket
 
 from gischat.limits import ConnectionLimits
 from gischat.observability.logs import context
-from gischat.protocol.dialects import Dialect, Outgoing, Post, uncompliant
+from gischat.protocol.dialects import Dialect, Post, uncompliant
+from gischat.protocol.frames import SINK_EXTENSION, FrameSink, Outgoing
 from gischat.protocol.refusals import CLOSE_POLICY_VIOLATION, SLOW_CONSUMER_REASON
 
 logger = logging.getLogger("gischat.connection")
@@ -66,6 +72,7 @@ class Connection:
         "peer",
         "refusals",
         "room",
+        "sink",
         "websocket",
     )
 
@@ -80,6 +87,8 @@ class Connection:
         on_overflow: Callable[[Connection, str], None],
     ) -> None:
         self.websocket = websocket
+        # gischat's transport lets us write ready frames ourselves; other servers do not.
+        self.sink: FrameSink | None = websocket.scope.get("extensions", {}).get(SINK_EXTENSION)
         self.room = room
         self.dialect = dialect
         self.nickname: str | None = None
@@ -108,6 +117,8 @@ class Connection:
         """Queue a serialised message; never waits, whatever the peer is doing."""
         if self.closing:
             return
+        if self._writer is None and self.sink is not None and self.sink.offer(item):
+            return  # written at once: the peer keeps up and nothing was waiting
         if self._too_slow(item.size):
             self._overflow()
             return
@@ -161,14 +172,15 @@ class Connection:
 
     async def _write(self) -> None:
         """Send until the queue is empty, then end; the next push starts a new writer."""
-        send = self.websocket.send
+        sink = self.sink
+        send = sink.deliver if sink is not None else self._send_event
         try:
             while self._queue:
                 # Everything queued so far goes out in this task step: one wake-up per batch.
                 batch, self._queue = self._queue, []
                 for item in batch:
                     self._sending = True
-                    await send(item.event)
+                    await send(item)
                     self._sending = False
                     self._pending -= 1
                     self._bytes -= item.size
@@ -179,6 +191,9 @@ class Connection:
             self._sending = False
             self._writer = None
             self._wake_readers()
+
+    async def _send_event(self, item: Outgoing) -> None:
+        await self.websocket.send(item.event)
 
     def _wake_readers(self) -> None:
         waiter, self._drained = self._drained, None

@@ -17,18 +17,20 @@ import sys
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from email.utils import formatdate
 from enum import IntEnum
+from http import HTTPStatus
 from typing import TYPE_CHECKING
 
 import orjson
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE
 
 from gischat.networks import Networks
 from gischat.protocol.refusals import CLOSE_POLICY_VIOLATION, CLOSE_TRY_AGAIN_LATER
+from gischat.server.budget import ReadSettings, Shares
 
 if TYPE_CHECKING:
     from gischat.server.http import GuardedHttpProtocol
-    from gischat.server.websocket import GuardedWebSocketProtocol
+    from gischat.server.reading import WebSocketReading
 
 logger = logging.getLogger("gischat.transport")
 
@@ -70,7 +72,8 @@ _PROGRESS = float("-inf")  # a peak that any size beats: progress was just made
 
 
 class HeadState(IntEnum):
-    """`GuardedHttpProtocol._head_bytes` when no request head is being received (else its byte count)."""
+    """`GuardedHttpProtocol._head_bytes` when no request head is being received (else the bytes
+    counted towards it)."""
 
     DONE = -1  # the head is complete: a body, or nothing yet of the next request
     REFUSED = -2  # the connection was refused: nothing more is parsed
@@ -103,13 +106,18 @@ def effective_max_connections(requested: int, nofile: int) -> int:
     return max(1, min(requested, nofile - RESERVED_FDS))
 
 
-def http_refusal(status: int, detail: str, default_headers: list[tuple[bytes, bytes]]) -> bytes:
-    """A complete HTTP/1.1 response with a JSON `detail`, closing the connection."""
+def http_refusal(status: int, detail: str) -> bytes:
+    """A complete HTTP/1.1 response with a JSON `detail`, closing the connection.
+
+    Written before any request reached the app, so it carries only what a refusal needs: its
+    own `date` (no `server` header, as the runner configures uvicorn).
+    """
     body = orjson.dumps({"detail": detail})
-    parts = [STATUS_LINE[status]]
-    for name, value in default_headers:
-        parts += [name, b": ", value, b"\r\n"]
-    parts.append(b"content-type: application/json\r\ncontent-length: %d\r\n" % len(body))
+    parts = [
+        b"HTTP/1.1 %d %s\r\n" % (status, HTTPStatus(status).phrase.encode()),
+        b"date: %s\r\n" % formatdate(usegmt=True).encode(),
+        b"content-type: application/json\r\ncontent-length: %d\r\n" % len(body),
+    ]
     if status in (429, 503):
         parts.append(b"retry-after: %d\r\n" % RETRY_AFTER)
     parts += [b"connection: close\r\n\r\n", body]
@@ -130,18 +138,22 @@ class GuardSettings:
     ping_rate: float
     ping_burst: int
     log_rate: float
+    read_rate: int
+    read_burst: int
+    read_rate_per_ip: int
+    read_burst_per_ip: int
+    max_held_bytes_per_ip: int
 
 
 class Unfinished:
     """A websocket message still being received: what it holds, and until when it may take."""
 
-    __slots__ = ("deadline", "fragments", "held", "peak")
+    __slots__ = ("deadline", "held", "peak")
 
     def __init__(self, deadline: float) -> None:
         self.deadline = deadline  # data must arrive before this (monotonic seconds)
-        self.held = 0  # bytes it holds: unparsed input and fragments received so far
+        self.held = 0  # bytes it holds: its frames' payload so far, with their bookkeeping
         self.peak = _PROGRESS  # `held` at the last progress
-        self.fragments = 0  # bytes of its fragments, with their bookkeeping
 
 
 class TransportGuard:
@@ -163,6 +175,15 @@ class TransportGuard:
         self.ping_interval = 1 / settings.ping_rate if settings.ping_rate > 0 else 0.0
         self.ping_tolerance = settings.ping_burst * self.ping_interval
         self.trusted = Networks(settings.forwarded_allow_ips)
+        # Read budgets: per connection (its pace) and per client address (`shares`).
+        self.read = ReadSettings(
+            settings.read_rate,
+            settings.read_burst,
+            settings.read_rate_per_ip,
+            settings.read_burst_per_ip,
+            settings.max_held_bytes_per_ip,
+        )
+        self.shares = Shares(self.read)
 
         # Open transport connections (HTTP or websocket), in all and per untrusted peer address.
         self.connections = 0
@@ -172,7 +193,7 @@ class TransportGuard:
         # Ordered by deadline: a refreshed deadline moves its entry to the end.
         self.heads: OrderedDict[GuardedHttpProtocol, float] = OrderedDict()
         self.lingering: OrderedDict[GuardedHttpProtocol, float] = OrderedDict()
-        self.incomplete: OrderedDict[GuardedWebSocketProtocol, Unfinished] = OrderedDict()
+        self.incomplete: OrderedDict[WebSocketReading, Unfinished] = OrderedDict()
         # Refusals so far, by kind ("503", "1013", ...), for logs and tests.
         self.refusals: dict[str, int] = {}
 
@@ -269,31 +290,18 @@ class TransportGuard:
 
     # Unfinished websocket messages.
 
-    def _track(self, ws: GuardedWebSocketProtocol, now: float) -> Unfinished:
+    def _track(self, ws: WebSocketReading, now: float) -> Unfinished:
         entry = Unfinished(now + self.frame_timeout)
         self.incomplete[ws] = entry
         return entry
 
-    def fragment(self, ws: GuardedWebSocketProtocol, size: int, first: bool) -> None:
-        """A data frame arrived: the message goes on (fragments held) or is complete."""
-        entry = self.incomplete.get(ws)
-        if ws.frames:
-            if entry is None:
-                entry = self._track(ws, time.monotonic())
-            entry.fragments = (0 if first else entry.fragments) + size + FRAGMENT_OVERHEAD
-            entry.peak = _PROGRESS
-        elif entry is not None:
-            entry.fragments = 0
-            entry.peak = _PROGRESS
+    def update(self, ws: WebSocketReading, held: int) -> None:
+        """`ws` holds `held` bytes of an unfinished message after a read: refuse it when over budget.
 
-    def update(self, ws: GuardedWebSocketProtocol) -> None:
-        """Account for what `ws` holds after receiving data; refuse it if over the budget."""
+        `held` is what the protocol's frame meter counts: the fed part of the message's frames
+        and a header cut in two, exactly, from the frame headers.
+        """
         entry = self.incomplete.get(ws)
-        if ws.close_sent or ws.transport.is_closing():
-            if entry is not None:
-                self.forget(ws)
-            return
-        held = len(ws.conn.reader.buffer) + (entry.fragments if entry is not None else 0)
         if held == 0:
             if entry is not None:
                 self.forget(ws)
@@ -311,14 +319,14 @@ class TransportGuard:
         if grown > 0 and self.incomplete_bytes > self.max_incomplete_bytes and held > self.large_share:
             ws.fail(CLOSE_TRY_AGAIN_LATER, "server busy: too much unfinished data, try again later")
 
-    def touch(self, ws: GuardedWebSocketProtocol) -> None:
+    def touch(self, ws: WebSocketReading) -> None:
         """Reading resumed: the peer gets a whole FRAME_TIMEOUT from now."""
         entry = self.incomplete.get(ws)
         if entry is not None:
             entry.deadline = time.monotonic() + self.frame_timeout
             self.incomplete.move_to_end(ws)
 
-    def forget(self, ws: GuardedWebSocketProtocol) -> None:
+    def forget(self, ws: WebSocketReading) -> None:
         entry = self.incomplete.pop(ws, None)
         if entry is not None:
             self.incomplete_bytes -= entry.held
@@ -337,8 +345,10 @@ class TransportGuard:
         logger.warning("%s refused (%s): %s%s", peer, kind, detail, more)
 
 
-def _peer(client: tuple[str, int] | None) -> str:
-    return client[0] if client else ""
+def peer_address(transport: asyncio.BaseTransport) -> str:
+    """The peer's IP address, or "" when it has none (a unix socket): whom a connection slot counts."""
+    peer = transport.get_extra_info("peername")
+    return str(peer[0]) if isinstance(peer, tuple | list) and peer else ""
 
 
 class GuardSpec:

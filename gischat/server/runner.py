@@ -74,6 +74,8 @@ DEFAULT_LOG_CONFIG: dict[str, Any] = {
         "uvicorn.error": {"level": "INFO"},
         "uvicorn.access": {"handlers": ["access"], "level": "INFO", "propagate": False},
         "gischat": {"handlers": ["default"], "level": "INFO", "propagate": False},
+        # `websockets` notes every closed connection at INFO: only its warnings matter here.
+        "gischat.transport.wire": {"level": "WARNING"},
     },
 }
 

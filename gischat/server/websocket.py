@@ -1,260 +1,430 @@
-"""uvicorn's sans-I/O websocket protocol with read backpressure, ping and frame limits (see `server.guard`)."""
+"""gischat's websocket protocol: ASGI over the public sans-I/O API of `websockets`, guarded.
+
+Plugged into uvicorn through its `ws=` option (uvicorn builds it with `config`, `server_state`
+and `app_state` and hands it the upgraded connection). It was written from scratch in the
+shape of uvicorn's `websockets-sansio` protocol (BSD-3; same handshake and ASGI events, same
+access lines), and differs where gischat needs it to:
+
+- Reads are budgeted at the socket (`server.budget`, `server.meter`): each frame is judged by
+  its header before its payload is read: too large for MAX_FRAME_SIZE is refused at once
+  (1009), a ping over the ping rate is refused before it is answered (1008), a large frame
+  waits until its address's held-bytes budget has room, and a peer reading faster than its
+  byte rate (per connection and per address) is simply read slower.
+- Reading pauses for one of several reasons at once (`Pause` flags), and resumes only when
+  none is left: the app has an unread message, the peer does not read us, the budget is full,
+  the rate asks to wait, a big read gives the other sockets a turn.
+- Broadcasts skip ASGI: the protocol is the scope's `FrameSink`, and a ready frame (built once
+  per dialect) is written as is when the peer keeps up.
+- Every refusal, invalid UTF-8 included, ends with our close frame sent (the transport closes
+  once it is out, or aborts after CLOSE_TIMEOUT) and one rate-limited log line, never a traceback.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-import time
-from collections.abc import Mapping
+import os
 from typing import Any, cast
 
-from uvicorn._types import ASGIReceiveEvent, ASGISendEvent
-from uvicorn.protocols.utils import ClientDisconnected
-from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from uvicorn.config import Config
+from uvicorn.server import ServerState
+from websockets.datastructures import Headers
 from websockets.exceptions import InvalidState
-from websockets.frames import Frame
+from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
+from websockets.http11 import Request
+from websockets.server import ServerProtocol
 
-from gischat.protocol.dialects import ASGI_BYTES_KEY
-from gischat.protocol.refusals import CLOSE_POLICY_VIOLATION
+from gischat.protocol.frames import Outgoing
+from gischat.server.budget import Pace
 from gischat.server.guard import (
-    BULK_READ,
     CLOSE_TIMEOUT,
-    CLOSING_READ_BYTES,
     UNREAD_CLOSE_TIMEOUT,
     TransportGuard,
-    _peer,
+    peer_address,
 )
-from gischat.work.heap import trim_heap_soon
+from gischat.server.handshake import (
+    accepted_headers,
+    address_of,
+    denial,
+    header_items,
+    log_access,
+    real_client,
+    websocket_scope,
+)
+from gischat.server.reading import Pause, Phase, WebSocketReading
 
 logger = logging.getLogger("gischat.transport")
+# `websockets` reports each closed connection at INFO: its own logger, quiet by default.
+wire_logger = logging.getLogger("gischat.transport.wire")
+CLOSE_INTERNAL_ERROR = 1011
+CLOSE_GOING_AWAY = 1012  # "service restart"
 
 
-class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's sans-I/O websocket protocol with read backpressure, ping and frame limits.
+class GuardedWebSocketProtocol(WebSocketReading):
+    """One websocket connection, from the upgrade request to the closed socket."""
 
-    Per connection this adds one attribute, set when the HTTP protocol hands the connection
-    over; the ping allowance is added on the first ping, unfinished-message state lives in the
-    guard only while a message is unfinished. Idle sockets stay as small as uvicorn's.
-    """
+    __slots__ = (
+        "address", "app", "app_state", "drain", "peer", "ping_payload", "response", "scope",
+        "server_state", "writing_paused",
+    )  # fmt: skip
 
-    # Class-level defaults, shadowed per instance only when needed.
-    _guard: TransportGuard | None = None
-    _ping_full_at = 0.0
-    # Bytes the peer may still have parsed after our close frame (set when it is sent).
-    _closing_budget = CLOSING_READ_BYTES
-    _reaper: asyncio.TimerHandle | None = None
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        if not config.loaded:
+            config.load()
+        extensions = (
+            [
+                ServerPerMessageDeflateFactory(
+                    server_max_window_bits=12, client_max_window_bits=12, compress_settings={"memLevel": 5}
+                )
+            ]
+            if config.ws_per_message_deflate
+            else []
+        )
+        conn = ServerProtocol(extensions=extensions, max_size=config.ws_max_size, logger=wire_logger)
+        super().__init__(config, conn, _loop or asyncio.get_event_loop())
+        self.app = config.loaded_app
+        self.server_state = server_state
+        self.app_state = app_state
+        self.writing_paused = False
+        self.peer = ""  # the peer's address (a proxy's, behind one)
+        self.address = ""  # the client's, behind a trusted proxy
+        self.ping_payload = b""  # of our keepalive ping awaiting its pong
+        self.drain: asyncio.Future[None] | None = None
+        self.response: Any = None  # the 101 answer, until the app accepts; then a denial under way
+        self.scope: dict[str, Any] = {}
 
     def adopt(self, guard: TransportGuard) -> None:
-        """Take over a connection slot of `guard` from the HTTP protocol that upgraded."""
-        self._guard = guard
-        self.close_timeout = CLOSE_TIMEOUT
+        """Take over the connection slot the HTTP gate held for this peer: limits now apply."""
+        self.guard = guard
+        if guard.read.read_rate:
+            self.pace = Pace(guard.read.read_rate, guard.read.read_burst)
+        if self.scope:  # the gate hands over once uvicorn passed us the upgrade request
+            self._join_share(guard, Headers(header_items(self.scope["headers"])))
+
+    def _join_share(self, guard: TransportGuard, headers: Headers) -> None:
+        """Count this socket's reads against its client address (the real one behind a proxy)."""
+        self.address = real_client(self.peer, headers, guard.trusted)
+        self.share = guard.shares.join(self.address)
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        self.server_state.connections.add(self)  # type: ignore[arg-type]
+        self.peer = peer_address(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        super().connection_lost(exc)
-        if self._reaper is not None:
-            self._reaper.cancel()
-            self._reaper = None
-        guard = self._guard
+        opened = self.phase is not Phase.CONNECTING
+        self.phase = Phase.CLOSED
+        for timer in self.timers.values():
+            timer.cancel()
+        self.timers.clear()
+        self._put({"type": "websocket.disconnect", "code": 1005 if opened else 1006})
+        if self.drain is not None and not self.drain.done():
+            self.drain.set_result(None)
+        self.server_state.connections.discard(self)
+        self.frames, self.stash, self.inbox = [], b"", []
+        guard, self.guard = self.guard, None
         if guard is not None:
-            self._guard = None
             guard.forget(self)
-            guard.release(_peer(self.client))
-            self._drop_buffers()
+            guard.release(self.peer)
+            if self.share is not None:
+                self._release(self.held)
+                guard.shares.leave(self.address, self.share, self._budget_freed)
+        if exc is None:
+            self.transport.close()
 
-    def _drop_buffers(self) -> None:
-        """Free what an unfinished message held, now that nobody will read it."""
-        self.frames = []
-        self.conn.reader.buffer = bytearray()
-
-    # Reading stops while the peer does not read what we write.
+    def eof_received(self) -> None:
+        """A half-close from the peer: the parser learns of it with the next read (or never)."""
 
     def pause_writing(self) -> None:
-        super().pause_writing()
-        if self._guard is not None:
-            self.transport.pause_reading()
+        self.writing_paused = True
+        if self.guard is not None:
+            self._pause(Pause.PEER)
 
     def resume_writing(self) -> None:
-        super().resume_writing()
-        guard = self._guard
-        if guard is not None and not self.read_paused and not self.transport.is_closing():
-            self.transport.resume_reading()
-            guard.touch(self)
+        self.writing_paused = False
+        if self.drain is not None and not self.drain.done():
+            self.drain.set_result(None)
+        self._resume(Pause.PEER)
 
-    async def receive(self) -> ASGIReceiveEvent:
-        if self._guard is None:
-            return await super().receive()
-        message = await self.queue.get()
-        if self.read_paused and self.queue.empty():
-            self.read_paused = False
-            guard = self._guard  # may be gone: the connection was lost while we waited
-            if self.writable.is_set() and not self.transport.is_closing():
-                self.transport.resume_reading()
-                if guard is not None:
-                    guard.touch(self)
-        return message
+    # The app's side: ASGI send.
 
-    # Incoming data: unfinished messages and pings.
+    async def send(self, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        if kind == "websocket.http.response.body" and isinstance(self.response, tuple):
+            self._deny_body(message)
+        elif self.phase is Phase.CONNECTING:
+            self._answer(message)
+        elif kind == "websocket.send":
+            if self.phase is not Phase.OPEN:
+                raise ConnectionResetError("websocket closed")
+            await self._writable()
+            data, text = message.get("bytes"), message.get("text")
+            try:
+                if data is not None:
+                    self.conn.send_binary(data)
+                elif text is not None:
+                    self.conn.send_text(text.encode())
+            except InvalidState:
+                raise ConnectionResetError("websocket closed") from None
+            self._flush()
+        elif kind == "websocket.close":
+            if self.phase is Phase.OPEN:
+                self._close(message.get("code", 1000), message.get("reason") or "")
+        elif self.phase is Phase.OPEN:
+            raise RuntimeError(f"unexpected ASGI message {kind!r} on an open websocket")
 
-    def data_received(self, data: bytes) -> None:
-        guard = self._guard
-        if guard is not None and self.close_sent and self.handshake_complete:
-            self._data_after_close(len(data))
-            if self._closing_budget < 0:
-                return  # discarded unparsed: a peer we are closing costs no work per frame
-        super().data_received(data)
-        if guard is not None:
-            guard.update(self)
-            if len(data) >= BULK_READ:
-                self._take_turns()
-                # Big buffers will be let go soon: hand the heap back once they stop coming.
-                trim_heap_soon()
+    # The FrameSink the app writes broadcast frames to.
 
-    def _take_turns(self) -> None:
-        """Stop reading until the next loop iteration, so that every socket gets its turn."""
-        transport = self.transport
-        if transport.is_closing() or not transport.is_reading():
+    def offer(self, item: Outgoing) -> bool:
+        if self.writing_paused or self.phase is not Phase.OPEN:
+            return False
+        self._write_item(item)
+        return True
+
+    async def deliver(self, item: Outgoing) -> None:
+        await self._writable()
+        if self.phase is not Phase.OPEN:
+            raise ConnectionResetError("websocket closed")
+        self._write_item(item)
+
+    def _write_item(self, item: Outgoing) -> None:
+        if self.deflate:  # compressed per connection: the shared frame cannot be used
+            self.conn.send_text(item.data)
+            self._flush()
+        else:
+            self.transport.write(item.wire)
+
+    async def _writable(self) -> None:
+        while self.writing_paused and self.phase is Phase.OPEN:
+            if self.drain is None or self.drain.done():
+                self.drain = self.loop.create_future()
+            await self.drain
+
+    def _flush(self) -> None:
+        out = self.conn.data_to_send()
+        if out:
+            data = b"".join(out)
+            if data and not self.transport.is_closing():
+                self.transport.write(data)
+
+    # Handshake.
+
+    def _handshake(self, data: bytes) -> None:
+        """The upgrade request (uvicorn hands it over as it parsed it): start the app, or answer."""
+        self.conn.receive_data(data)
+        request = next((event for event in self.conn.events_received() if isinstance(event, Request)), None)
+        if request is None:
+            if self.conn.handshake_exc is not None:
+                self._reject(400, "invalid websocket upgrade request")
             return
-        transport.pause_reading()
-        self.loop.call_soon(self._next_turn)
-
-    def _next_turn(self) -> None:
-        transport = self.transport
-        if self.read_paused or not self.writable.is_set() or self.disconnected:
-            return  # someone else paused reading; whoever resumes it will
-        if not transport.is_closing():
-            transport.resume_reading()
-
-    def _data_after_close(self, size: int) -> None:
-        """We sent our close frame: parse a little more (the peer's close reply), then nothing."""
-        if self._closing_budget < 0:
+        response = self.conn.accept(request)
+        if response.status_code != 101:
+            self.conn.send_response(response)
+            self._flush()
+            self.phase = Phase.CLOSING
+            self.transport.close()
             return
-        self._closing_budget -= size
-        if self._closing_budget >= 0:
-            return
-        # The peer keeps sending instead of answering our close: stop reading it, free what it
-        # held, and end the connection once our close frame is out (at most CLOSE_TIMEOUT on).
-        self._drop_buffers()
-        if self._guard is not None:
-            self._guard.forget(self)
-        self._end_transport()
-
-    def _end_transport(self) -> None:
-        """Close now; abort if what we still have to write has not gone out within CLOSE_TIMEOUT."""
+        self.response = response
         transport = self.transport
-        if self.close_timer is not None:
-            self.close_timer.cancel()
-            self.close_timer = None
-        transport.close()  # reads no more; writes what is buffered (our close frame), then closes
-        if transport.get_write_buffer_size() and self._reaper is None:
-            self._reaper = self.loop.call_later(CLOSE_TIMEOUT, transport.abort)
+        scheme = "wss" if transport.get_extra_info("sslcontext") else "ws"
+        client = address_of(transport.get_extra_info("peername"))
+        server = address_of(transport.get_extra_info("sockname"))
+        self.scope = scope = websocket_scope(
+            request,
+            scheme=scheme,
+            server=server,
+            client=client,
+            root_path=self.config.root_path,
+            asgi_version=self.config.asgi_version,
+            state=self.app_state,
+            sink=self,
+        )
+        if self.guard is not None:
+            self._join_share(self.guard, request.headers)
+        self._pause(Pause.HANDSHAKE)
+        self._put({"type": "websocket.connect"})
+        task = self.loop.create_task(self._run(scope))
+        self.server_state.tasks.add(task)
+        task.add_done_callback(self.server_state.tasks.discard)
 
-    def handle_text(self, event: Frame) -> None:
-        super().handle_text(event)
-        if self._guard is not None:
-            self._guard.fragment(self, len(event.data), first=True)
-
-    def handle_bytes(self, event: Frame) -> None:
-        super().handle_bytes(event)
-        if self._guard is not None:
-            self._guard.fragment(self, len(event.data), first=True)
-
-    def handle_cont(self, event: Frame) -> None:
-        super().handle_cont(event)
-        if self._guard is not None:
-            self._guard.fragment(self, len(event.data), first=False)
-
-    def handle_ping(self) -> None:
-        guard = self._guard
-        if guard is not None:
-            if self.close_sent or self.transport.is_closing():
+    def _answer(self, message: dict[str, Any]) -> None:
+        """The app's answer to the handshake: accept, close (403), or an HTTP response."""
+        kind = message["type"]
+        if kind == "websocket.accept":
+            log_access(self.scope, "[accepted]")
+            response, self.response = self.response, None
+            if any(name.lower() == b"date" for name, _ in self.server_state.default_headers):
+                del response.headers["Date"]
+            response.headers.update(accepted_headers(self.server_state.default_headers, message))
+            if self.transport.is_closing():
                 return
-            if guard.ping_interval:
-                now = time.monotonic()
-                full_at = max(self._ping_full_at, now) + guard.ping_interval
-                if full_at - now > guard.ping_tolerance:
-                    self.fail(
-                        CLOSE_POLICY_VIOLATION, f"ping flood: more than {guard.ping_rate:g} pings per second"
-                    )
-                    return
-                self._ping_full_at = full_at
-        super().handle_ping()
+            self.conn.send_response(response)
+            self._flush()
+            self.phase = Phase.OPEN
+            self._resume(Pause.HANDSHAKE)
+            self._keepalive()
+        elif kind == "websocket.close":
+            log_access(self.scope, "403")
+            self._reject(403, "")
+        elif kind == "websocket.http.response.start" and not isinstance(self.response, tuple):
+            log_access(self.scope, str(message["status"]))
+            self.response = (message["status"], list(message.get("headers", [])), [])
+        else:
+            raise RuntimeError(
+                f"expected websocket.accept, websocket.close or a denial response, not {kind!r}"
+            )
 
-    def fail(self, code: int, reason: str) -> None:
-        """Close with `code` and `reason` at once, tell the app, and free what the peer sent."""
-        guard = self._guard
-        if not self.close_sent and not self.transport.is_closing():
-            self.conn.fail(code, reason)
-            self.transport.write(b"".join(self.conn.data_to_send()))
-            self.close_sent = True
-            self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
-            if guard is not None:
-                guard.refused(str(code), _peer(self.client), reason)
-            if self.writable.is_set():
-                self.transport.close()
-            else:  # the peer does not read: it will not read our close frame either
-                self.transport.abort()
-        if guard is not None:
-            guard.forget(self)
-        self._drop_buffers()
+    def _deny_body(self, message: dict[str, Any]) -> None:
+        status, headers, body = self.response
+        body.append(message.get("body", b""))
+        if message.get("more_body", False):
+            return
+        self.response = None
+        self.conn.send_response(denial(status, headers, b"".join(body)))
+        self._finish_refused_handshake()
 
-    def _close_unread(self, code: int, reason: str) -> None:
-        """The app closes a peer that does not read: our close frame joins what it has not read,
-        the app hears at once that the peer is gone, and nothing it sends is parsed any more.
+    def _reject(self, status: int, text: str) -> None:
+        self.conn.send_response(self.conn.reject(status, text))
+        self._finish_refused_handshake()
 
-        The connection ends when the peer has read everything (or after UNREAD_CLOSE_TIMEOUT).
-        """
+    def _finish_refused_handshake(self) -> None:
+        self._put({"type": "websocket.disconnect", "code": 1006})
+        self._flush()
+        self.phase = Phase.CLOSING
+        self.transport.close()
+
+    async def _run(self, scope: dict[str, Any]) -> None:
+        try:
+            result = await self.app(scope, self.receive, self.send)
+        except ConnectionError:
+            pass  # the peer left while the app was sending
+        except Exception:
+            logger.exception("exception in the ASGI application")
+            self._error_answer()
+        else:
+            if self.phase is Phase.CONNECTING:
+                logger.error("the ASGI application returned without answering the websocket handshake")
+                self._error_answer()
+            elif result is not None:
+                logger.error("the ASGI application returned %r instead of None", result)
+        if self.phase is Phase.OPEN:
+            self._close(1000, "")  # the app is done with the socket without saying goodbye
+        elif self.phase is not Phase.CLOSED and "close" not in self.timers:
+            self._end(CLOSE_TIMEOUT)
+
+    def _error_answer(self) -> None:
+        if self.phase is Phase.CONNECTING and not isinstance(self.response, tuple):
+            self._reject(500, "Internal Server Error")
+
+    # Closing.
+
+    def _close(self, code: int, reason: str) -> None:
+        """The app closes: our close frame goes out, and the peer's reply is awaited a while."""
         with contextlib.suppress(InvalidState):
             self.conn.send_close(code, reason)
-            self.transport.write(b"".join(self.conn.data_to_send()))
-        self.close_sent = True
-        self._closing_budget = -1
-        self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
-        if self._guard is not None:
-            self._guard.forget(self)
-        self._drop_buffers()
-        self.transport.close()
-        if self._reaper is None:
-            self._reaper = self.loop.call_later(UNREAD_CLOSE_TIMEOUT, self.transport.abort)
+        self._flush()
+        self.phase = Phase.CLOSING
+        self._put({"type": "websocket.disconnect", "code": code, "reason": reason})
+        self._forget_reading()
+        if self.writing_paused:
+            # The peer does not read: our close frame waits behind what it has not read; it
+            # gets a while to read it all, and nothing it sends meanwhile is parsed.
+            self._end(UNREAD_CLOSE_TIMEOUT)
+            return
+        self._later("close", self.guard_close_timeout(), self._end, CLOSE_TIMEOUT)
+        self.paused = Pause(0)
+        self.transport.resume_reading()
 
-    # Outgoing messages.
+    def guard_close_timeout(self) -> float:
+        return CLOSE_TIMEOUT if self.guard is not None else 10.0
 
-    async def send(self, message: ASGISendEvent) -> None:
-        if message["type"] == "websocket.send":
-            encoded = cast(Mapping[str, Any], message).get(ASGI_BYTES_KEY)
-            if encoded is not None and message.get("bytes") is None:
-                await self.writable.wait()
-                if (
-                    self.handshake_complete
-                    and not self.close_sent
-                    and not self.disconnected
-                    and self.initial_response is None
-                ):
-                    try:
-                        self.conn.send_text(encoded)
-                    except InvalidState:
-                        raise ClientDisconnected() from None
-                    self.transport.write(b"".join(self.conn.data_to_send()))
-                    return
-        if self._guard is not None and self.handshake_complete:
-            if self.close_sent:
-                # We failed the connection (or it is closing): for the app the peer is gone.
-                if message["type"] == "websocket.close":
-                    return
-                if message["type"] == "websocket.send":
-                    raise ClientDisconnected()
-            elif (
-                message["type"] == "websocket.close"
-                and not self.writable.is_set()
-                and self.initial_response is None
-                and not self.disconnected
-            ):
-                # The peer does not read what we send: uvicorn would wait (without end) for room
-                # to write our close frame, reading and parsing whatever the peer sends meanwhile.
-                self._close_unread(message.get("code", 1000), message.get("reason") or "")
-                return
-        await super().send(message)
-        if message["type"] == "websocket.http.response.body" and not message.get("more_body", False):
-            # A handshake refused with an HTTP answer (403, 429) is a complete handshake too;
-            # uvicorn would otherwise log an error for every refusal.
-            self.handshake_complete = True
+    def fail(self, code: int, reason: str) -> None:
+        """Refuse the peer: our close frame with `code` and `reason`, one log line, the end."""
+        if self.phase is not Phase.OPEN:
+            return
+        self.conn.fail(code, reason)
+        self._flush()
+        self._closed_by_us(code, reason)
+
+    def _closed_by_us(self, code: int, reason: str) -> None:
+        self.phase = Phase.CLOSING
+        self._put({"type": "websocket.disconnect", "code": code, "reason": reason})
+        if self.guard is not None:
+            self.guard.refused(str(code), self.address or self.peer, reason)
+        else:
+            logger.debug("%s refused (%d): %s", self.peer, code, reason)
+        self._forget_reading()
+        self._end(CLOSE_TIMEOUT)
+
+    def _peer_closed(self) -> None:
+        """The peer's close frame: the parser queued our reply; tell the app, then end."""
+        received = self.conn.close_rcvd
+        if self.phase is Phase.OPEN:
+            code, reason = (received.code, received.reason) if received is not None else (1005, "")
+            self.phase = Phase.CLOSING
+            self._put({"type": "websocket.disconnect", "code": code, "reason": reason})
+        self._flush()
+        self._end(CLOSE_TIMEOUT)
+
+    def _forget_reading(self) -> None:
+        """Nothing more the peer sends will be delivered: let go of what it held."""
+        self.frames, self.stash = [], b""
+        if self.guard is not None:
+            self.guard.forget(self)
+
+    def _end(self, grace: float) -> None:
+        """Close the transport: what is buffered (our close frame last) goes out first, unless
+        the peer has not read it within `grace` seconds; then the connection is aborted."""
+        transport = self.transport
+        timer = self.timers.pop("close", None)
+        if timer is not None:
+            timer.cancel()
+        if not transport.is_closing():
+            transport.close()
+        if transport.get_write_buffer_size() and "abort" not in self.timers:
+            self._later("abort", grace, transport.abort)
+
+    def shutdown(self) -> None:
+        """The server stops (uvicorn calls this on each connection): close with 1012."""
+        if self.phase is Phase.OPEN:
+            self._close(CLOSE_GOING_AWAY, "")
+            self._end(CLOSE_TIMEOUT)
+        elif self.phase is Phase.CONNECTING:
+            self._reject(500, "Internal Server Error")
+        else:
+            self._end(CLOSE_TIMEOUT)
+
+    # Keepalive pings.
+
+    def _keepalive(self) -> None:
+        interval = self.config.ws_ping_interval
+        if interval:
+            self._later("ping", interval, self._ping)
+
+    def _ping(self) -> None:
+        if self.phase is not Phase.OPEN:
+            return
+        payload = os.urandom(4)
+        self.conn.send_ping(payload)
+        self._flush()
+        self.ping_payload = payload
+        timeout = self.config.ws_ping_timeout
+        if timeout:
+            self._later("pong", timeout, self.fail, CLOSE_INTERNAL_ERROR, "keepalive ping timeout")
+        else:
+            self._keepalive()
+
+    def _pong(self, payload: bytes) -> None:
+        if self.timers.get("pong") is None or payload != self.ping_payload:
+            return  # unsolicited, or the answer to an older ping
+        self.timers.pop("pong").cancel()
+        self._keepalive()

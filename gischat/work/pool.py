@@ -22,11 +22,16 @@ import asyncio
 import contextlib
 import logging
 import multiprocessing
+import multiprocessing.connection
+import os
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
+from multiprocessing.process import BaseProcess
+from multiprocessing.queues import SimpleQueue
 from typing import Any
 
 from gischat.protocol import messages as models
@@ -85,7 +90,7 @@ class Processor:
     def __init__(self, settings: PoolSettings, limits: models.Limits) -> None:
         self.settings = settings
         self.rules = Rules(limits, settings.max_image_size, settings.max_image_pixels)
-        self._pool: ProcessPoolExecutor | None = None
+        self._pool: WorkerPool | None = None
         self._pool_lock = threading.Lock()  # pool creation runs in a thread
         self._stopped = False
         # Statistics, for metrics.
@@ -155,24 +160,29 @@ class Processor:
     def worker_pids(self) -> list[int]:
         """Process ids of the current workers (for tests and diagnostics)."""
         pool = self._pool
-        return [] if pool is None else list(pool._processes)
+        return [] if pool is None else [p.pid for p in pool.processes() if p.pid is not None]
 
     async def _run(self, size: int, function: Callable[..., Outcome], *args: Any) -> Outcome:
         self._reserve(size)
+        loop = asyncio.get_running_loop()
+
+        # The budget is released when the worker is done, not when this task is: a sender that
+        # disconnects (cancelling this task) must not free room while its job still runs.
+        def done(_: object) -> None:
+            _call_soon(loop, self._release, size)
+
         try:
-            future = await self._submit(function, *args)
+            pool, future = await self._submit(function, args, done)
+        except asyncio.CancelledError:
+            raise  # `_submit` saw to the budget
         except BaseException:
             self._release(size)
             raise
-        # The budget is released when the worker is done, not when this task is: a sender that
-        # disconnects (cancelling this task) must not free room while its job still runs.
-        loop = asyncio.get_running_loop()
-        future.add_done_callback(lambda _: _call_soon(loop, self._release, size))
         try:
             outcome = await asyncio.wrap_future(future)
         except BrokenProcessPool:
             self.crashed_jobs += 1
-            self._discard_broken()
+            self._discard_broken(pool)
             raise refusals.Uncompliant(CRASH_REASON) from None
         self.jobs_done += 1
         if size > LARGE_INPUT:
@@ -224,39 +234,69 @@ class Processor:
             self.idle_stops += 1
             loop.run_in_executor(None, _shut_down, pool)
 
-    async def _submit(self, function: Callable[..., Outcome], *args: Any) -> Future[Outcome]:
-        """Hand a job to the pool; a pool found broken before the job went in is replaced."""
-        for _ in range(2):
-            pool = self._pool
-            if pool is None:
-                pool = await asyncio.to_thread(self._create_pool)
+    async def _submit(
+        self, function: Callable[..., Outcome], args: tuple[Any, ...], done: Callable[[object], None]
+    ) -> tuple[WorkerPool, Future[Outcome]]:
+        """Hand a job over; from then on `done` runs once it is finished, even if this task is
+        cancelled meanwhile (if it never went in, `done` runs at once, then).
+
+        A submit may start a worker, that is wait for a fork: on the loop only when every worker
+        of the pool is up, so that none can be started; otherwise in a thread.
+        """
+        pool = self._pool
+        if pool is not None and pool.ready():
             try:
-                return pool.submit(function, *args)
+                future = pool.executor.submit(function, *args)
             except BrokenProcessPool:  # a worker died since the last job: this one never started
-                self._discard_broken()
+                self._discard_broken(pool)
+            else:
+                future.add_done_callback(done)
+                return pool, future
+        handing = asyncio.ensure_future(asyncio.to_thread(self._hand_over, function, args, done))
+        try:
+            return await asyncio.shield(handing)
+        except asyncio.CancelledError:
+            handing.add_done_callback(lambda handed: _unless_handed(handed, done))
+            raise
+
+    def _hand_over(
+        self, function: Callable[..., Outcome], args: tuple[Any, ...], done: Callable[[object], None]
+    ) -> tuple[WorkerPool, Future[Outcome]]:
+        """`_submit` in a thread: create the pool if needed, submit (starting a worker, maybe);
+        a pool found broken before the job went in is replaced."""
+        for _ in range(2):
+            pool = self._create_pool()
+            try:
+                future = pool.submit_starting(function, *args)
+            except BrokenProcessPool:
+                self._discard_broken(pool)
+                continue
+            future.add_done_callback(done)
+            return pool, future
         raise refusals.Uncompliant(CRASH_REASON)
 
-    def _create_pool(self) -> ProcessPoolExecutor:
-        """Create the pool and start all its workers (in a thread: the first start waits for the
-        forkserver to import its modules, later ones for a fork)."""
+    def _create_pool(self) -> WorkerPool:
+        """The pool, created if there is none (in a thread: its workers start with its first
+        jobs, the first one waiting for the forkserver to import its modules, later ones for a
+        fork)."""
         with self._pool_lock:
             if self._stopped:
                 raise refusals.Uncompliant(CRASH_REASON)
             if self._pool is None:
-                self._pool = _new_pool(self.settings)
+                self._pool = WorkerPool(self.settings)
             return self._pool
 
-    def _discard_broken(self) -> None:
+    def _discard_broken(self, pool: WorkerPool) -> None:
         """Forget a pool a worker crash broke; the next job creates a new one."""
         with self._pool_lock:
-            pool = self._pool
-            if pool is None or not getattr(pool, "_broken", False):
+            if self._pool is not pool:
                 return  # already replaced, by another job that saw the same crash
             self._pool = None
         self.pool_restarts += 1
         logger.warning("a processing worker died; starting new workers")
         # Its manager thread already terminated and joined the other workers.
-        pool.shutdown(wait=False, cancel_futures=True)
+        pool.executor.shutdown(wait=False, cancel_futures=True)
+        pool.close()
 
 
 def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[..., object], *args: Any) -> None:
@@ -265,35 +305,99 @@ def _call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[..., object],
         loop.call_soon_threadsafe(callback, *args)
 
 
-def _new_pool(settings: PoolSettings) -> ProcessPoolExecutor:
-    context = multiprocessing.get_context("forkserver")
-    # Only takes effect when the forkserver starts, once per server process; harmless after.
-    context.set_forkserver_preload([__name__])
-    pool = ProcessPoolExecutor(
-        max_workers=settings.processing_workers,
-        mp_context=context,
-        initializer=_init_worker,
-        initargs=(WORKER_ADDRESS_SPACE, WORKER_NICENESS),
-        max_tasks_per_child=settings.processing_worker_max_tasks,
-    )
-    # Start every worker now, in this thread: otherwise `submit()`, on the event loop, would
-    # start them one by one, waiting for a fork each time.
-    launch = getattr(pool, "_launch_processes", None)
-    if callable(launch):
-        launch()
-    return pool
+def _unless_handed(
+    handing: asyncio.Future[tuple[WorkerPool, Future[Outcome]]], done: Callable[[object], None]
+) -> None:
+    """A job whose hand-over failed never runs: what it reserved is given back now."""
+    if handing.cancelled() or handing.exception() is not None:
+        done(None)
 
 
-def _shut_down(pool: ProcessPoolExecutor) -> None:
+def _start_worker(reports: SimpleQueue[int], address_space: int, niceness: int) -> None:
+    """A new worker's initializer: set it up, then tell the pool it runs (see `WorkerPool`)."""
+    _init_worker(address_space, niceness)
+    reports.put(os.getpid())
+
+
+class WorkerPool:
+    """A process pool and its worker processes, known through public interfaces only.
+
+    `ProcessPoolExecutor` lists none of its workers, and starts them only as jobs come, one per
+    submit while none is idle: a submit may wait for a fork. The workers are known two ways: one
+    a submit started is the new entry of `multiprocessing.active_children()` right after it (so
+    it is known at once), and every worker reports its pid from its initializer (so one the
+    executor starts itself, replacing a worker recycled after its max tasks, is known too). A
+    worker another pool of this process starts during one of our submits would be taken for
+    ours; only a pool being replaced could, and it stops anyway.
+    """
+
+    def __init__(self, settings: PoolSettings) -> None:
+        context = multiprocessing.get_context("forkserver")
+        # Only takes effect when the forkserver starts, once per server process; harmless after.
+        context.set_forkserver_preload([__name__])
+        self.size = settings.processing_workers
+        self._reports: SimpleQueue[int] = context.SimpleQueue()
+        self._pids: set[int] = set()
+        self._lock = threading.Lock()  # the loop and threads read the reports
+        self.executor = ProcessPoolExecutor(
+            max_workers=settings.processing_workers,
+            mp_context=context,
+            initializer=_start_worker,
+            initargs=(self._reports, WORKER_ADDRESS_SPACE, WORKER_NICENESS),
+            max_tasks_per_child=settings.processing_worker_max_tasks,
+        )
+
+    def submit_starting(self, function: Callable[..., Outcome], *args: Any) -> Future[Outcome]:
+        """Submit, noting the worker the submit started, if any (blocking: run it in a thread)."""
+        before = _children()
+        future = self.executor.submit(function, *args)
+        started = _children() - before
+        if started:
+            with self._lock:
+                self._pids |= started
+        return future
+
+    def processes(self) -> list[BaseProcess]:
+        """The workers alive now."""
+        with self._lock:
+            while not self._reports.empty():
+                self._pids.add(self._reports.get())
+            live = [p for p in multiprocessing.active_children() if p.pid in self._pids]
+            self._pids = {p.pid for p in live if p.pid is not None}
+        return live
+
+    def ready(self) -> bool:
+        """Whether all workers are up, so that a submit cannot start one."""
+        return len(self.processes()) >= self.size
+
+    def close(self) -> None:
+        """Let the reports go, once the workers are gone."""
+        self._reports.close()
+
+
+def _children() -> set[int]:
+    return {p.pid for p in multiprocessing.active_children() if p.pid is not None}
+
+
+def _wait_for_exit(processes: list[BaseProcess], timeout: float) -> None:
+    """Until every one of `processes` has exited, or `timeout` seconds passed."""
+    deadline = time.monotonic() + timeout
+    pending = [p.sentinel for p in processes]
+    while pending and (left := deadline - time.monotonic()) > 0:
+        ended = multiprocessing.connection.wait(pending, left)
+        pending = [sentinel for sentinel in pending if sentinel not in ended]
+
+
+def _shut_down(pool: WorkerPool) -> None:
     """Stop a pool and reap its workers (blocking: run it in a thread)."""
-    processes = list(getattr(pool, "_processes", {}).values())
-    pool.shutdown(wait=False, cancel_futures=True)
-    manager = getattr(pool, "_executor_manager_thread", None)
-    if isinstance(manager, threading.Thread):
-        manager.join(STOP_GRACE)
+    processes = pool.processes()
+    pool.executor.shutdown(wait=False, cancel_futures=True)
+    # Idle workers leave at once; one that is running a job gets STOP_GRACE to finish it.
+    _wait_for_exit(processes, STOP_GRACE)
     for process in processes:
         if process.is_alive():
             process.terminate()
-    pool.shutdown(wait=True)
+    pool.executor.shutdown(wait=True)
     for process in processes:
         process.join(STOP_GRACE)
+    pool.close()

@@ -1,0 +1,103 @@
+"""Read budgets: how fast a websocket peer is read, and how much it may make the server hold.
+
+Two limits apply below the app, per connection and per client address (the real one behind a
+trusted proxy), so that no client, and no crowd behind one address, can make the server read,
+hold or decode more than its share:
+
+- a rate (`Pace`): bytes per second with a burst. A peer that sends faster is not refused, it is
+  read slower: reading pauses until its allowance has grown back (TCP backpressure does the
+  rest). A classroom behind one NAT address sending photos only ever waits a moment.
+- a held-bytes cap per address (`Share`): a large frame reserves its declared length when its
+  header arrives, before any of its payload is read, and gives it back once the app has taken
+  the message. A frame that does not fit waits (reading paused) until earlier ones are done, so
+  twenty uploads from one address hold at most the cap, not twenty frames' worth.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class ReadSettings:
+    """The read budgets; a rate of 0 turns that rate off."""
+
+    read_rate: int
+    read_burst: int
+    read_rate_per_ip: int
+    read_burst_per_ip: int
+    max_held_bytes_per_ip: int
+
+
+class Pace:
+    """A byte rate with a burst, as one number (GCRA): when the allowance would be full again."""
+
+    __slots__ = ("burst_time", "full_at", "per_byte")
+
+    def __init__(self, rate: int, burst: int) -> None:
+        self.per_byte = 1 / rate if rate > 0 else 0.0
+        self.burst_time = burst * self.per_byte
+        self.full_at = 0.0
+
+    def take(self, size: int, now: float) -> float:
+        """Spend `size` bytes of allowance; the seconds to wait before reading more (0: none)."""
+        if not self.per_byte:
+            return 0.0
+        self.full_at = max(self.full_at, now) + size * self.per_byte
+        return max(0.0, self.full_at - now - self.burst_time)
+
+
+class Share:
+    """One client address: its read pace, the bytes its connections hold, who waits for room."""
+
+    __slots__ = ("cap", "held", "pace", "sockets", "waiters")
+
+    def __init__(self, settings: ReadSettings) -> None:
+        self.pace = Pace(settings.read_rate_per_ip, settings.read_burst_per_ip)
+        self.cap = settings.max_held_bytes_per_ip
+        self.held = 0
+        self.sockets = 0
+        # Connections waiting for room, in arrival order: each is called back when bytes are freed.
+        self.waiters: list[Callable[[], None]] = []
+
+    def reserve(self, size: int, waiter: Callable[[], None]) -> bool:
+        """Hold `size` bytes for a frame, or queue `waiter` to be called when some are freed.
+
+        A frame larger than the cap still goes through alone (nothing else held), so a frame
+        within MAX_FRAME_SIZE is never refused here, only made to wait its turn.
+        """
+        if self.held + size <= self.cap or self.held == 0:
+            self.held += size
+            return True
+        if waiter not in self.waiters:
+            self.waiters.append(waiter)
+        return False
+
+    def release(self, size: int) -> list[Callable[[], None]]:
+        """Give back `size` bytes; the waiters to call back (in order), who may now fit."""
+        self.held -= size
+        waiters, self.waiters = self.waiters, []
+        return waiters
+
+
+class Shares:
+    """The shares of the addresses with open websockets, made on their first and gone with their last."""
+
+    def __init__(self, settings: ReadSettings) -> None:
+        self.settings = settings
+        self.by_address: dict[str, Share] = {}
+
+    def join(self, address: str) -> Share:
+        share = self.by_address.get(address)
+        if share is None:
+            share = self.by_address[address] = Share(self.settings)
+        share.sockets += 1
+        return share
+
+    def leave(self, address: str, share: Share, waiter: Callable[[], None]) -> None:
+        if waiter in share.waiters:
+            share.waiters.remove(waiter)
+        share.sockets -= 1
+        if share.sockets <= 0:
+            self.by_address.pop(address, None)

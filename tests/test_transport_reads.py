@@ -1,0 +1,149 @@
+"""Reads budgeted at the socket (gischat.server.reading): frames judged by their header before
+their payload is read, held bytes per address, byte rates, and refusals that log one line.
+
+Real servers on free ports, hand-made frames over raw sockets from their own loopback addresses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import orjson
+import pytest
+from test_transport import BINARY, PING, PONG, TEXT, RawSocket, all_released, frame, frame_header, guard_of
+
+from gischat.protocol.geojson import check_raw_vertices
+from gischat.protocol.refusals import Uncompliant
+
+from conftest import ServerFactory, wait_for, ws_client
+
+pytestmark = pytest.mark.anyio
+
+KiB = 1024
+
+
+def refusal(sock: RawSocket) -> str:
+    """The reason of the next `uncompliant` the server sends this socket (room news skipped)."""
+    while True:
+        opcode, payload = sock.read_frame()
+        if opcode == TEXT:
+            loaded = orjson.loads(payload)
+            if loaded["type"] == "uncompliant":
+                return str(loaded["reason"])
+
+
+async def test_a_frame_that_can_never_fit_is_refused_from_its_header(server_factory: ServerFactory) -> None:
+    server = server_factory(max_frame_size=64 * KiB)
+    sock = RawSocket(server, "127.0.0.2")
+    sock.send(frame_header(TEXT, 10 * 1024 * KiB))  # ten megabytes announced, not one sent
+    assert sock.read_close() == (1009, f"message too big: {10 * 1024 * KiB} bytes (max {64 * KiB})")
+    sock.close()
+    # A fragmented message is judged on its total so far.
+    sock = RawSocket(server, "127.0.0.2")
+    sock.send(frame(TEXT, b"x" * 40 * KiB, fin=False) + frame_header(0x0, 40 * KiB))
+    assert sock.read_close() == (1009, f"message too big: {80 * KiB} bytes (max {64 * KiB})")
+    sock.close()
+    assert guard_of(server).refusals == {"1009": 2}
+    await all_released(server)
+
+
+async def test_pings_are_counted_before_any_is_answered(server_factory: ServerFactory) -> None:
+    server = server_factory(ping_rate=2, ping_burst=5)
+    sock = RawSocket(server, "127.0.0.2")
+    sock.send(frame(PING, b"x") * 200)  # one write: the server reads them all at once
+    pongs = 0
+    while True:
+        opcode, _ = sock.read_frame()
+        if opcode == TEXT:
+            continue  # the room's own news (nb_users)
+        if opcode != PONG:
+            break
+        pongs += 1
+    assert opcode == 0x8  # the close frame always goes out, after at most the burst of pongs
+    assert pongs <= 6
+    sock.close()
+    await all_released(server)
+
+
+async def test_invalid_utf8_is_one_log_line_and_no_traceback(
+    server_factory: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = server_factory()
+    caplog.set_level(logging.INFO)
+    sock = RawSocket(server, "127.0.0.2")
+    sock.send(frame(TEXT, b'{"type": "text", "text": "\xff\xfe"}'))
+    assert sock.read_close() == (1007, "invalid UTF-8 in a text message at byte 26")
+    sock.close()
+    await all_released(server)
+    refusals = [record for record in caplog.records if "refused (1007)" in record.getMessage()]
+    assert len(refusals) == 1
+    assert refusals[0].levelno == logging.WARNING
+    assert not [record for record in caplog.records if record.exc_info]
+
+
+async def test_large_frames_of_one_address_wait_for_room_in_its_budget(server_factory: ServerFactory) -> None:
+    server = server_factory(max_held_bytes_per_ip=300 * KiB)
+    guard = guard_of(server)
+    first, second = RawSocket(server, "127.0.0.5"), RawSocket(server, "127.0.0.5")
+    payload = b"x" * 200 * KiB
+    # The first holds 200 KiB as soon as its header arrives, half of its payload sent.
+    first.send(frame_header(BINARY, len(payload)) + payload[: len(payload) // 2])
+    share = guard.shares.by_address["127.0.0.5"]
+    await wait_for(lambda: share.held == len(payload))
+    # The second does not fit beside it: its frame is not read, it waits its turn.
+    second.send(frame(BINARY, payload))
+    await wait_for(lambda: len(share.waiters) == 1)
+    assert share.held == len(payload)
+    # Another address is not affected at all.
+    async with ws_client(server, local_addr=("127.0.0.6", 0)) as bystander:
+        await bystander.send({"type": "newcomer", "newcomer": "bystander"})
+        await bystander.expect("newcomer", newcomer="bystander")
+    first.send(payload[len(payload) // 2 :])
+    assert refusal(first)  # the chat refuses binary frames: the message reached it
+    assert refusal(second)  # ... and then the second was read
+    await wait_for(lambda: share.held == 0)
+    first.close()
+    second.close()
+    await all_released(server)
+    assert not guard.shares.by_address
+
+
+async def test_a_connection_gone_mid_frame_gives_its_bytes_back(server_factory: ServerFactory) -> None:
+    server = server_factory(max_held_bytes_per_ip=300 * KiB)
+    guard = guard_of(server)
+    sock = RawSocket(server, "127.0.0.5")
+    sock.send(frame_header(BINARY, 250 * KiB) + b"x" * KiB)
+    await wait_for(lambda: guard.shares.by_address["127.0.0.5"].held == 250 * KiB)
+    sock.close()
+    await all_released(server)
+    assert not guard.shares.by_address
+
+
+@pytest.mark.parametrize("setting", ["read_rate", "read_rate_per_ip"])
+async def test_a_fast_sender_is_read_slower_not_refused(server_factory: ServerFactory, setting: str) -> None:
+    burst = setting.replace("rate", "burst")
+    server = server_factory(**{setting: 256 * KiB, burst: 64 * KiB})
+    sock = RawSocket(server, "127.0.0.7")
+    started = time.monotonic()
+    await asyncio.to_thread(sock.send, frame(BINARY, b"x" * 512 * KiB))
+    assert refusal(sock)
+    # 448 KiB beyond the burst at 256 KiB/s, less one read of up to 256 KiB that may overshoot
+    # the allowance: the server cannot have read it in less (unpaced, it takes milliseconds).
+    assert time.monotonic() - started >= (512 - 64 - 256) / 256
+    sock.close()
+    assert guard_of(server).refusals == {}
+    await all_released(server)
+
+
+def test_raw_vertex_count_refuses_compact_text_and_leaves_pretty_text_to_the_parse() -> None:
+    points = [[i * 0.5, -i * 0.25] for i in range(120)]
+    layer = {"type": "FeatureCollection", "features": [{"type": "Feature", "geometry": {"type": "MultiPoint", "coordinates": points}, "properties": {"tags": ["a"]}}]}  # fmt: skip
+    compact = orjson.dumps({"type": "geojson", "geojson": layer}).decode()
+    check_raw_vertices(compact, 120)  # exactly at the budget: nested lists are not positions
+    with pytest.raises(Uncompliant) as refused:
+        check_raw_vertices(compact, 119)
+    assert refused.value.reason == "geojson: too many vertices (120, max 119)"
+    pretty = orjson.dumps({"type": "geojson", "geojson": layer}, option=orjson.OPT_INDENT_2).decode()
+    check_raw_vertices(pretty, 100)  # an estimate never refuses pretty text: the exact count will
