@@ -18,6 +18,7 @@ import os
 import platform
 import re
 import resource
+import shutil
 import signal
 import socket
 import subprocess
@@ -50,7 +51,11 @@ STALL_ROOM = "stall"
 PHOTO_ROOM = "photo"
 OTHER_ROOM = "other"
 ROOMS = (ROOM, STALL_ROOM, PHOTO_ROOM, OTHER_ROOM)
-SERVERS = ("gischat", "naive")
+SERVERS = ("gischat", "naive", "picows", "node")
+# Baselines for the fan-out scenarios (1 and 2) only: bench/picows_server.py and bench/node_ws/server.js
+# implement the room fan-out and /status, nothing else gischat does (no photos, no stalled-reader guard).
+REFERENCE_SERVERS = ("picows", "node")
+NODE_DIR = BENCH_DIR / "node_ws"
 
 CONNECT_CONCURRENCY = 100  # handshakes in flight at once: far below uvicorn's backlog of 2048
 MAX_FRAME = 64 * 1024 * 1024  # the naive server echoes the photo unresized
@@ -234,6 +239,81 @@ def limit_open_files(nofile: int | None) -> Callable[[], None] | None:
     return apply
 
 
+def pin_to_core(core: int | None) -> Callable[[], None] | None:
+    """A pre-exec hook confining the server (and any thread or process it starts) to one core
+    (None: no pinning). Same effect as `taskset -c CORE`, without needing util-linux."""
+    if core is None:
+        return None
+
+    def apply() -> None:
+        os.sched_setaffinity(0, {core})
+
+    return apply
+
+
+def before_exec(*hooks: Callable[[], None] | None) -> Callable[[], None] | None:
+    """The given pre-exec hooks run in turn (None when there is none)."""
+    chosen = [hook for hook in hooks if hook is not None]
+    if not chosen:
+        return None
+
+    def apply() -> None:
+        for hook in chosen:
+            hook()
+
+    return apply
+
+
+def node_unavailable() -> str | None:
+    """Why the node reference server cannot run, or None once bench/node_ws has its node_modules.
+
+    Installs them (`npm install --no-audit --no-fund`, pinned by package-lock.json) on first use.
+    """
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if node is None:
+        return "node not found on PATH"
+    if (NODE_DIR / "node_modules" / "ws").is_dir():
+        return None
+    if npm is None:
+        return f"npm not found on PATH to install {NODE_DIR / 'package.json'}"
+    print(f"   npm install in {NODE_DIR}", flush=True)
+    try:
+        subprocess.run(
+            [npm, "install", "--no-audit", "--no-fund"],
+            cwd=NODE_DIR,
+            check=True,
+            capture_output=True,
+            timeout=300,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"npm install failed in {NODE_DIR}: {exc}"
+    return None
+
+
+def node_version() -> str:
+    """`node X, ws Y` as installed for bench/node_ws, for the report."""
+    try:
+        node = subprocess.run(["node", "--version"], capture_output=True, text=True, check=True).stdout
+        ws = orjson.loads((NODE_DIR / "node_modules" / "ws" / "package.json").read_bytes())["version"]
+    except (OSError, subprocess.CalledProcessError, orjson.JSONDecodeError, KeyError):
+        return "node ?"
+    return f"node {node.strip().lstrip('v')}, ws {ws}"
+
+
+def server_command(kind: str, port: int) -> list[str]:
+    """How to start a server of this kind on `port` (gischat reads its port from the environment)."""
+    listen = ["--host", HOST, "--port", str(port)]
+    if kind == "gischat":
+        return [sys.executable, "-m", "gischat"]
+    if kind == "naive":
+        return [sys.executable, str(BENCH_DIR / "naive_server.py"), *listen]
+    if kind == "picows":
+        return [sys.executable, str(BENCH_DIR / "picows_server.py"), *listen]
+    if kind == "node":
+        return ["node", str(NODE_DIR / "server.js"), *listen]
+    raise ValueError(f"unknown server {kind!r}")
+
+
 @contextlib.asynccontextmanager
 async def running(
     kind: str,
@@ -241,17 +321,16 @@ async def running(
     rooms: Sequence[str] = ROOMS,
     nofile: int | None = None,
     extra_env: dict[str, str] | None = None,
+    core: int | None = None,
 ) -> AsyncIterator[Server]:
     """Start a server subprocess, wait until /status answers, stop it afterwards.
 
     `nofile`: the server's own open-file limit; by default it inherits the bench's raised one.
     `extra_env`: on top of everything else, e.g. a PYTHONPATH to run another commit's gischat.
+    `core`: pin the server to this CPU (None: it may run on any, as the load generator does).
     """
     port = free_port()
-    if kind == "gischat":
-        command = [sys.executable, "-m", "gischat"]
-    else:
-        command = [sys.executable, str(BENCH_DIR / "naive_server.py"), "--host", HOST, "--port", str(port)]
+    command = server_command(kind, port)
     log_path = RESULTS_DIR / f"{kind}-{label}.log"
     with log_path.open("wb") as log:
         # cwd: no stray .env is read; the environment carries every setting.
@@ -261,7 +340,7 @@ async def running(
             cwd=RESULTS_DIR,
             stdout=log,
             stderr=subprocess.STDOUT,
-            preexec_fn=limit_open_files(nofile),
+            preexec_fn=before_exec(limit_open_files(nofile), pin_to_core(core)),
         )
         try:
             async with httpx.AsyncClient(timeout=5.0) as http:

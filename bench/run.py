@@ -1,7 +1,10 @@
-"""Load benchmark: gischat against a naive broadcast server, over real sockets.
+"""Load benchmark: gischat against a naive broadcast server (and, in the fan-out, bare picows and
+Node.js ws servers), over real sockets.
 
     pip install -e ".[test,bench]"
-    python bench/run.py                      # every scenario, both servers (~1-2 minutes)
+    python bench/run.py                      # every scenario, every server (~2-3 minutes)
+    python bench/run.py --scenarios 1,2      # the fan-out and latency: gischat, naive, picows, node
+    python bench/run.py --scenarios 1,2 --servers gischat,picows --no-pin
     python bench/run.py --scenarios 1,5 --servers gischat --gischat-env SEND_QUEUE_SIZE=512
     python bench/run.py --scenarios 1 --py-spy   # also profile the servers (root or ptrace rights)
     python bench/run.py --dialects           # fan-out over /room, /channel and both (2-5 minutes)
@@ -12,6 +15,19 @@ for every scenario. The load comes from this process: picows clients (frames par
 Cython, one Python callback per message) on uvloop. The CPU used by the server, by this
 client and by anything else on the machine is printed with every result, to show which side
 bounded the measurement and how noisy the machine was.
+
+Reference servers, in scenarios 1 and 2 only (they implement the room fan-out and /status, not
+gischat's photos or its stalled-reader guard): `picows` (bench/picows_server.py: what the fan-out
+costs with no framework at all, in Python) and `node` (bench/node_ws/server.js: the same on Node.js
+and `ws`; its node_modules are installed with npm on first use, and the node column is skipped with
+a message when node is missing). Each serialises a message once and hands the same bytes to every
+member. The table adds a "gischat / X" ratio column for each server beside gischat.
+
+In scenarios 1 and 2 every server is pinned to the same single core (`--pin-core`, by default
+the last one this process may use; `os.sched_setaffinity`, as `taskset -c`), so that each gets one
+core, whether it is single-threaded (the Python servers) or not (Node's helper threads); the load
+generator is not pinned. `--no-pin` turns it off. Scenarios 3-6 leave the servers unpinned: gischat
+resizes photos in worker processes, which one core would serialise with the relay.
 
 Scenarios (bench/scenarios_fanout.py: 1-4; bench/scenarios_isolation.py: 5-6; the plumbing
 they share is bench/harness.py):
@@ -38,6 +54,7 @@ import argparse
 import base64
 import contextlib
 import gc
+import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -46,6 +63,7 @@ import uvloop
 from harness import (
     CONNECT_CONCURRENCY,
     OPTIONS,
+    REFERENCE_SERVERS,
     RELAY_ONLY,
     RESULTS_DIR,
     SERVERS,
@@ -55,6 +73,8 @@ from harness import (
     gischat_revision,
     machine,
     make_photo,
+    node_unavailable,
+    node_version,
     raise_fd_limit,
     running,
 )
@@ -153,53 +173,79 @@ METRICS = [
 
 # --------------------------------------------------------------------------- report
 
+# The scenarios the reference servers (harness.REFERENCE_SERVERS) take part in.
+REFERENCE_SCENARIOS = {1, 2}
+
+
+def ratio_cell(metric: Metric, g: Value | None, other: Value | None) -> str:
+    if metric.ratio and g and other and g.number is not None and other.number:
+        return f"{g.number / other.number:.2f}"
+    return "—"
+
 
 def table(results: Results, servers: Sequence[str]) -> str:
-    lines = [
-        "| metric | gischat | naive | ratio | target | met? |",
-        "| --- | ---: | ---: | ---: | --- | --- |",
-    ]
+    """One column per server that ran, then gischat / each other server, then the target (against naive)."""
+    others = [kind for kind in servers if kind != "gischat"] if "gischat" in servers else []
+    header = ["metric", *servers, *(f"gischat / {kind}" for kind in others), "target", "met?"]
+    aligns = ["---", *(["---:"] * (len(servers) + len(others))), "---", "---"]
+    lines = [f"| {' | '.join(header)} |", f"| {' | '.join(aligns)} |"]
     for metric in METRICS:
         values = results.values.get(metric.key)
         if not values:
             continue
         g, n = values.get("gischat"), values.get("naive")
-        ratio = "—"
-        if metric.ratio and g and n and g.number is not None and n.number:
-            ratio = f"{g.number / n.number:.2f}"
         met = "—"
         if metric.met is not None and g is not None:
             met = "yes" if metric.met(g, n) else "**no**"
-        cells = [g.text if g else "not run", n.text if n else "not run"]
-        if "naive" not in servers:
-            cells[1] = "not run"
-        lines.append(f"| {metric.label} | {cells[0]} | {cells[1]} | {ratio} | {metric.target} | {met} |")
+        cells = [
+            metric.label,
+            *(value.text if (value := values.get(kind)) else "not run" for kind in servers),
+            *(ratio_cell(metric, g, values.get(kind)) for kind in others),
+            metric.target,
+            met,
+        ]
+        lines.append(f"| {' | '.join(cells)} |")
     return "\n".join(lines)
 
 
-async def main(scenarios: Sequence[int], servers: Sequence[str]) -> int:
+async def main(scenarios: Sequence[int], servers: Sequence[str], core: int | None) -> int:
+    """`core`: the CPU every server is pinned to in scenarios 1 and 2 (None: no pinning)."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     fd_limit = raise_fd_limit(JOIN_CLIENTS)
     results = Results()
     began = time.perf_counter()
+    skipped: list[str] = []
+    if "node" in servers and REFERENCE_SCENARIOS & set(scenarios):
+        reason = node_unavailable()
+        if reason is not None:
+            skipped.append(f"Node column skipped: {reason}.")
+            print(f"   {skipped[-1]}", flush=True)
+            servers = [kind for kind in servers if kind != "node"]
+    # Scenarios 3-6 ask for more than the reference servers implement.
+    full_servers = [kind for kind in servers if kind not in REFERENCE_SERVERS]
     photo_b64 = ""
     if 6 in scenarios:
         photo_b64 = base64.b64encode(make_photo()).decode("ascii")
 
     async def fanout() -> None:
         async with contextlib.AsyncExitStack() as stack:
-            started = {kind: await stack.enter_async_context(running(kind, "fanout")) for kind in servers}
+            started = {
+                kind: await stack.enter_async_context(running(kind, "fanout", core=core)) for kind in servers
+            }
             await scenario_fanout(started, results)
 
     def each_server(
-        label: str, scenario: Callable[[Server, Results], Awaitable[None]]
+        label: str,
+        scenario: Callable[[Server, Results], Awaitable[None]],
+        kinds: Sequence[str] = full_servers,
+        pin: int | None = None,
     ) -> Callable[[], Awaitable[None]]:
         async def run_all() -> None:
-            for kind in servers:
+            for kind in kinds:
                 print(f"   on {kind}", flush=True)
                 gc.collect()
                 try:
-                    async with running(kind, label) as server:
+                    async with running(kind, label, core=pin) as server:
                         await scenario(server, results)
                 except Exception as exc:  # one broken scenario must not cost the others
                     results.note(kind, f"{label}: FAILED: {exc!r}")
@@ -208,7 +254,7 @@ async def main(scenarios: Sequence[int], servers: Sequence[str]) -> int:
 
     plan: list[tuple[set[int], str, Callable[[], Awaitable[None]]]] = [
         ({1}, "fan-out, rounds alternating between the servers", fanout),
-        ({2}, "latency", each_server("latency", scenario_latency)),
+        ({2}, "latency", each_server("latency", scenario_latency, servers, core)),
         ({3, 4}, "join + memory", each_server("join", scenario_join_and_memory)),
         ({5}, "stalled reader", each_server("stall", scenario_stall)),
         ({6}, "photo", each_server("photo", lambda server, res: scenario_photo(server, res, photo_b64))),
@@ -226,12 +272,17 @@ async def main(scenarios: Sequence[int], servers: Sequence[str]) -> int:
         timings.append(f"{label} {time.perf_counter() - started_at:.0f} s")
     took = time.perf_counter() - began
 
+    pinning = "not pinned (--no-pin)" if core is None else f"all pinned to core {core}"
     report = "\n".join(
         [
             table(results, servers),
             "",
-            "ratio = gischat / naive (higher is better for deliveries/s, lower for times, latencies and memory).",
-            f"Machine: {machine()}. gischat {gischat_revision()}.",
+            "gischat / X: higher is better for deliveries/s, lower for times, latencies and memory; "
+            "targets are against naive. picows and node run scenarios 1 and 2 only.",
+            " ".join([f"Servers in scenarios 1-2: {pinning}; the load generator is not pinned.", *skipped]),
+            f"Machine: {machine()}"
+            + (f"; {node_version()}" if "node" in servers and REFERENCE_SCENARIOS & set(scenarios) else "")
+            + f". gischat {gischat_revision()}.",
             f"Bench took {took:.0f} s ({', '.join(timings)}); RLIMIT_NOFILE {fd_limit} for the client and "
             f"the servers; connections opened {CONNECT_CONCURRENCY} handshakes at a time.",
             "",
@@ -247,9 +298,22 @@ async def main(scenarios: Sequence[int], servers: Sequence[str]) -> int:
 
 
 def cli() -> int:
-    parser = argparse.ArgumentParser(description="gischat load benchmark against a naive server")
+    parser = argparse.ArgumentParser(description="gischat load benchmark against reference servers")
     parser.add_argument("--scenarios", default="1,2,3,4,5,6", help="comma-separated scenario numbers")
-    parser.add_argument("--servers", default=",".join(SERVERS), help="gischat, naive or both")
+    parser.add_argument(
+        "--servers",
+        default=",".join(SERVERS),
+        help=f"comma-separated subset of {','.join(SERVERS)} ({', '.join(REFERENCE_SERVERS)}: scenarios 1-2 only)",
+    )
+    cores = sorted(os.sched_getaffinity(0))
+    parser.add_argument(
+        "--pin-core",
+        type=int,
+        default=cores[-1],
+        metavar="N",
+        help=f"in scenarios 1-2, pin every server to CPU N (default {cores[-1]}, the last this process may use)",
+    )
+    parser.add_argument("--no-pin", action="store_true", help="let the servers run on any core")
     parser.add_argument(
         "--gischat-env",
         action="append",
@@ -312,7 +376,9 @@ def cli() -> int:
         if unknown or not arrangements:
             parser.error(f"--dialects wants some of {','.join(DIALECT_ARRANGEMENTS)}, got {args.dialects!r}")
         return uvloop.run(dialects_main(arrangements, servers, args.baseline, max(args.rounds, 1)))
-    return uvloop.run(main(scenarios, servers))
+    if not args.no_pin and args.pin_core not in cores:
+        parser.error(f"--pin-core {args.pin_core}: this process may only use CPUs {cores}")
+    return uvloop.run(main(scenarios, servers, None if args.no_pin else args.pin_core))
 
 
 if __name__ == "__main__":
