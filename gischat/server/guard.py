@@ -26,6 +26,7 @@ import orjson
 
 from gischat.networks import Networks
 from gischat.protocol.refusals import CLOSE_POLICY_VIOLATION, CLOSE_TRY_AGAIN_LATER
+from gischat.server.batch import WriteBatch
 from gischat.server.budget import ReadSettings, Shares
 
 if TYPE_CHECKING:
@@ -184,6 +185,7 @@ class TransportGuard:
             settings.max_held_bytes_per_ip,
         )
         self.shares = Shares(self.read)
+        self._batch: WriteBatch | None = None
 
         # Open transport connections (HTTP or websocket), in all and per untrusted peer address.
         self.connections = 0
@@ -216,6 +218,12 @@ class TransportGuard:
         """A connection of the server's loop arrived: sweep there, from the first one on."""
         if self._loop is None:
             self.start(loop)
+
+    def batch(self, loop: asyncio.AbstractEventLoop) -> WriteBatch:
+        """The server's write batch (`server.batch`): one per loop, shared by its websockets."""
+        if self._batch is None or self._batch.loop is not loop:
+            self._batch = WriteBatch(loop)
+        return self._batch
 
     def stop(self) -> None:
         if self._timer is not None:

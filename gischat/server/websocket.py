@@ -36,6 +36,7 @@ from websockets.http11 import Request
 from websockets.server import ServerProtocol
 
 from gischat.protocol.frames import Outgoing
+from gischat.server.batch import WriteBatch
 from gischat.server.budget import Pace
 from gischat.server.guard import (
     CLOSE_TIMEOUT,
@@ -65,7 +66,7 @@ class GuardedWebSocketProtocol(WebSocketReading):
     """One websocket connection, from the upgrade request to the closed socket."""
 
     __slots__ = (
-        "address", "app", "app_state", "drain", "peer", "ping_payload", "response", "scope",
+        "address", "app", "app_state", "batch", "drain", "out", "peer", "ping_payload", "response", "scope",
         "server_state", "writing_paused",
     )  # fmt: skip
 
@@ -97,12 +98,15 @@ class GuardedWebSocketProtocol(WebSocketReading):
         self.address = ""  # the client's, behind a trusted proxy
         self.ping_payload = b""  # of our keepalive ping awaiting its pong
         self.drain: asyncio.Future[None] | None = None
+        self.batch: WriteBatch | None = None  # under a guard, frames are written once per loop turn
+        self.out: list[bytes] | None = None  # frames collected this turn
         self.response: Any = None  # the 101 answer, until the app accepts; then a denial under way
         self.scope: dict[str, Any] = {}
 
     def adopt(self, guard: TransportGuard) -> None:
         """Take over the connection slot the HTTP gate held for this peer: limits now apply."""
         self.guard = guard
+        self.batch = guard.batch(self.loop)
         if guard.read.read_rate:
             self.pace = Pace(guard.read.read_rate, guard.read.read_burst)
         if self.scope:  # the gate hands over once uvicorn passed us the upgrade request
@@ -130,7 +134,7 @@ class GuardedWebSocketProtocol(WebSocketReading):
         if self.drain is not None and not self.drain.done():
             self.drain.set_result(None)
         self.server_state.connections.discard(self)
-        self.frames, self.stash, self.inbox = [], b"", []
+        self.frames, self.stash, self.inbox, self.out = [], b"", [], None
         guard, self.guard = self.guard, None
         if guard is not None:
             guard.forget(self)
@@ -187,21 +191,39 @@ class GuardedWebSocketProtocol(WebSocketReading):
     def offer(self, item: Outgoing) -> bool:
         if self.writing_paused or self.phase is not Phase.OPEN:
             return False
-        self._write_item(item)
+        if self.deflate:  # compressed per connection: the shared frame cannot be used
+            self.conn.send_text(item.data)
+            self._flush()
+            return True
+        out = self.out
+        if out is not None:
+            out.append(item.wire)
+        elif self.batch is not None:
+            self.out = [item.wire]
+            self.batch.add(self)
+        else:
+            self.transport.write(item.wire)
         return True
 
     async def deliver(self, item: Outgoing) -> None:
         await self._writable()
         if self.phase is not Phase.OPEN:
             raise ConnectionResetError("websocket closed")
-        self._write_item(item)
-
-    def _write_item(self, item: Outgoing) -> None:
-        if self.deflate:  # compressed per connection: the shared frame cannot be used
+        self.flush_out()
+        if self.deflate:
             self.conn.send_text(item.data)
             self._flush()
         else:
             self.transport.write(item.wire)
+
+    def flush_out(self) -> None:
+        """Write the frames collected this loop turn (`server.batch`), in one call."""
+        out, self.out = self.out, None
+        if out and not self.transport.is_closing():
+            if len(out) == 1:
+                self.transport.write(out[0])
+            else:
+                self.transport.writelines(out)
 
     async def _writable(self) -> None:
         while self.writing_paused and self.phase is Phase.OPEN:
@@ -210,6 +232,9 @@ class GuardedWebSocketProtocol(WebSocketReading):
             await self.drain
 
     def _flush(self) -> None:
+        """Write what the sans-I/O protocol has to send, after the frames collected before it."""
+        if self.out:
+            self.flush_out()
         out = self.conn.data_to_send()
         if out:
             data = b"".join(out)
