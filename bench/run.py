@@ -29,7 +29,7 @@ core, whether it is single-threaded (the Python servers) or not (Node's helper t
 generator is not pinned. `--no-pin` turns it off. Scenarios 3-6 leave the servers unpinned: gischat
 resizes photos in worker processes, which one core would serialise with the relay.
 
-Scenarios (bench/scenarios_fanout.py: 1-4; bench/scenarios_isolation.py: 5-6; the plumbing
+Scenarios (bench/scenarios_fanout.py: 1-4 and 7; bench/scenarios_isolation.py: 5-6; the plumbing
 they share is bench/harness.py):
   1. fan-out: 100 clients in one room, 4 of them send 300 texts each without waiting for
      echoes (120,000 deliveries); rounds alternate between the two servers.
@@ -39,6 +39,8 @@ they share is bench/harness.py):
   5. a client that never reads, beside 20 readers of a paced sender (texts plus 60 kB CRS
      messages, so the stalled socket's ~3 MB of loopback buffers fill within seconds).
   6. 4000x3000 JPEG photos sent in one room while another room does round trips.
+  7. scenarios 3 and 4 with 10,000 clients, gischat alone (the naive loop broadcasts nb_users to
+     everyone on every join: quadratic, minutes at this size).
 
 With --dialects, bench/scenarios_dialects.py runs instead: the fan-out with every receiver on
 /room (2.x), every one on /channel (3.x) and half on each, rounds alternating, beside scenario 1
@@ -81,6 +83,7 @@ from harness import (
 from scenarios_dialects import ARRANGEMENTS as DIALECT_ARRANGEMENTS
 from scenarios_dialects import main as dialects_main
 from scenarios_fanout import (
+    CROWD_CLIENTS,
     FANOUT_CLIENTS,
     FANOUT_MESSAGES,
     FANOUT_ROUNDS,
@@ -88,6 +91,7 @@ from scenarios_fanout import (
     JOIN_CLIENTS,
     LATENCY_CLIENTS,
     LATENCY_RATE,
+    scenario_crowd,
     scenario_fanout,
     scenario_join_and_memory,
     scenario_latency,
@@ -145,7 +149,14 @@ METRICS = [
         "< 2 s",
         below(2.0),
     ),
-    Metric("mem_per_conn", "4. server RSS per idle connection (kB)", "< 30 kB", below(30.0)),
+    Metric("join_mem", "4. server RSS per idle connection (kB)", "< 30 kB", below(30.0)),
+    Metric(
+        "crowd_time",
+        f"7. {CROWD_CLIENTS:,} clients joined, all saw nb_users={CROWD_CLIENTS} (s)",
+        "< 5 s",
+        below(5.0),
+    ),
+    Metric("crowd_mem", f"7. server RSS per idle connection, {CROWD_CLIENTS:,} (kB)", "< 25 kB", below(25.0)),
     Metric("stall_base_p99", "5. readers p50 / p99 without stalled client (ms)", "—"),
     Metric(
         "stall_p99",
@@ -211,7 +222,7 @@ def table(results: Results, servers: Sequence[str]) -> str:
 async def main(scenarios: Sequence[int], servers: Sequence[str], core: int | None) -> int:
     """`core`: the CPU every server is pinned to in scenarios 1 and 2 (None: no pinning)."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    fd_limit = raise_fd_limit(JOIN_CLIENTS)
+    fd_limit = raise_fd_limit(CROWD_CLIENTS if 7 in scenarios else JOIN_CLIENTS)
     results = Results()
     began = time.perf_counter()
     skipped: list[str] = []
@@ -258,6 +269,7 @@ async def main(scenarios: Sequence[int], servers: Sequence[str], core: int | Non
         ({3, 4}, "join + memory", each_server("join", scenario_join_and_memory)),
         ({5}, "stalled reader", each_server("stall", scenario_stall)),
         ({6}, "photo", each_server("photo", lambda server, res: scenario_photo(server, res, photo_b64))),
+        ({7}, "crowd of idle sockets", each_server("crowd", scenario_crowd, ["gischat"])),
     ]
     # The load generator allocates a dict per message: no collector pauses mid-measurement,
     # a full collection between scenarios instead.
@@ -299,7 +311,7 @@ async def main(scenarios: Sequence[int], servers: Sequence[str], core: int | Non
 
 def cli() -> int:
     parser = argparse.ArgumentParser(description="gischat load benchmark against reference servers")
-    parser.add_argument("--scenarios", default="1,2,3,4,5,6", help="comma-separated scenario numbers")
+    parser.add_argument("--scenarios", default="1,2,3,4,5,6,7", help="comma-separated scenario numbers")
     parser.add_argument(
         "--servers",
         default=",".join(SERVERS),

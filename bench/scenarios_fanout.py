@@ -40,6 +40,9 @@ from harness import (
 FANOUT_CLIENTS, FANOUT_SENDERS, FANOUT_MESSAGES, FANOUT_TIMEOUT, FANOUT_ROUNDS = 100, 4, 300, 20.0, 5
 LATENCY_CLIENTS, LATENCY_SENDERS, LATENCY_RATE, LATENCY_SECONDS = 100, 4, 200, 4.0
 JOIN_CLIENTS, JOIN_TIMEOUT = 1000, 20.0
+# Scenario 7: the crowd gischat alone is asked to hold (the naive loop's quadratic nb_users
+# broadcasts would take minutes), its join time and memory per idle socket.
+CROWD_CLIENTS, CROWD_TIMEOUT = 10_000, 30.0
 
 
 @dataclass
@@ -152,7 +155,18 @@ async def scenario_latency(server: Server, results: Results) -> None:
     drop(peers)
 
 
-async def scenario_join_and_memory(server: Server, results: Results) -> None:
+async def scenario_crowd(server: Server, results: Results) -> None:
+    """Scenario 7: scenarios 3 and 4 with CROWD_CLIENTS sockets."""
+    await scenario_join_and_memory(server, results, CROWD_CLIENTS, CROWD_TIMEOUT, "crowd")
+
+
+async def scenario_join_and_memory(
+    server: Server,
+    results: Results,
+    clients: int = JOIN_CLIENTS,
+    timeout: float = JOIN_TIMEOUT,
+    key: str = "join",
+) -> None:
     # Warm the server up with one client and one message, then take the "before" reading.
     tally, peers = await joined_room(server, ROOM, 1)
     await warm_up(tally, peers)
@@ -160,34 +174,34 @@ async def scenario_join_and_memory(server: Server, results: Results) -> None:
     await server.wait_count(ROOM, 0, 5.0)
     before = await server.settled_rss()
 
-    tally = Tally(JOIN_CLIENTS)
-    gate = tally.expect_users(JOIN_CLIENTS)
+    tally = Tally(clients)
+    gate = tally.expect_users(clients)
     meter = CpuMeter(server)
     start = time.perf_counter()
-    peers = await connect_many(server.ws_url(ROOM), JOIN_CLIENTS, tally)
+    peers = await connect_many(server.ws_url(ROOM), clients, tally)
     handshakes = time.perf_counter() - start
-    complete = await gate.wait(JOIN_TIMEOUT - handshakes)
+    complete = await gate.wait(timeout - handshakes)
     elapsed = time.perf_counter() - start
     cpu = meter.describe()
     if complete:
-        results.put(server.kind, "join_time", num(elapsed, 2))
+        results.put(server.kind, f"{key}_time", num(elapsed, 2))
     else:
-        results.put(server.kind, "join_time", Value(None, f"> {JOIN_TIMEOUT:.0f} (gave up)"))
+        results.put(server.kind, f"{key}_time", Value(None, f"> {timeout:.0f} (gave up)"))
     results.note(
         server.kind,
-        f"join: {JOIN_CLIENTS} handshakes done after {handshakes:.2f} s "
-        f"({CONNECT_CONCURRENCY} in flight at a time), every socket saw nb_users={JOIN_CLIENTS} "
-        + (f"after {elapsed:.2f} s" if complete else f"— only {gate.hits} did within {JOIN_TIMEOUT:.0f} s")
+        f"join: {clients} handshakes done after {handshakes:.2f} s "
+        f"({CONNECT_CONCURRENCY} in flight at a time), every socket saw nb_users={clients} "
+        + (f"after {elapsed:.2f} s" if complete else f"— only {gate.hits} did within {timeout:.0f} s")
         + f"; {cpu}",
     )
 
-    counted = await server.wait_count(ROOM, JOIN_CLIENTS, 10.0)
+    counted = await server.wait_count(ROOM, clients, 10.0)
     after = await server.settled_rss()
-    per_connection = (after - before) / JOIN_CLIENTS / 1024
-    results.put(server.kind, "mem_per_conn", num(per_connection, 1))
+    per_connection = (after - before) / clients / 1024
+    results.put(server.kind, f"{key}_mem", num(per_connection, 1))
     results.note(
         server.kind,
-        f"memory: RSS {before / 2**20:.1f} MiB before, {after / 2**20:.1f} MiB with {JOIN_CLIENTS} idle "
+        f"memory: RSS {before / 2**20:.1f} MiB before, {after / 2**20:.1f} MiB with {clients} idle "
         f"sockets (/status {'agrees' if counted else 'DISAGREES'}) = {per_connection:.1f} kB each",
     )
     drop(peers)

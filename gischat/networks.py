@@ -11,18 +11,22 @@ import ipaddress
 from collections.abc import Iterable
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+# Verdicts remembered per address (every connection asks, for the same few proxies and clients);
+# past this many distinct addresses the memory starts over.
+MAX_REMEMBERED = 4096
 
 
 class Networks:
     """A set of networks, asked `address in networks`."""
 
-    __slots__ = ("everyone", "literals", "networks")
+    __slots__ = ("everyone", "literals", "networks", "verdicts")
 
     def __init__(self, entries: str | Iterable[str]) -> None:
         items = entries.split(",") if isinstance(entries, str) else list(entries)
         self.everyone = False
         self.networks: list[Network] = []
         self.literals: set[str] = set()
+        self.verdicts: dict[str, bool] = {}
         for raw in items:
             entry = raw.strip()
             if not entry:
@@ -40,6 +44,14 @@ class Networks:
             return True
         if not isinstance(address, str):
             return False
+        verdict = self.verdicts.get(address)
+        if verdict is None:
+            if len(self.verdicts) >= MAX_REMEMBERED:
+                self.verdicts.clear()
+            verdict = self.verdicts[address] = self._judge(address)
+        return verdict
+
+    def _judge(self, address: str) -> bool:
         try:
             ip = ipaddress.ip_address(address)
         except ValueError:  # "?" or a unix socket: only what is listed literally

@@ -37,6 +37,9 @@ def nickname_key(nickname: str) -> str:
 # Ids of a conversation's recent messages a reply may point to (REPLY_THREADS): far more than
 # anyone scrolls back to, a few hundred kB per room at most.
 MAX_REPLY_TARGETS = 4096
+# The least time between two `nb_users` broadcasts per socket of the room: a write costs ~10 µs,
+# so a join storm spends at most about 5 % of the loop on counts, whatever the room's size.
+COUNT_SECONDS_PER_SOCKET = 0.0002
 
 
 class Room:
@@ -153,12 +156,16 @@ class Room:
         A burst of joins would otherwise cost a broadcast to the whole room per join
         (1,000 joins, half a million sends). The first change after a quiet spell goes out
         on the next loop turn; changes within the interval share one trailing broadcast that
-        carries the latest count.
+        carries the latest count. The interval is NB_USERS_INTERVAL, or longer in a room so
+        large that one broadcast costs more than a small share of it (2 s at 10,000 sockets).
         """
         if self._count_timer is not None:
             return
         loop = asyncio.get_running_loop()
-        delay = max(0.0, self._last_count_sent + self.count_interval - loop.time())
+        # A broadcast costs about a write per socket: in a large room the interval grows with it,
+        # so that counts take a small share of the loop however many sockets join at once.
+        interval = max(self.count_interval, len(self.connections) * COUNT_SECONDS_PER_SOCKET)
+        delay = max(0.0, self._last_count_sent + interval - loop.time())
         self._count_timer = loop.call_later(delay, self._send_count)
 
     def _send_count(self) -> None:
