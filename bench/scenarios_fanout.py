@@ -164,7 +164,7 @@ async def scenario_join_and_memory(
     server: Server,
     results: Results,
     clients: int = JOIN_CLIENTS,
-    timeout: float = JOIN_TIMEOUT,
+    give_up: float = JOIN_TIMEOUT,
     key: str = "join",
 ) -> None:
     # Warm the server up with one client and one message, then take the "before" reading.
@@ -180,18 +180,18 @@ async def scenario_join_and_memory(
     start = time.perf_counter()
     peers = await connect_many(server.ws_url(ROOM), clients, tally)
     handshakes = time.perf_counter() - start
-    complete = await gate.wait(timeout - handshakes)
+    complete = await gate.wait(give_up - handshakes)
     elapsed = time.perf_counter() - start
     cpu = meter.describe()
     if complete:
         results.put(server.kind, f"{key}_time", num(elapsed, 2))
     else:
-        results.put(server.kind, f"{key}_time", Value(None, f"> {timeout:.0f} (gave up)"))
+        results.put(server.kind, f"{key}_time", Value(None, f"> {give_up:.0f} (gave up)"))
     results.note(
         server.kind,
         f"join: {clients} handshakes done after {handshakes:.2f} s "
         f"({CONNECT_CONCURRENCY} in flight at a time), every socket saw nb_users={clients} "
-        + (f"after {elapsed:.2f} s" if complete else f"— only {gate.hits} did within {timeout:.0f} s")
+        + (f"after {elapsed:.2f} s" if complete else f"— only {gate.hits} did within {give_up:.0f} s")
         + f"; {cpu}",
     )
 
