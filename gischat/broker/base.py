@@ -16,7 +16,8 @@ trip per message.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, Protocol
 
 from gischat.protocol.dialects import Post
@@ -48,6 +49,27 @@ class Envelope:
     keep: bool = False
 
 
+class OrderKind(StrEnum):
+    """What a moderator asks of every node."""
+
+    KICK = "kick"  # close the sockets registered as args["nickname"] in `room`
+    BAN = "ban"  # args: the ban (a dict, see gischat.rooms.bans); kept by a shared service
+    LIFT = "lift"  # args["id"]: the ban to lift
+    DELETE = "delete"  # args["id"]: the message to remove from `room`'s history
+
+
+@dataclass(frozen=True, slots=True)
+class Order:
+    """A moderator's action, carried out by every node on its own sockets and history.
+
+    `args` holds JSON values only: a shared broker sends commands to the other nodes as JSON.
+    """
+
+    kind: OrderKind
+    room: str | None
+    args: dict[str, Any] = field(default_factory=dict)
+
+
 class Node(Protocol):
     """What a broker needs from the rooms of its process (the hub)."""
 
@@ -71,6 +93,12 @@ class Node(Protocol):
 
     def reset_history(self, room: str, posts: list[Post]) -> None:
         """Replace a room's history with the shared one."""
+
+    def obey(self, order: Order) -> None:
+        """Carry out a moderator's command on this node's sockets and history."""
+
+    def describe(self, room: str) -> list[dict[str, Any]]:
+        """This node's sockets of `room`, for a moderator (JSON values only)."""
 
 
 class Broker(Protocol):
@@ -106,6 +134,16 @@ class Broker(Protocol):
 
     def status(self) -> dict[str, Any] | None:
         """The broker's state for `/status` (None: a single process, nothing to say)."""
+
+    def order(self, order: Order) -> None:
+        """Have every node, this one included, carry out `order` (`Node.obey`), in call order
+        with what is published. A shared broker also keeps bans (BAN, LIFT) for nodes to come."""
+
+    async def load_bans(self) -> list[dict[str, Any]]:
+        """The bans the shared service keeps (memory: none outlive the process)."""
+
+    async def gather(self, room: str) -> list[dict[str, Any]]:
+        """The other nodes' sockets of `room` (`Node.describe` on each), as far as they answer."""
 
     @property
     def healthy(self) -> bool:

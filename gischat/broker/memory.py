@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gischat.broker.base import Envelope, Node
+from gischat.broker.base import Envelope, Node, Order
 from gischat.protocol.dialects import Post
 
 
@@ -48,3 +48,13 @@ class MemoryBroker:
 
     def status(self) -> dict[str, Any] | None:
         return None
+
+    def order(self, order: Order) -> None:
+        if self._node is not None:
+            self._node.obey(order)
+
+    async def load_bans(self) -> list[dict[str, Any]]:
+        return []
+
+    async def gather(self, room: str) -> list[dict[str, Any]]:
+        return []

@@ -15,7 +15,7 @@ import orjson
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 
-from gischat.broker.base import BrokerSettings, Envelope, Node
+from gischat.broker.base import BrokerSettings, Envelope, Node, Order
 from gischat.broker.redis.connection import describe, redis_client, redis_location, redis_secrets
 from gischat.broker.redis.mirror import Buffered, Mirror, readable
 from gischat.broker.redis.outbox import Command, Outbox
@@ -207,6 +207,17 @@ class RedisBroker:
 
     def remote_users(self, room: str) -> list[str]:
         return self._mirror.remote_users(room)
+
+    def order(self, order: Order) -> None:
+        # Carried out on this node; other nodes: see gischat.broker.redis.orders (to come).
+        if self._hub is not None:
+            self._hub.obey(order)
+
+    async def load_bans(self) -> list[dict[str, Any]]:
+        return []
+
+    async def gather(self, room: str) -> list[dict[str, Any]]:
+        return []
 
     def _deliver_local(self, room: str, envelope: Envelope) -> None:
         if self._hub is not None:
