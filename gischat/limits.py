@@ -37,6 +37,13 @@ class TokenBucket:
         self.tokens = tokens - amount
         return True
 
+    def wait(self, now: float, amount: float = 1.0) -> float:
+        """Seconds until `amount` tokens are there (0: now), spending nothing."""
+        if self.rate <= 0:
+            return 0.0
+        tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        return max(0.0, (amount - tokens) / self.rate)
+
     def full(self, now: float) -> bool:
         """Whether the bucket has refilled completely, i.e. its owner can be forgotten."""
         return self.rate <= 0 or self.tokens + (now - self.stamp) * self.rate >= self.burst

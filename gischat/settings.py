@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import Annotated, Any, Literal, Self, TypeVar
 from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_ROOMS = ("QGIS", "Field and mobile", "GIS tribe", "Living room", "Kitchen", "Garden")
@@ -30,6 +30,11 @@ PRIVATE_NETWORKS = (
     "192.168.0.0/16",
     "fc00::/7",
 )
+# ADMIN_TOKENS: a moderator's label (shown in the audit trail and logs) and the shortest secret.
+ADMIN_LABEL_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+MIN_ADMIN_SECRET_LENGTH = 32
+# Settings whose values never appear in an error line (a password or a secret may be in them).
+SECRET_SETTINGS = frozenset({"ADMIN_TOKENS"})
 DEFAULT_TILE_URL = "https://tile.openstreetmap.org/{z}/{x}/{y}.png"
 DEFAULT_TILE_ATTRIBUTION = (
     '&copy; <a href="https://www.openstreetmap.org/copyright">OpenStreetMap</a> contributors'
@@ -169,6 +174,13 @@ class Settings(BaseSettings):
     # GET /metrics (Prometheus): on or off, and the client networks allowed to scrape it.
     metrics_enabled: bool = True
     metrics_networks: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(PRIVATE_NETWORKS))
+    # Moderation (docs/moderation.md): `label:secret` pairs (none: no /admin routes), the client
+    # networks moderation may come from (empty: anywhere), the nickname announcements are made
+    # under, and failed sign-ins per minute per client address before 429.
+    admin_tokens: Annotated[dict[str, SecretStr], NoDecode] = Field(default_factory=dict)
+    admin_networks: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    announcer_name: str = "moderator"
+    admin_failures_per_minute: int = Field(default=10, ge=1, le=10_000)
     # The web client's basemap: an XYZ tile URL template (empty: no basemap) and its
     # attribution, which Leaflet shows as HTML (the operator's text, never a user's).
     map_tile_url: str = DEFAULT_TILE_URL
@@ -242,14 +254,40 @@ class Settings(BaseSettings):
                 raise ValueError(f"{origin!r} is not an origin like https://maps.example.org or *")
         return origins
 
-    @field_validator("metrics_networks", mode="before")
+    @field_validator("metrics_networks", "admin_networks", mode="before")
     @classmethod
     def _split_networks(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [network.strip() for network in value.split(",") if network.strip()]
         return value
 
-    @field_validator("metrics_networks")
+    @field_validator("admin_tokens", mode="before")
+    @classmethod
+    def _split_tokens(cls, value: Any) -> Any:
+        """`label:secret,label:secret`; errors name the label, never the secret."""
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        if not isinstance(value, str):
+            return value
+        tokens: dict[str, SecretStr] = {}
+        for number, entry in enumerate((item.strip() for item in value.split(",")), 1):
+            if not entry:
+                continue
+            label, colon, secret = entry.partition(":")
+            if not colon or not ADMIN_LABEL_PATTERN.fullmatch(label):
+                raise ValueError(
+                    f"entry {number} is not label:secret with a label of 1 to 64 letters, digits, '_.-'"
+                )
+            if label in tokens:
+                raise ValueError(f"label {label!r} is listed twice")
+            if len(secret) < MIN_ADMIN_SECRET_LENGTH:
+                raise ValueError(
+                    f"the secret of {label!r} is shorter than {MIN_ADMIN_SECRET_LENGTH} characters"
+                )
+            tokens[label] = SecretStr(secret)
+        return tokens
+
+    @field_validator("metrics_networks", "admin_networks")
     @classmethod
     def _check_networks(cls, networks: list[str]) -> list[str]:
         for network in networks:
@@ -313,6 +351,16 @@ class Settings(BaseSettings):
                 f"BYTE_BURST ({self.byte_burst}) is below MAX_FRAME_SIZE ({self.max_frame_size}): "
                 "a frame of the largest allowed size could never be sent"
             )
+        # The announcer speaks only where there are moderators (a default that does not fit tight
+        # author lengths must not stop an instance without moderation).
+        if self.admin_tokens and not (
+            self.min_author_length <= len(self.announcer_name) <= self.max_author_length
+            and re.fullmatch(r"[\w-]+", self.announcer_name)
+        ):
+            raise ValueError(
+                f"ANNOUNCER_NAME ({self.announcer_name!r}) is not a valid nickname: "
+                f"{self.min_author_length} to {self.max_author_length} letters, digits, '_' or '-'"
+            )
         if self.workers > 1 and self.broker_url.startswith("memory://"):
             raise ValueError(
                 "WORKERS above 1 needs a shared broker: with BROKER_URL=memory:// each worker "
@@ -368,7 +416,8 @@ def describe_error(exc: ValidationError) -> str:
     if error["loc"]:
         variable = variable_name(str(error["loc"][0]))
         value = error.get("input")
-        secret = variable.endswith("_URL")  # broker URLs may carry a password
+        # Broker URLs may carry a password, ADMIN_TOKENS holds secrets.
+        secret = variable.endswith("_URL") or variable in SECRET_SETTINGS
         plain = isinstance(value, str | int | float) and not secret and error["type"] != "missing"
         shown = f" (got {value!r})" if plain else ""
         return f"invalid setting {variable}: {message}{shown}"

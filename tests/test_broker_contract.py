@@ -17,6 +17,7 @@ under CI (`CI=true`), where they fail (see `redis_nodes.require_redis`).
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ import pytest
 from redis_nodes import RedisServer
 
 from gischat.broker import Broker, BrokerSettings, Envelope, Node, create_broker
+from gischat.broker.base import Order, OrderKind
 from gischat.protocol import dialects
 from gischat.protocol.dialects import Post
 from gischat.settings import project
@@ -97,6 +99,7 @@ class RecordingNode:
         self.remote_changes: list[str] = []
         self.revoked: list[tuple[str, str, str]] = []
         self.histories: dict[str, list[Post]] = {}
+        self.orders: list[Order] = []
         # Every call, in order: ("deliver", post id), ("settled", key), ("remote", room)...
         self.log: list[tuple[str, str]] = []
         self._changed = asyncio.Event()
@@ -132,6 +135,13 @@ class RecordingNode:
     def reset_history(self, room: str, posts: list[Post]) -> None:
         self.histories[room] = list(posts)
         self._record("history", room)
+
+    def obey(self, order: Order) -> None:
+        self.orders.append(order)
+        self._record("order", order.kind)
+
+    def describe(self, room: str) -> list[dict[str, Any]]:
+        return [{"node": self.name, "room": room}] if self.counts.get(room) else []
 
     # What tests look at.
 
@@ -638,3 +648,47 @@ async def test_redis_stop_releases_nicknames_and_counts(redis_nodes: Nodes) -> N
     assert await two.claim(ROOM, "alice", "alice", dialects.newcomer("alice")) is True
     await settle(two, second)
     assert ghost.post.id not in second.ids()
+
+
+# --- moderators' orders -------------------------------------------------------------------------
+
+
+def ban(ban_id: str, until: float) -> dict[str, Any]:
+    return {"id": ban_id, "nickname": "troll", "address": None, "room": None, "until": until, "reason": "x"}
+
+
+async def test_orders_reach_every_node_in_order_with_messages(nodes: Nodes) -> None:
+    """An order comes back to `obey` on every node, this one included, between the messages
+    published around it: a kick lands after what the kicked person said before it."""
+    broker, node = await nodes.start("first")
+    others = [await nodes.start("second")] if nodes.redis else []
+    before, after = sample(1), sample(2)
+    broker.publish(ROOM, before)
+    broker.order(Order(OrderKind.KICK, ROOM, {"nickname": "troll", "reason": "spam"}))
+    broker.publish(ROOM, after)
+    for each in [node, *(other for _, other in others)]:
+        await each.received(before.post, after.post)
+        calls = [call for call in each.log if call[0] in ("deliver", "order")]
+        assert calls == [("deliver", before.post.id), ("order", "kick"), ("deliver", after.post.id)]
+        assert each.orders == [Order(OrderKind.KICK, ROOM, {"nickname": "troll", "reason": "spam"})]
+
+
+async def test_redis_keeps_bans_for_nodes_to_come_until_they_end(redis_nodes: Nodes) -> None:
+    broker, node = await redis_nodes.start("first")
+    broker.order(Order(OrderKind.BAN, None, ban("kept", time.time() + 600)))
+    broker.order(Order(OrderKind.BAN, None, ban("ended", time.time() - 1)))
+    broker.order(Order(OrderKind.BAN, None, ban("lifted", time.time() + 600)))
+    broker.order(Order(OrderKind.LIFT, None, {"id": "lifted"}))
+    await settle(broker, node)
+    later, _ = await redis_nodes.start("later")
+    assert [item["id"] for item in await later.load_bans()] == ["kept"]
+
+
+async def test_redis_gathers_every_nodes_sockets(redis_nodes: Nodes) -> None:
+    first, first_node = await redis_nodes.start("first")
+    second, second_node = await redis_nodes.start("second")
+    second_node.counts[ROOM] = 1
+    second.count_changed(ROOM)
+    await first_node.wait_until(lambda: first.remote_count(ROOM) == 1, "the second node's count")
+    assert await first.gather(ROOM) == [{"node": "second", "room": ROOM}]
+    assert await first.gather(QUIET_ROOM) == []

@@ -168,7 +168,8 @@ def wire_keys(kind: str) -> list[str]:
 def app_routes() -> tuple[set[str], set[str]]:
     """The app's routes as README's REST table writes them (`GET /rooms`, `WS /room/{room}/ws`,
     `GET /static/...` for a mount), and FastAPI's own documentation routes apart."""
-    app = create_app(Settings(_env_file=None, metrics_enabled=True))
+    # With moderators, so that the /admin routes are served (and must be documented) too.
+    app = create_app(Settings(_env_file=None, metrics_enabled=True, admin_tokens="docs:" + "x" * 32))
     documentation = {app.openapi_url, app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url}
     found: set[str] = set()
     own: set[str] = set()

@@ -81,8 +81,12 @@ class Gate:
         await wait_for(lambda: guard.connections == 0 and not guard.heads and not guard.lingering)
 
 
+# uvicorn's own websocket protocol, as each supported uvicorn names it (sans-I/O from 0.35 on).
+STOCK_WS = "websockets-sansio" if "websockets-sansio" in uvicorn.config.WS_PROTOCOLS else "websockets"
+
+
 @contextmanager
-def gate_server(ws: Any = "websockets-sansio", **overrides: Any) -> Iterator[Gate]:
+def gate_server(ws: Any = STOCK_WS, **overrides: Any) -> Iterator[Gate]:
     """`app` behind the gate, with gischat's guard settings (and `overrides`)."""
     settings = make_settings(host="127.0.0.1", port=0, **overrides)
     spec = GuardSpec(project(GuardSettings, settings), uuid.uuid4().hex)

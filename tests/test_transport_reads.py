@@ -137,7 +137,7 @@ async def test_a_fast_sender_is_read_slower_not_refused(server_factory: ServerFa
     await all_released(server)
 
 
-def test_raw_vertex_count_refuses_compact_text_and_leaves_pretty_text_to_the_parse() -> None:
+def test_raw_vertex_count_is_exact_for_compact_and_pretty_text() -> None:
     points = [[i * 0.5, -i * 0.25] for i in range(120)]
     layer = {"type": "FeatureCollection", "features": [{"type": "Feature", "geometry": {"type": "MultiPoint", "coordinates": points}, "properties": {"tags": ["a"]}}]}  # fmt: skip
     compact = orjson.dumps({"type": "geojson", "geojson": layer}).decode()
@@ -146,4 +146,10 @@ def test_raw_vertex_count_refuses_compact_text_and_leaves_pretty_text_to_the_par
         check_raw_vertices(compact, 119)
     assert refused.value.reason == "geojson: too many vertices (120, max 119)"
     pretty = orjson.dumps({"type": "geojson", "geojson": layer}, option=orjson.OPT_INDENT_2).decode()
-    check_raw_vertices(pretty, 100)  # an estimate never refuses pretty text: the exact count will
+    check_raw_vertices(pretty, 120)
+    with pytest.raises(Uncompliant):
+        check_raw_vertices(pretty, 119)
+    nested = '{"coordinates":[[[0,0],[1,0],[1,1],[0,0]]]}'  # one polygon, four positions
+    check_raw_vertices(nested, 4)
+    with pytest.raises(Uncompliant):
+        check_raw_vertices(nested, 3)

@@ -108,16 +108,29 @@ async def test_client_config(server_factory: ServerFactory) -> None:
         "tile_attribution": Settings.model_fields["map_tile_attribution"].default,
         "max_frame_size": 16 * 1024 * 1024,
         "reply_threads": False,
+        "moderation": False,
     }
     async with client_for(custom) as http:
         config = (await http.get("/client-config")).json()
-    assert config == {"tile_url": "", "tile_attribution": "", "max_frame_size": 65536, "reply_threads": True}
+    assert config == {
+        "tile_url": "",
+        "tile_attribution": "",
+        "max_frame_size": 65536,
+        "reply_threads": True,
+        "moderation": False,
+    }
 
 
 def test_client_config_follows_reply_threads() -> None:
     """The page offers replies exactly when the server threads them (REPLY_THREADS)."""
     assert webclient.client_config(make_settings())["reply_threads"] is False
     assert webclient.client_config(make_settings(reply_threads=True))["reply_threads"] is True
+
+
+def test_client_config_offers_moderation_only_when_told() -> None:
+    """The page shows its "Moderate" entry only on an instance with moderators (ADMIN_TOKENS)."""
+    assert webclient.client_config(make_settings())["moderation"] is False
+    assert webclient.client_config(make_settings(), moderation=True)["moderation"] is True
 
 
 def test_client_sources_load_no_code() -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +28,7 @@ from gischat.observability.logs import (
     RefusalLog,
     context,
 )
-from gischat.protocol import dialects, geojson, parsing
+from gischat.protocol import dialects, parsing
 from gischat.protocol.dialects import AnyClientMessage, Dialect, Post, is_message_id
 from gischat.protocol.messages import (
     GeojsonMessage,
@@ -48,9 +47,10 @@ from gischat.protocol.refusals import (
     REPLY_REASON,
     Uncompliant,
 )
+from gischat.rooms.bans import Banned
 from gischat.rooms.connection import Connection, client_address
 from gischat.rooms.history import worth_keeping
-from gischat.rooms.hub import Hub
+from gischat.rooms.hub import Hub, Reserved
 from gischat.work.pool import OFFLOAD_THRESHOLD, Prepared, Processor
 
 logger = logging.getLogger("gischat.chat")
@@ -59,7 +59,6 @@ logger = logging.getLogger("gischat.chat")
 YIELD_EVERY = 16
 # The type a large frame says it is, looked up in its first bytes only to pick the rate bucket
 # it pays into; the worker that parses it decides what it really is.
-SNIFF_TYPE = re.compile(r'"type"\s*:\s*"(\w+)"')
 
 
 class SlowDown(Uncompliant):
@@ -146,6 +145,7 @@ class ChatService:
             if room not in self.hub.rooms:
                 raise Refused(403, f"{dialect} {room!r} not found")
             self.check_origin(websocket.headers.get("origin"), websocket.headers.get("host"))
+            self.check_address(room, address)
             limit = self.settings.max_websockets_per_ip
             if not self.addresses.open_websocket(address, limit):
                 self.metrics.rate_limited.labels("websockets_per_ip").inc()
@@ -183,6 +183,7 @@ class ChatService:
             event = await receive()
             if event["type"] == "websocket.disconnect":
                 return
+            conn.messages_sent += 1  # what a moderator sees: every frame, refused ones too
             if conn.closing:
                 continue  # dropped (too slow, abusive): its words no longer count
             text = event.get("text")
@@ -260,11 +261,8 @@ class ChatService:
     async def _read(self, conn: Connection, text: str) -> AnyClientMessage | Prepared:
         """Parse a frame; large frames and heavy types are parsed and prepared off the loop."""
         if len(text) > OFFLOAD_THRESHOLD:
-            sniffed = SNIFF_TYPE.search(text, 0, 256)
-            kind = sniffed.group(1) if sniffed else None
+            kind = parsing.sniff_type(text)
             self._charge(conn, kind)
-            if kind == "geojson":  # no parse, no worker, for a layer its text shows is too big
-                geojson.check_raw_vertices(text, self.limits.max_geojson_vertices)
             with self.metrics.processing.labels("image" if kind == "image" else "geojson").time():
                 return await self.processor.process_frame(text, conn.dialect)
         message = dialects.parse_frame(text, self.limits, conn.dialect)
@@ -321,9 +319,16 @@ class ChatService:
         if conn.nickname is not None:  # it may have gone while the claim was decided
             self.addresses.add_nickname(conn.address)
 
-    def check_post(self, address: str, origin: str | None, host: str | None) -> None:
-        """Whether this address may post a text now (origin, then its rate)."""
+    def check_address(self, room: str, address: str) -> None:
+        """A banned client address (the real one, behind a trusted proxy) is refused with 403."""
+        ban = self.hub.bans.for_address(room, address)
+        if ban is not None:
+            raise Refused(403, ban.refusal())
+
+    def check_post(self, room: str, address: str, origin: str | None, host: str | None) -> None:
+        """Whether this address may post a text to `room` now (origin, bans, then its rate)."""
         self.check_origin(origin, host)
+        self.check_address(room, address)
         if not self.addresses.may_put(address):
             self.metrics.rate_limited.labels("put").inc()
             raise Refused(429, self.rates.puts.reason())
@@ -338,6 +343,12 @@ class ChatService:
                 raise Uncompliant("type: only 'text' messages can be sent here")
         message = parsing.parse_object(body, self.limits)
         assert isinstance(message, TextMessage)
+        try:
+            self.hub.check_nickname(room, message.author, "author")
+        except Banned as exc:
+            raise Refused(403, exc.reason) from None
+        except Reserved as exc:
+            raise NicknameTaken(exc.reason) from None
         if self.hub.taken(room, message.author):
             raise NicknameTaken(f"author '{message.author}' is registered by a user of room '{room}'")
         post = Post.of(message, self._reply_target(room, message.in_reply_to_id))

@@ -27,8 +27,9 @@ SUMMARY_INTERVAL = 10.0
 # Refusal lines logged per connection before it is only counted.
 LINES_PER_CONNECTION = 3
 
-# Record attributes a call site may set with `extra=` and `JsonFormatter` writes out when present.
-CONTEXT_KEYS = ("room", "peer", "reason")
+# Record attributes a call site may set with `extra=` and `JsonFormatter` writes out when present
+# (a moderator's action adds who did it, what and to whom: gischat.moderation.audit).
+CONTEXT_KEYS = ("room", "peer", "reason", "moderator", "action", "target")
 
 
 def context(peer: str | None = None, room: str | None = None, reason: str | None = None) -> dict[str, str]:
@@ -38,7 +39,8 @@ def context(peer: str | None = None, room: str | None = None, reason: str | None
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, event, and room, peer, reason when known.
+    """One JSON object per line: time, level, logger, event, and room, peer, reason (moderator,
+    action, target for a moderator's action) when known.
 
     `time` is ISO 8601 in UTC with milliseconds; `event` is the formatted message, which call
     sites keep free of message contents. uvicorn's access lines also carry `peer` (the client

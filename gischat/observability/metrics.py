@@ -33,6 +33,8 @@ MESSAGE_TYPES = (
     "exiter",
     "uncompliant",
 )
+# What a moderator can do (gischat.moderation), each counted apart.
+MODERATION_ACTIONS = ("kick", "ban", "lift", "delete", "announce")
 PROCESSING_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -68,7 +70,8 @@ class Metrics:
         )
         self.dropped = Counter(
             "gischat_connections_dropped",
-            "Websockets closed by the server, by cause (slow: could not keep up; abuse: flooding)",
+            "Websockets closed by the server, by cause (slow: could not keep up; abuse: flooding; "
+            "moderator: kicked or banned)",
             ["cause"],
             registry=registry,
         )
@@ -85,6 +88,14 @@ class Metrics:
             buckets=PROCESSING_BUCKETS,
             registry=registry,
         )
+        self.moderation = Counter(
+            "gischat_moderation_actions",
+            "Moderators' actions carried out by this process's routes, by action",
+            ["action"],
+            registry=registry,
+        )
+        for action in MODERATION_ACTIONS:
+            self.moderation.labels(action)
         for kind in MESSAGE_TYPES:  # every series exists from the start, at zero
             self.received.labels(kind)
             self.delivered.labels(kind)

@@ -7,6 +7,7 @@ error's worth of work instead of a minute of a worker's time.
 
 from __future__ import annotations
 
+import re
 from itertools import chain
 from typing import Any
 
@@ -51,6 +52,9 @@ GEOMETRY_TYPES = frozenset({*COORDINATE_LEVELS, "GeometryCollection"})
 _NUMBER_TYPES = frozenset({float, int})
 _POSITION_LENGTHS = frozenset({2, 3})
 _POSITION: TypeAdapter[Any] = TypeAdapter(Position)
+# Where a position starts in GeoJSON text: a bracket, then a number (each match is the one-character
+# string "[", which CPython shares: two million matches cost a list, not two million strings).
+_POSITION_START = re.compile(r"\[(?=\s*[-+\d.])")
 
 
 def check_vertices(geojson: dict[str, Any], maximum: int) -> None:
@@ -64,18 +68,14 @@ def check_raw_vertices(text: str, maximum: int) -> None:
     """Refuse a layer frame whose text holds more than `maximum` positions, before any parse.
 
     Every position opens one bracket, so a text with at most `maximum` brackets passes at the
-    cost of one scan (a few ms for 12 MB). Beyond that, brackets that open a list of lists, of
-    objects or of strings, or an empty list, are taken off: in compact JSON (what QGIS, orjson
-    and `json.dumps` write) what is left is the positions, exactly. Pretty-printed text (a
-    bracket followed by white space) is left to the exact count after parsing, never refused on
-    an estimate: a false refusal would cost a user their layer.
+    cost of one scan (about 1 ms per MB). Beyond that, the positions are counted as brackets
+    followed by a number (white space allowed): exact for any GeoJSON, and still about ten
+    times cheaper than parsing, in time and far more in memory. Only a property string holding
+    "[" and a digit could add to the count.
     """
-    brackets = text.count("[")
-    if brackets <= maximum:
+    if text.count("[") <= maximum:
         return
-    if any(spaced in text for spaced in ("[ ", "[\n", "[\r", "[\t")):
-        return
-    positions = brackets - sum(text.count(nested) for nested in ("[[", "[{", '["', "[]"))
+    positions = len(_POSITION_START.findall(text))
     if positions > maximum:
         raise Uncompliant(f"geojson: too many vertices ({positions}, max {maximum})")
 

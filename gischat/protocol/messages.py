@@ -70,6 +70,11 @@ def check_nickname(value: str, limits: Limits, field: str) -> str:
     return value
 
 
+def nickname_key(nickname: str) -> str:
+    """Registry key: "Alice", "alice" and the fullwidth form of "Alice" are one nickname."""
+    return unicodedata.normalize("NFKC", nickname).casefold()
+
+
 def check_length(value: str, maximum: int, field: str) -> str:
     if len(value) > maximum:
         raise Uncompliant(f"{field}: too long ({len(value)} characters, max {maximum})")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -10,6 +11,16 @@ from pydantic import ValidationError
 
 from gischat.protocol.messages import CLIENT_MODELS, SERVER_ONLY_TYPES, Limits, WireMessage
 from gischat.protocol.refusals import Uncompliant, first_problem, short
+
+# A frame's type, from its first bytes: clients put "type" first (a guess, never a verdict).
+_SNIFF_TYPE = re.compile(r'"type"\s*:\s*"(\w+)"')
+SNIFF_SPAN = 256
+
+
+def sniff_type(text: str) -> str | None:
+    """The type a large frame announces in its first bytes, before it is parsed, if it does."""
+    found = _SNIFF_TYPE.search(text, 0, SNIFF_SPAN)
+    return found.group(1) if found else None
 
 
 class Ignored(Exception):

@@ -54,6 +54,19 @@ CLOSE_TRY_AGAIN_LATER = 1013  # the server is short of a shared resource
 # Close reasons (the socket ends with 1008).
 ABUSE_REASON = "too many messages refused for going too fast"
 SLOW_CONSUMER_REASON = "too slow: outbound queue full"
+KICKED_REASON = "kicked by a moderator"
+BANNED_REASON = "banned by a moderator"
+# A close frame's reason: at most 123 bytes of UTF-8 (RFC 6455, section 5.5).
+MAX_CLOSE_REASON_BYTES = 123
+
+
+def close_reason(text: str) -> str:
+    """`text` cut to fit a close frame (a moderator's reason may be longer), at a character boundary."""
+    data = text.encode()
+    if len(data) <= MAX_CLOSE_REASON_BYTES:
+        return text
+    return data[: MAX_CLOSE_REASON_BYTES - 3].decode(errors="ignore") + "..."
+
 
 # What a refusal reason starts with, up to its first colon: the rule that was broken.
 REFUSAL_KINDS = frozenset(

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -64,10 +65,12 @@ class Connection:
         "_writer",
         "address",
         "closing",
+        "connected_since",
         "dialect",
         "limits",
         "max_bytes",
         "max_messages",
+        "messages_sent",
         "nickname",
         "peer",
         "refusals",
@@ -100,6 +103,9 @@ class Connection:
         # Rate-limit buckets, made on the first message: an idle socket carries none.
         self.limits: ConnectionLimits | None = None
         self.refusals = 0
+        # What a moderator sees of it: since when (seconds since the epoch) and how many frames it sent.
+        self.connected_since = time.time()
+        self.messages_sent = 0
         self._on_overflow = on_overflow
         # A plain list, swapped out whole by the writer: cheaper per idle socket than a deque.
         self._queue: list[Outgoing] = []

@@ -59,6 +59,18 @@ class History:
         while len(self._items) > self.max_messages or self._bytes > self.max_bytes:
             self._bytes -= self._items.popleft().size
 
+    def remove(self, message_id: str) -> bool:
+        """Forget the message with this id (a moderator deleted it); whether it was there."""
+        for index, post in enumerate(self._items):
+            if post.id == message_id:
+                del self._items[index]
+                self._bytes -= post.size
+                return True
+        return False
+
+    def __contains__(self, message_id: object) -> bool:
+        return any(post.id == message_id for post in self._items)
+
     def clear(self) -> None:
         self._items.clear()
         self._bytes = 0

@@ -10,173 +10,32 @@ counts, user lists and identity checks add both.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from starlette.websockets import WebSocket
 
 from gischat.broker import Broker, Envelope, MemoryBroker
+from gischat.broker.base import Order, OrderKind
 from gischat.observability.metrics import Metrics
 from gischat.protocol import dialects
-from gischat.protocol.dialects import AUTHORED_TYPES, Dialect, Post
-from gischat.protocol.refusals import Uncompliant
+from gischat.protocol.dialects import Dialect, Post
+from gischat.protocol.messages import nickname_key
+from gischat.protocol.refusals import CLOSE_POLICY_VIOLATION, KICKED_REASON, Uncompliant, close_reason
+from gischat.rooms.bans import Ban, BanList, Banned, covers, utc_iso
 from gischat.rooms.connection import Connection
 from gischat.rooms.history import History
+from gischat.rooms.room import Room
 
 logger = logging.getLogger("gischat.rooms")
+# The `node` of this process's sockets in a moderator's listing, when the broker names none.
+LOCAL_NODE = "local"
 
 
-def nickname_key(nickname: str) -> str:
-    """Registry key: "Alice", "alice" and the fullwidth form of "Alice" are one nickname."""
-    return unicodedata.normalize("NFKC", nickname).casefold()
-
-
-# Ids of a conversation's recent messages a reply may point to (REPLY_THREADS): far more than
-# anyone scrolls back to, a few hundred kB per room at most.
-MAX_REPLY_TARGETS = 4096
-# The least time between two `nb_users` broadcasts per socket of the room: a write costs ~10 µs,
-# so a join storm spends at most about 5 % of the loop on counts, whatever the room's size.
-COUNT_SECONDS_PER_SOCKET = 0.0002
-
-
-class Room:
-    """The local sockets of one conversation (room X and channel X) and the nicknames they registered."""
-
-    __slots__ = (
-        "_count_timer",
-        "_last_count_sent",
-        "_metrics",
-        "connections",
-        "count_interval",
-        "history",
-        "name",
-        "nicknames",
-        "pending",
-        "remote",
-        "replies",
-        "send_style",
-        "sockets",
-    )
-
-    def __init__(
-        self,
-        name: str,
-        count_interval: float,
-        history: History,
-        metrics: Metrics,
-        remote: Callable[[str], int] | None = None,
-        *,
-        send_style: bool = True,
-        reply_threads: bool = False,
-    ) -> None:
-        self.name = name
-        self._metrics = metrics
-        # Sockets of this room on other nodes (none with the memory broker).
-        self.remote = remote
-        self.connections: set[Connection] = set()
-        # The same sockets by dialect: a broadcast renders each dialect once, for its own set.
-        self.sockets: dict[Dialect, set[Connection]] = {dialect: set() for dialect in Dialect}
-        # GEOJSON_STYLE: whether layers sent to 2.x sockets carry `style`.
-        self.send_style = send_style
-        # Ids of recent messages (insertion-ordered, oldest first), kept with REPLY_THREADS only.
-        self.replies: dict[str, None] | None = {} if reply_threads else None
-        self.history = history
-        # nickname_key(nickname) -> the socket that registered it: nicknames are unique
-        # regardless of case and width, so "Alice" and "alice" cannot both be in one room.
-        self.nicknames: dict[str, Connection] = {}
-        # Nickname keys this node is claiming from the shared registry, and the socket claiming each.
-        self.pending: dict[str, Connection] = {}
-        self.count_interval = count_interval
-        self._count_timer: asyncio.TimerHandle | None = None
-        self._last_count_sent = float("-inf")
-
-    def total(self) -> int:
-        """Open sockets of the room on every node."""
-        return len(self.connections) + (self.remote(self.name) if self.remote is not None else 0)
-
-    def deliver(self, envelope: Envelope) -> None:
-        post = envelope.post
-        if envelope.to is None:
-            if envelope.keep:
-                self.history.add(post)
-            if self.replies is not None and post.kind in AUTHORED_TYPES:
-                self.remember_id(post.id)
-            for dialect, members in self.sockets.items():
-                if not members:
-                    continue
-                item = post.frame(dialect, self.send_style)
-                if item is None:
-                    continue
-                # A copy: a recipient found too slow is evicted from the set during this loop.
-                recipients = tuple(members)
-                for conn in recipients:
-                    conn.push(item)
-                self._metrics.sent(post.kind, item.size, len(recipients))
-            return
-        target = self.nicknames.get(nickname_key(envelope.to))
-        if target is not None:
-            item = post.frame(target.dialect, self.send_style)
-            if item is not None:
-                target.push(item)
-                self._metrics.sent(post.kind, item.size, 1)
-
-    def remember_id(self, message_id: str) -> None:
-        replies = self.replies
-        assert replies is not None
-        replies[message_id] = None
-        if len(replies) > MAX_REPLY_TARGETS:
-            del replies[next(iter(replies))]
-
-    def replied_to(self, message_id: str) -> bool:
-        """Whether `message_id` names a recent message of this conversation (REPLY_THREADS)."""
-        return self.replies is not None and message_id in self.replies
-
-    def welcome(self, conn: Connection) -> None:
-        """A socket joined: it gets the count, then what was said before it came.
-
-        The history goes to the newcomer at once, behind a count of its own, so nothing said
-        after it joined can arrive before (or twice, inside) the replay; the room's coalesced
-        count follows as for every join.
-        """
-        self.connections.add(conn)
-        self.sockets[conn.dialect].add(conn)
-        self.count_changed()
-        backlog = self.history.items()
-        if backlog:
-            conn.push_post(dialects.nb_users(self.total()))
-            for post in backlog:
-                conn.push_post(post, self.send_style)
-
-    def count_changed(self) -> None:
-        """Schedule an `nb_users` broadcast, at most one per `count_interval`.
-
-        A burst of joins would otherwise cost a broadcast to the whole room per join
-        (1,000 joins, half a million sends). The first change after a quiet spell goes out
-        on the next loop turn; changes within the interval share one trailing broadcast that
-        carries the latest count. The interval is NB_USERS_INTERVAL, or longer in a room so
-        large that one broadcast costs more than a small share of it (2 s at 10,000 sockets).
-        """
-        if self._count_timer is not None:
-            return
-        loop = asyncio.get_running_loop()
-        # A broadcast costs about a write per socket: in a large room the interval grows with it,
-        # so that counts take a small share of the loop however many sockets join at once.
-        interval = max(self.count_interval, len(self.connections) * COUNT_SECONDS_PER_SOCKET)
-        delay = max(0.0, self._last_count_sent + interval - loop.time())
-        self._count_timer = loop.call_later(delay, self._send_count)
-
-    def _send_count(self) -> None:
-        self._count_timer = None
-        self._last_count_sent = asyncio.get_running_loop().time()
-        self.deliver(Envelope(dialects.nb_users(self.total())))
-
-    def close(self) -> None:
-        if self._count_timer is not None:
-            self._count_timer.cancel()
-            self._count_timer = None
+class Reserved(Uncompliant):
+    """A client tried to register, or speak as, the nickname moderators announce under."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +50,8 @@ class RoomSettings:
     reply_threads: bool
     send_queue_size: int
     send_queue_bytes: int
+    # ANNOUNCER_NAME while moderation is on (ADMIN_TOKENS): no client may register or use it.
+    announcer_name: str | None = None
 
 
 class Hub:
@@ -215,9 +76,20 @@ class Hub:
         }
         # Called when a socket loses its nickname without leaving (see `revoke`).
         self.on_nickname_lost: Callable[[Connection], None] | None = None
+        self.bans = BanList()
+        announcer = settings.announcer_name
+        self.reserved = nickname_key(announcer) if announcer is not None else None
+        # A shared broker names its node (RedisBroker.node); one process is simply "local".
+        node = getattr(broker, "node", None)
+        self.node_name = node if isinstance(node, str) else LOCAL_NODE
 
     async def start(self) -> None:
         await self.broker.start(self)
+        for data in await self.broker.load_bans():
+            try:
+                self.bans.add(Ban.from_json(data))
+            except ValueError as exc:
+                logger.warning("a stored ban was skipped: %s", exc)
 
     async def stop(self) -> None:
         for room in self.rooms.values():
@@ -280,7 +152,72 @@ class Hub:
                 if target.replies is not None:
                     target.remember_id(post.id)
 
+    def obey(self, order: Order) -> None:
+        """A moderator's order, carried out on this node's sockets and history."""
+        try:
+            if order.kind is OrderKind.KICK and order.room in self.rooms:
+                self._kick(order.room, str(order.args["nickname"]), str(order.args.get("reason") or ""))
+            elif order.kind is OrderKind.BAN:
+                ban = Ban.from_json(order.args)
+                self.bans.add(ban)
+                self._close(
+                    self._rooms(ban.room), lambda c: covers(ban, c.nickname, c.address), ban.close_reason()
+                )
+            elif order.kind is OrderKind.LIFT:
+                self.bans.lift(str(order.args["id"]))
+            elif order.kind is OrderKind.DELETE and order.room in self.rooms:
+                self.rooms[order.room].history.remove(str(order.args["id"]))
+        except (KeyError, ValueError) as exc:  # another node's order this one cannot read
+            logger.warning("moderator's %s order ignored: %r", order.kind, exc)
+
+    def _kick(self, room: str, nickname: str, reason: str) -> None:
+        key = nickname_key(nickname)
+        conn = self.rooms[room].nicknames.get(key)
+        if conn is not None:
+            self._close([self.rooms[room]], lambda other: other is conn, self.kicked(reason))
+
+    @staticmethod
+    def kicked(reason: str) -> str:
+        """A kicked socket's close reason: `kicked by a moderator: <reason>` (trimmed to fit)."""
+        return f"{KICKED_REASON}: {reason}" if reason else KICKED_REASON
+
+    def _rooms(self, name: str | None) -> Iterable[Room]:
+        if name is None:
+            return list(self.rooms.values())
+        return [self.rooms[name]] if name in self.rooms else []
+
+    def _close(self, rooms: Iterable[Room], chosen: Callable[[Connection], bool], reason: str) -> None:
+        """Close the chosen sockets with 1008: each leaves its room as any departing socket does."""
+        for room in rooms:
+            for conn in [conn for conn in room.connections if chosen(conn)]:
+                logger.info("%s in %r: closed by a moderator", conn.peer, room.name)
+                conn.drop(CLOSE_POLICY_VIOLATION, close_reason(reason), "moderator")
+
+    def describe(self, room: str) -> list[dict[str, Any]]:
+        target = self.rooms.get(room)
+        if target is None:
+            return []
+        return [
+            {
+                "nickname": conn.nickname,
+                "address": conn.address,
+                "dialect": str(conn.dialect),
+                "connected_since": utc_iso(conn.connected_since),
+                "messages_sent": conn.messages_sent,
+                "node": self.node_name,
+            }
+            for conn in sorted(target.connections, key=lambda conn: conn.connected_since)
+        ]
+
     # What the chat service calls.
+
+    def check_nickname(self, room: str, nickname: str, field: str) -> None:
+        """Refuse the announcer's nickname and banned ones (as `field`: newcomer, author...)."""
+        if self.reserved is not None and nickname_key(nickname) == self.reserved:
+            raise Reserved(f"{field}: '{nickname}' is reserved for the moderators' announcements")
+        ban = self.bans.for_nickname(room, nickname)
+        if ban is not None:
+            raise Banned(field, ban)
 
     def publish(self, room: str, post: Post, to: str | None = None, keep: bool = False) -> None:
         self.broker.publish(room, Envelope(post, to, keep))
@@ -353,6 +290,7 @@ class Hub:
         room = self.rooms[conn.room]
         if conn.nickname is not None:
             raise Uncompliant(f"newcomer: this connection is already registered as '{conn.nickname}'")
+        self.check_nickname(room.name, nickname, "newcomer")
         if self.taken(room.name, nickname):
             raise Uncompliant(f"newcomer: '{nickname}' is already taken in this room")
         key = nickname_key(nickname)
@@ -379,5 +317,6 @@ class Hub:
             if author != conn.nickname:
                 raise Uncompliant(f"{field}: this connection is registered as '{conn.nickname}'")
             return
+        self.check_nickname(room, author, field)
         if self.taken(room, author):
             raise Uncompliant(f"{field}: '{author}' is registered by another user in this room")

@@ -15,6 +15,7 @@ The protocol (`server.websocket`) supplies the closing and writing steps this ha
 from __future__ import annotations
 
 import asyncio
+import os
 from enum import IntEnum, IntFlag
 from typing import Any
 
@@ -38,6 +39,7 @@ from gischat.work.heap import trim_heap_soon
 RESERVE_MIN = 64 * 1024
 CLOSE_INVALID_DATA = 1007
 CLOSE_TOO_BIG = 1009
+CLOSE_INTERNAL_ERROR = 1011
 
 
 class Phase(IntEnum):
@@ -65,7 +67,8 @@ class WebSocketReading(asyncio.Protocol):
 
     __slots__ = (
         "closing_budget", "config", "conn", "deflate", "frames", "guard", "held", "inbox", "loop",
-        "meter", "msg", "msg_held", "pace", "paused", "pending", "phase", "ping_full_at", "share",
+        "meter", "msg", "msg_held", "pace", "paused", "pending", "phase", "ping_full_at",
+        "ping_payload", "share",
         "stash", "text", "timers", "transport", "waiter",
     )  # fmt: skip
 
@@ -88,6 +91,7 @@ class WebSocketReading(asyncio.Protocol):
         self.msg_held = 0  # bytes reserved by the frames of the message being assembled
         self.ping_full_at = 0.0  # the ping allowance (GCRA): when it would be full again
         self.closing_budget = CLOSING_READ_BYTES  # what the peer may still send after our close
+        self.ping_payload = b""  # of our keepalive ping awaiting its pong
         self.frames: list[bytes] = []
         self.text = False
         self.inbox: list[tuple[dict[str, Any], int]] = []
@@ -109,9 +113,6 @@ class WebSocketReading(asyncio.Protocol):
         raise NotImplementedError
 
     def _peer_closed(self) -> None:
-        raise NotImplementedError
-
-    def _pong(self, payload: bytes) -> None:
         raise NotImplementedError
 
     def _end(self, grace: float) -> None:
@@ -337,3 +338,29 @@ class WebSocketReading(asyncio.Protocol):
         if not self.inbox:
             self._resume(Pause.APP)
         return message
+
+    # Keepalive pings.
+
+    def _keepalive(self) -> None:
+        interval = self.config.ws_ping_interval
+        if interval:
+            self._later("ping", interval, self._ping)
+
+    def _ping(self) -> None:
+        if self.phase is not Phase.OPEN:
+            return
+        payload = os.urandom(4)
+        self.conn.send_ping(payload)
+        self._flush()
+        self.ping_payload = payload
+        timeout = self.config.ws_ping_timeout
+        if timeout:
+            self._later("pong", timeout, self.fail, CLOSE_INTERNAL_ERROR, "keepalive ping timeout")
+        else:
+            self._keepalive()
+
+    def _pong(self, payload: bytes) -> None:
+        if self.timers.get("pong") is None or payload != self.ping_payload:
+            return  # unsolicited, or the answer to an older ping
+        self.timers.pop("pong").cancel()
+        self._keepalive()

@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 from typing import Any, cast
 
 from uvicorn.config import Config
@@ -58,7 +57,6 @@ from gischat.server.reading import Pause, Phase, WebSocketReading
 logger = logging.getLogger("gischat.transport")
 # `websockets` reports each closed connection at INFO: its own logger, quiet by default.
 wire_logger = logging.getLogger("gischat.transport.wire")
-CLOSE_INTERNAL_ERROR = 1011
 CLOSE_GOING_AWAY = 1012  # "service restart"
 
 
@@ -66,7 +64,7 @@ class GuardedWebSocketProtocol(WebSocketReading):
     """One websocket connection, from the upgrade request to the closed socket."""
 
     __slots__ = (
-        "address", "app", "app_state", "batch", "drain", "out", "peer", "ping_payload", "response", "scope",
+        "address", "app", "app_state", "batch", "drain", "out", "peer", "response", "scope",
         "server_state", "writing_paused",
     )  # fmt: skip
 
@@ -96,7 +94,6 @@ class GuardedWebSocketProtocol(WebSocketReading):
         self.writing_paused = False
         self.peer = ""  # the peer's address (a proxy's, behind one)
         self.address = ""  # the client's, behind a trusted proxy
-        self.ping_payload = b""  # of our keepalive ping awaiting its pong
         self.drain: asyncio.Future[None] | None = None
         self.batch: WriteBatch | None = None  # under a guard, frames are written once per loop turn
         self.out: list[bytes] | None = None  # frames collected this turn
@@ -365,12 +362,10 @@ class GuardedWebSocketProtocol(WebSocketReading):
             # gets a while to read it all, and nothing it sends meanwhile is parsed.
             self._end(UNREAD_CLOSE_TIMEOUT)
             return
-        self._later("close", self.guard_close_timeout(), self._end, CLOSE_TIMEOUT)
+        # The peer's reply is awaited CLOSE_TIMEOUT under a guard, 10 s (uvicorn's wait) without.
+        self._later("close", CLOSE_TIMEOUT if self.guard is not None else 10.0, self._end, CLOSE_TIMEOUT)
         self.paused = Pause(0)
         self.transport.resume_reading()
-
-    def guard_close_timeout(self) -> float:
-        return CLOSE_TIMEOUT if self.guard is not None else 10.0
 
     def fail(self, code: int, reason: str) -> None:
         """Refuse the peer: our close frame with `code` and `reason`, one log line, the end."""
@@ -427,29 +422,3 @@ class GuardedWebSocketProtocol(WebSocketReading):
             self._reject(500, "Internal Server Error")
         else:
             self._end(CLOSE_TIMEOUT)
-
-    # Keepalive pings.
-
-    def _keepalive(self) -> None:
-        interval = self.config.ws_ping_interval
-        if interval:
-            self._later("ping", interval, self._ping)
-
-    def _ping(self) -> None:
-        if self.phase is not Phase.OPEN:
-            return
-        payload = os.urandom(4)
-        self.conn.send_ping(payload)
-        self._flush()
-        self.ping_payload = payload
-        timeout = self.config.ws_ping_timeout
-        if timeout:
-            self._later("pong", timeout, self.fail, CLOSE_INTERNAL_ERROR, "keepalive ping timeout")
-        else:
-            self._keepalive()
-
-    def _pong(self, payload: bytes) -> None:
-        if self.timers.get("pong") is None or payload != self.ping_payload:
-            return  # unsolicited, or the answer to an older ping
-        self.timers.pop("pong").cancel()
-        self._keepalive()

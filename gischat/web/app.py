@@ -20,6 +20,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from gischat.broker import BrokerSettings, create_broker
 from gischat.chat.service import ChatService, ChatSettings
 from gischat.limits import RateSettings
+from gischat.moderation.service import ModerationService
+from gischat.moderation.tokens import ModerationSettings
 from gischat.networks import Networks
 from gischat.protocol.asyncapi.document import document_json
 from gischat.protocol.asyncapi.rules import DocumentSettings
@@ -32,6 +34,7 @@ from gischat.upstream import ignored_upstream_settings
 from gischat.web import about as page
 from gischat.web import client as webclient
 from gischat.web.conversations import add_conversation_routes
+from gischat.web.moderation import build_moderation_router
 from gischat.web.schemas import RoomStatus, RulesResponse, StatusResponse, VersionResponse
 from gischat.work.pool import PoolSettings, Processor
 
@@ -55,7 +58,9 @@ def assemble(settings: Settings) -> ChatService:
     """The chat service and the parts below it, each given its own settings, not the whole set."""
     limits = project(Limits, settings)
     broker = create_broker(project(BrokerSettings, settings))
-    hub = Hub(project(RoomSettings, settings), broker)
+    # The announcer's nickname is reserved only where there are moderators to announce.
+    announcer = settings.announcer_name if settings.admin_tokens else None
+    hub = Hub(project(RoomSettings, settings, announcer_name=announcer), broker)
     processor = Processor(project(PoolSettings, settings), limits)
     return ChatService(
         project(ChatSettings, settings), hub, limits, project(RateSettings, settings), processor
@@ -102,7 +107,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.chat = chat
     app.include_router(build_router(settings, chat))
-    webclient.install(app, settings)
+    if settings.admin_tokens:  # no tokens: /admin/... answers 404 like any unknown route
+        moderation = ModerationService(chat, project(ModerationSettings, settings))
+        app.state.moderation = moderation
+        app.include_router(build_moderation_router(moderation))
+    webclient.install(app, settings, moderation=bool(settings.admin_tokens))
     return app
 
 

@@ -69,21 +69,25 @@ def content_security_policy(settings: Settings, host: str | None) -> str:
     return "; ".join(f"{name} {' '.join(sources)}" for name, sources in directives.items())
 
 
-def client_config(settings: Settings) -> dict[str, Any]:
-    """What the page needs beyond `/rules`: the basemap, the largest frame it may send, and
-    whether replies are threaded (REPLY_THREADS: the page then offers to reply to a message)."""
+def client_config(settings: Settings, moderation: bool = False) -> dict[str, Any]:
+    """What the page needs beyond `/rules`: the basemap, the largest frame it may send,
+    whether replies are threaded (REPLY_THREADS: the page then offers to reply to a message)
+    and whether the instance has moderators (ADMIN_TOKENS: the page then offers to sign in as
+    one; the secret itself is never part of the page or its settings)."""
     return {
         "tile_url": settings.map_tile_url,
         "tile_attribution": settings.map_tile_attribution if settings.map_tile_url else "",
         "max_frame_size": settings.max_frame_size,
         "reply_threads": settings.reply_threads,
+        "moderation": moderation,
     }
 
 
-def install(app: FastAPI, settings: Settings) -> None:
-    """Serve the client at `/`, its files under `/static/` and Leaflet under `/static/leaflet/`."""
+def install(app: FastAPI, settings: Settings, *, moderation: bool = False) -> None:
+    """Serve the client at `/`, its files under `/static/` and Leaflet under `/static/leaflet/`;
+    `moderation`: the /admin routes are there (ADMIN_TOKENS), so the page offers them."""
     index = (STATIC_DIR / "index.html").read_bytes()
-    config = client_config(settings)
+    config = client_config(settings, moderation)
 
     @app.get("/", include_in_schema=False)
     async def web_client(request: Request) -> Response:

@@ -36,8 +36,14 @@ CHANNEL_TEXT_EXAMPLE = {
 }
 EXAMPLES = {Dialect.ROOM: TEXT_BODY_EXAMPLE, Dialect.CHANNEL: CHANNEL_TEXT_EXAMPLE}
 PUT_ERRORS: dict[int | str, dict[str, Any]] = {
-    403: {"model": ErrorResponse, "description": "A browser page from an origin not allowed"},
-    409: {"model": ErrorResponse, "description": "The author is a nickname registered in the conversation"},
+    403: {
+        "model": ErrorResponse,
+        "description": "A browser page from an origin not allowed, or a banned address or author",
+    },
+    409: {
+        "model": ErrorResponse,
+        "description": "The author is a nickname registered in the conversation, or the announcer's",
+    },
     413: {"model": ErrorResponse, "description": "Body above MAX_FRAME_SIZE"},
     422: {"model": ErrorResponse, "description": "The message breaks a rule"},
     429: {"model": ErrorResponse, "description": "Too many messages from this address (PUT_RATE)"},
@@ -74,14 +80,18 @@ def add_conversation_routes(
         require(name)
         try:
             chat.check_post(
-                client_address(request.client), request.headers.get("origin"), request.headers.get("host")
+                name,
+                client_address(request.client),
+                request.headers.get("origin"),
+                request.headers.get("host"),
             )
         except Refused as exc:
-            headers = {"Retry-After": "1"} if exc.status == 429 else None
-            return JSONResponse(status_code=exc.status, content={"detail": exc.detail}, headers=headers)
+            return refused(exc)
         body = await read_json_body(request, settings.max_frame_size)
         try:
             post = await chat.post_text(name, body)
+        except Refused as exc:
+            return refused(exc)
         except Uncompliant as exc:
             return JSONResponse(status_code=422, content={"detail": exc.reason})
         except NicknameTaken as exc:
@@ -151,6 +161,11 @@ def add_conversation_routes(
     # A plain Starlette route: FastAPI's websocket wrapper (dependency solving, exit stacks)
     # would stay alive for the whole connection and cost ~5 kB per idle socket.
     router.routes.append(WebSocketRoute(f"{prefix}/ws", socket))
+
+
+def refused(exc: Refused) -> JSONResponse:
+    headers = {"Retry-After": "1"} if exc.status == 429 else None
+    return JSONResponse(status_code=exc.status, content={"detail": exc.detail}, headers=headers)
 
 
 def path_parameter(noun: str) -> dict[str, Any]:

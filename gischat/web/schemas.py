@@ -88,3 +88,102 @@ class ChannelTextResponse(BaseModel):
     author: str
     avatar: str | None
     text: str
+
+
+# The moderation routes (/admin/..., with ADMIN_TOKENS): see docs/moderation.md.
+
+
+class ConnectionEntry(BaseModel):
+    nickname: str | None
+    address: str
+    dialect: str
+    connected_since: str
+    messages_sent: int
+    node: str
+
+
+class ConnectionsResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "room": "QGIS",
+                    "connections": [
+                        {
+                            "nickname": "troll-42",
+                            "address": "203.0.113.9",
+                            "dialect": "channel",
+                            "connected_since": "2026-11-26T16:20:00Z",
+                            "messages_sent": 118,
+                            "node": "local",
+                        }
+                    ],
+                }
+            ]
+        }
+    )
+
+    room: str
+    connections: list[ConnectionEntry]
+
+
+class KickResponse(BaseModel):
+    room: str
+    nickname: str
+    reason: str
+
+
+class BanResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "5f0c3a9e1b2d4c6f8a7e9d1c3b5a7f90",
+                    "nickname": None,
+                    "address": "203.0.113.0/24",
+                    "room": None,
+                    "until": "2026-11-26T17:20:00Z",
+                    "reason": "spam",
+                    "by": "alice",
+                    "created": "2026-11-26T16:20:00Z",
+                }
+            ]
+        }
+    )
+
+    id: str
+    nickname: str | None
+    address: str | None
+    room: str | None
+    until: str
+    reason: str
+    by: str
+    created: str
+
+
+class BansResponse(BaseModel):
+    bans: list[BanResponse]
+
+
+class DeletedResponse(BaseModel):
+    room: str
+    id: str
+
+
+class AnnouncedResponse(BaseModel):
+    room: str
+    id: str
+    timestamp: int
+
+
+class AuditEntry(BaseModel):
+    at: str
+    moderator: str
+    action: str
+    room: str | None
+    target: str | None
+    reason: str | None
+
+
+class AuditResponse(BaseModel):
+    actions: list[AuditEntry]

@@ -120,6 +120,10 @@ def _guarded(size: int, job: Callable[..., Outcome], *args: Any) -> Outcome:
 
 
 def _prepare_frame(text: str, rules: Rules, dialect: Dialect) -> Outcome:
+    if parsing.sniff_type(text) == "geojson":
+        # Before the parse, whose objects weigh ten times the text: a layer whose text shows
+        # more positions than the budget is refused from a scan of its brackets.
+        geojson.check_raw_vertices(text, rules.limits.max_geojson_vertices)
     try:
         data = orjson.loads(text)
     except orjson.JSONDecodeError:

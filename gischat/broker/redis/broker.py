@@ -18,6 +18,7 @@ from redis.asyncio.client import PubSub
 from gischat.broker.base import BrokerSettings, Envelope, Node, Order
 from gischat.broker.redis.connection import describe, redis_client, redis_location, redis_secrets
 from gischat.broker.redis.mirror import Buffered, Mirror, readable
+from gischat.broker.redis.orders import NodeOrders
 from gischat.broker.redis.outbox import Command, Outbox
 from gischat.broker.redis.scripts import SCRIPTS, EventKind, Header, counts_command, exiter_wire, sync_command
 from gischat.protocol.dialects import Post
@@ -66,6 +67,9 @@ class RedisBroker:
         self._sha: dict[str, str] = {}
         self._outbox = Outbox()
         self._settled = asyncio.Event()  # the first connection attempt is over, either way
+        self._orders = NodeOrders(self)  # moderators' orders, bans kept, sockets gathered
+        self._sessions = 0  # times this node got up on Redis
+        self._reloading: asyncio.Task[None] | None = None
         self._lost: asyncio.Future[None] | None = None
         self._base = 0  # sequence number of the snapshot the mirror was loaded from
         self._buffer: list[Buffered] | None = None
@@ -78,6 +82,29 @@ class RedisBroker:
         self.k_nodes = f"{k}:nodes"
         self.k_counts = f"{k}:counts:{self.node}"
         self.k_index = f"{k}:nodenicks:{self.node}"
+
+    # What the engine's other parts (`orders.NodeOrders`) see of the node.
+
+    @property
+    def online(self) -> bool:
+        return self._online
+
+    @property
+    def hub(self) -> Node | None:
+        return self._hub
+
+    @property
+    def outbox(self) -> Outbox:
+        return self._outbox
+
+    @property
+    def mirror(self) -> Mirror:
+        return self._mirror
+
+    async def settled_client(self) -> Redis | None:
+        """The connection once the first attempt to connect is over (None: Redis is away)."""
+        await self._settled.wait()
+        return self._client
 
     # --- the Broker interface ---------------------------------------------------------------
 
@@ -209,15 +236,13 @@ class RedisBroker:
         return self._mirror.remote_users(room)
 
     def order(self, order: Order) -> None:
-        # Carried out on this node; other nodes: see gischat.broker.redis.orders (to come).
-        if self._hub is not None:
-            self._hub.obey(order)
+        self._orders.order(order)
 
     async def load_bans(self) -> list[dict[str, Any]]:
-        return []
+        return await self._orders.load_bans()
 
     async def gather(self, room: str) -> list[dict[str, Any]]:
-        return []
+        return await self._orders.gather(room)
 
     def _deliver_local(self, room: str, envelope: Envelope) -> None:
         if self._hub is not None:
@@ -300,6 +325,9 @@ class RedisBroker:
                 logger.info("broker: connected to %s as node %s", self.where, self.node)
             self._down_since_logged = False
             tasks.append(loop.create_task(self._beat()))
+            self._sessions += 1
+            if self._sessions > 1:  # bans made while this node was away apply here too
+                self._reloading = loop.create_task(self._orders.reload_bans())
             watched: list[asyncio.Future[Any]] = [self._lost, *tasks]
             await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
             for future in watched:
@@ -403,6 +431,9 @@ class RedisBroker:
         mine = header.node == self.node
         if mine and header.n:
             self._outbox.confirm(header.n)
+        if kind in (EventKind.ORDER, EventKind.WHO, EventKind.SOCKETS):
+            self._orders.on_event(header, mine, payload)
+            return
         if kind is EventKind.MESSAGE:
             keep = header.keep
             if keep and self._buffer is not None:

@@ -25,6 +25,9 @@ from gischat.protocol import dialects
 #                                            or split node, the exiter's timestamp on every node)
 #   ["n", "", node, n, {room: count}]       a node's socket counts
 #   ["g", "", node, 0]                      a node is gone
+#   ["o", room, node, n]                    a moderator's order (payload: {"kind", "args"} JSON)
+#   ["w", room, node, n, ask]               who is in `room`? (ask: the question's id)
+#   ["s", room, node, n, ask]               a node's answer (payload: its sockets, JSON)
 # `n` numbers a node's own commands (0: written by a script on another node's behalf); `q`
 # (quiet) marks what the node's own sockets were already told while Redis was away.
 
@@ -176,7 +179,27 @@ end
 return {redis.call('GET', KEYS[1]) or '0', nodes, counts, nicks, history}
 """
 
+# A moderator's order, with what it changes in the shared state: a ban kept (or lifted) in the
+# bans hash, a message taken out of the room's history (entries are `Post.encode()` text, whose
+# first line starts "<type> <id> "), then the event every node carries out.
+ORDER = """
+local kind = ARGV[3]
+if kind == 'ban' then
+  redis.call('HSET', KEYS[3], ARGV[4], ARGV[5])
+elseif kind == 'lift' then
+  redis.call('HDEL', KEYS[3], ARGV[4])
+elseif kind == 'delete' then
+  for _, item in ipairs(redis.call('LRANGE', KEYS[4], 0, -1)) do
+    if string.match(item, '^%S+ (%S+) ') == ARGV[4] then redis.call('LREM', KEYS[4], 1, item) end
+  end
+end
+local seq = redis.call('INCR', KEYS[1])
+redis.call('PUBLISH', KEYS[2], seq .. ' ' .. ARGV[1] .. '\\n' .. ARGV[2])
+return seq
+"""
+
 SCRIPTS = {
+    "order": ORDER,
     "emit": EMIT,
     "claim": CLAIM,
     "release": RELEASE,
@@ -196,6 +219,9 @@ class EventKind(StrEnum):
     FREED = "r"
     COUNTS = "n"
     GONE = "g"
+    ORDER = "o"
+    WHO = "w"
+    SOCKETS = "s"
 
 
 @dataclass(frozen=True, slots=True)

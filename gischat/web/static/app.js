@@ -9,6 +9,7 @@ import { $, colorFor, el } from "./dom.js";
 import { asFeatureCollection, crsOfGeojson } from "./geo.js";
 import { readImage } from "./images.js";
 import { GisMap } from "./map.js";
+import { Moderation } from "./moderation.js";
 
 const ROOM_REFRESH = 10000;
 const REPLAY_MEMORY = 1000;
@@ -44,6 +45,13 @@ const log = new ChatLog($("#log"), {
     image.alt = alt;
     $("#image-dialog").showModal();
   },
+});
+
+// The moderator's controls, wired only when the server offers moderation (ADMIN_TOKENS).
+const moderation = new Moderation({
+  room: () => state.room,
+  log,
+  changed: () => renderUsers(),
 });
 
 async function getJson(path) {
@@ -318,9 +326,10 @@ function renderUsers() {
       const button = el("button", { type: "button", className: "user" }, name);
       button.style.color = colorFor(name);
       button.title = `Mention ${name}`;
-      if (sameNickname(name, state.nickname)) button.classList.add("me");
+      const isMe = sameNickname(name, state.nickname);
+      if (isMe) button.classList.add("me");
       button.addEventListener("click", () => mention(name));
-      return el("li", {}, button);
+      return el("li", {}, button, ...moderation.userActions(name, isMe));
     }),
   );
 }
@@ -536,6 +545,7 @@ async function boot() {
     return;
   }
   showRules(state.rules);
+  if (state.config.moderation) moderation.enable();
   await refreshRooms();
   $("#join-button").disabled = false;
   document.body.classList.add("ready");

@@ -61,6 +61,23 @@ export class ChatLog {
   constructor(list, options) {
     this.list = list;
     this.options = options;
+    this.moderator = null; // (item) -> a moderator's button for a message with an id
+  }
+
+  // Give every message with an id a moderator's button built by `moderator(item)`, now and as
+  // they arrive; `null` takes them all away.
+  setModerator(moderator) {
+    this.moderator = moderator;
+    for (const button of this.list.querySelectorAll(".msg-actions .mod-action")) button.remove();
+    for (const item of this.list.querySelectorAll("li.msg")) {
+      let actions = item.querySelector(".msg-actions");
+      if (moderator && item.dataset.id) {
+        if (!actions) actions = item.appendChild(el("div", { className: "msg-actions" }));
+        actions.append(moderator(item));
+      } else if (actions && !actions.childElementCount) {
+        actions.remove();
+      }
+    }
   }
 
   clear() {
@@ -125,6 +142,7 @@ export class ChatLog {
       });
       actions.append(like);
     }
+    if (id !== null && this.moderator) actions.append(this.moderator(item));
     if (actions.childElementCount) item.append(actions);
     return this.add(item);
   }

@@ -1,0 +1,189 @@
+"""Moderators' orders across nodes: carried out by every node, bans kept in Redis, sockets gathered.
+
+An order (kick, ban, lift, delete) goes through the node's ordered outbox like a message, as one
+`order` script call: the script changes the shared state the order is about (a ban kept in the
+bans hash or lifted, a message taken out of the room's history list) and publishes the event,
+which every node, this one included, hands to `Node.obey`. So a ban made on one node is enforced
+on all of them, a node that starts (or comes back) loads the bans Redis keeps, and a deleted
+message is gone from the history every newcomer replays, wherever it connects.
+
+Listing a room's sockets asks the other nodes a question on the event channel (`who`); each
+answers with its own sockets (`sockets`), and the asking node waits for as many answers as it
+knows nodes, or a second at most: a moderator gets what the nodes that answered hold.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from gischat.broker.base import Order, OrderKind
+from gischat.broker.redis.outbox import Command
+from gischat.broker.redis.scripts import EventKind, Header
+
+if TYPE_CHECKING:
+    from gischat.broker.redis.broker import RedisBroker
+
+logger = logging.getLogger("gischat.broker")
+
+# How long a room's sockets are waited for from the other nodes.
+GATHER_TIMEOUT = 1.0
+
+
+def order_command(prefix: str, keys: tuple[str, str], node: str, n: int, order: Order) -> Command:
+    """The `order` script call that carries out `order` in Redis and tells every node."""
+    header = orjson.dumps([EventKind.ORDER, order.room or "", node, n])
+    payload = orjson.dumps({"kind": order.kind, "room": order.room, "args": order.args})
+    target = str(order.args.get("id", ""))
+    ban = payload if order.kind is OrderKind.BAN else b""
+    history = f"{prefix}:history:{order.room or ''}"
+    return Command(
+        "order", [*keys, f"{prefix}:bans", history], [header, payload, order.kind, target, ban], n=n
+    )
+
+
+def read_order(payload: bytes) -> Order | None:
+    """The order an event carries; None (and a warning) for one this node cannot read."""
+    try:
+        data = orjson.loads(payload)
+        return Order(OrderKind(data["kind"]), data.get("room"), dict(data.get("args") or {}))
+    except (orjson.JSONDecodeError, KeyError, ValueError, TypeError):
+        logger.warning("broker: skipped a moderator's order this node cannot read")
+        return None
+
+
+async def load_bans(client: Redis, prefix: str) -> list[dict[str, Any]]:
+    """The bans Redis keeps that have not ended; ended ones are taken out on the way."""
+    key = f"{prefix}:bans"
+    now = time.time()
+    bans: list[dict[str, Any]] = []
+    ended: list[bytes | str] = []
+    for field, value in (await client.hgetall(key)).items():
+        order = read_order(value.encode() if isinstance(value, str) else value)
+        ban = order.args if order is not None else None
+        if ban is None or float(ban.get("until", 0)) <= now:
+            ended.append(field)
+        else:
+            bans.append(ban)
+    if ended:
+        await client.hdel(key, *ended)
+    return bans
+
+
+class Gatherer:
+    """This node's open questions to the others about a room's sockets, and their answers."""
+
+    def __init__(self) -> None:
+        self.asks: dict[str, tuple[list[dict[str, Any]], int, asyncio.Future[None]]] = {}
+
+    def ask(self, expected: int) -> tuple[str, asyncio.Future[None]]:
+        """A new question, answered once `expected` nodes answered (see `wait`)."""
+        ask = secrets.token_hex(8)
+        done = asyncio.get_running_loop().create_future()
+        self.asks[ask] = ([], expected, done)
+        if expected <= 0:
+            done.set_result(None)
+        return ask, done
+
+    def answer(self, ask: str, payload: bytes) -> None:
+        """A node's sockets for question `ask` (another node's question is none of ours)."""
+        entry = self.asks.get(ask)
+        if entry is None:
+            return
+        sockets, expected, done = entry
+        try:
+            answered = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            answered = []
+        sockets.extend(item for item in answered if isinstance(item, dict))
+        expected -= 1
+        self.asks[ask] = (sockets, expected, done)
+        if expected <= 0 and not done.done():
+            done.set_result(None)
+
+    async def wait(self, ask: str, done: asyncio.Future[None]) -> list[dict[str, Any]]:
+        """The sockets the other nodes told of, once all answered or GATHER_TIMEOUT passed."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(done), GATHER_TIMEOUT)
+        sockets, _, _ = self.asks.pop(ask, ([], 0, done))
+        return sockets
+
+
+def who_command(keys: tuple[str, str], node: str, n: int, room: str, ask: str) -> Command:
+    """The question to every node: which sockets of `room` do you hold?"""
+    header = orjson.dumps([EventKind.WHO, room, node, n, ask])
+    return Command("emit", [*keys, ""], [header, b"", 0, 0], n=n)
+
+
+def sockets_command(keys: tuple[str, str], node: str, n: int, room: str, ask: str, sockets: Any) -> Command:
+    """This node's answer to question `ask`."""
+    header = orjson.dumps([EventKind.SOCKETS, room, node, n, ask])
+    return Command("emit", [*keys, ""], [header, orjson.dumps(sockets), 0, 0], n=n)
+
+
+class NodeOrders:
+    """One Redis node's side of moderators' orders: sending them, obeying them, answering."""
+
+    def __init__(self, broker: RedisBroker) -> None:
+        self.broker = broker
+        self.gatherer = Gatherer()
+
+    def _send(self, make: Callable[[tuple[str, str], int], Command]) -> None:
+        broker = self.broker
+        outbox = broker.outbox
+        outbox.send(make((broker.k_seq, broker.k_channel), outbox.number()))
+
+    def order(self, order: Order) -> None:
+        broker = self.broker
+        if not broker.online:
+            if broker.hub is not None:
+                broker.hub.obey(order)  # this node alone: Redis keeps nothing while it is away
+            return
+        self._send(lambda keys, n: order_command(broker.prefix, keys, broker.node, n, order))
+
+    async def load_bans(self) -> list[dict[str, Any]]:
+        client = await self.broker.settled_client()
+        if client is None:
+            return []
+        try:
+            return await load_bans(client, self.broker.prefix)
+        except RedisError as exc:
+            logger.warning("broker: loading the bans failed: %s", type(exc).__name__)
+            return []
+
+    async def reload_bans(self) -> None:
+        """Back on Redis: the bans it keeps apply on this node (made while it was away, too)."""
+        for ban in await self.load_bans():
+            if self.broker.hub is not None:
+                self.broker.hub.obey(Order(OrderKind.BAN, ban.get("room"), ban))
+
+    async def gather(self, room: str) -> list[dict[str, Any]]:
+        broker = self.broker
+        if not broker.online:
+            return []
+        ask, done = self.gatherer.ask(broker.mirror.nodes())
+        self._send(lambda keys, n: who_command(keys, broker.node, n, room, ask))
+        return await self.gatherer.wait(ask, done)
+
+    def on_event(self, header: Header, mine: bool, payload: bytes) -> None:
+        """An order (every node obeys), a question about sockets (others answer), an answer."""
+        broker = self.broker
+        hub = broker.hub
+        if header.kind is EventKind.ORDER:
+            order = read_order(payload)
+            if order is not None and hub is not None:
+                hub.obey(order)
+        elif header.kind is EventKind.WHO and not mine and hub is not None and broker.online:
+            room, ask, sockets = header.room, str(header.rest[0]), hub.describe(header.room)
+            self._send(lambda keys, n: sockets_command(keys, broker.node, n, room, ask, sockets))
+        elif header.kind is EventKind.SOCKETS and not mine:
+            self.gatherer.answer(str(header.rest[0]), payload)
