@@ -9,7 +9,6 @@ uvicorn's `http=`/`ws=` options, and runs one process or WORKERS of them. The ap
 from __future__ import annotations
 
 import contextlib
-import gc
 import json
 import logging
 import os
@@ -39,12 +38,6 @@ from gischat.settings import Settings, project
 SWITCH_INTERVAL = 0.001
 
 
-# The young generation is collected every GC_THRESHOLDS[0] net allocations (CPython: 700): each
-# handshake allocates thousands of objects, so with thousands of sockets open the default made
-# collections the largest cost of a join storm; the older generations keep CPython's ratios.
-GC_THRESHOLDS = (50_000, 10, 10)
-
-
 # Where an app built by the runner is told that gischat's guarded protocols serve it.
 GUARDED_STATE = "transport_guarded"
 
@@ -58,7 +51,6 @@ def guarded(app: Any) -> Any:
 def prepare_process(settings: Settings) -> None:
     """Process-wide settings of a server process, set once logging is configured, before it serves."""
     sys.setswitchinterval(SWITCH_INTERVAL)
-    gc.set_threshold(*GC_THRESHOLDS)
     install_flood_filter(settings.log_rate)
 
 
