@@ -7,7 +7,6 @@ error's worth of work instead of a minute of a worker's time.
 
 from __future__ import annotations
 
-import re
 from itertools import chain
 from typing import Any
 
@@ -52,9 +51,9 @@ GEOMETRY_TYPES = frozenset({*COORDINATE_LEVELS, "GeometryCollection"})
 _NUMBER_TYPES = frozenset({float, int})
 _POSITION_LENGTHS = frozenset({2, 3})
 _POSITION: TypeAdapter[Any] = TypeAdapter(Position)
-# Where a position starts in GeoJSON text: a bracket, then a number (each match is the one-character
-# string "[", which CPython shares: two million matches cost a list, not two million strings).
-_POSITION_START = re.compile(r"\[(?=\s*[-+\d.])")
+# A JSON number's first character, all made one; and the white space JSON allows between tokens.
+_NUMBER_START = bytes.maketrans(b"-+.0123456789", b"0" * 13)
+_WHITE_SPACE = b" \t\n\r"
 
 
 def check_vertices(geojson: dict[str, Any], maximum: int) -> None:
@@ -68,14 +67,15 @@ def check_raw_vertices(text: str, maximum: int) -> None:
     """Refuse a layer frame whose text holds more than `maximum` positions, before any parse.
 
     Every position opens one bracket, so a text with at most `maximum` brackets passes at the
-    cost of one scan (about 1 ms per MB). Beyond that, the positions are counted as brackets
-    followed by a number (white space allowed): exact for any GeoJSON, and still about ten
-    times cheaper than parsing, in time and far more in memory. Only a property string holding
-    "[" and a digit could add to the count.
+    cost of one scan (about 1 ms per MB). Beyond that, positions are counted as brackets followed
+    by a number: the text's bytes with every number's first character made "0" and white space
+    dropped (one `translate`), then one count of "[0". That is exact for any GeoJSON (only a
+    property string holding "[" and a digit could add to it) and costs about 3 ms per MB, against
+    ten times that in time, and far more in memory, for a parse.
     """
     if text.count("[") <= maximum:
         return
-    positions = len(_POSITION_START.findall(text))
+    positions = text.encode().translate(_NUMBER_START, _WHITE_SPACE).count(b"[0")
     if positions > maximum:
         raise Uncompliant(f"geojson: too many vertices ({positions}, max {maximum})")
 

@@ -68,8 +68,7 @@ class WebSocketReading(asyncio.Protocol):
     __slots__ = (
         "closing_budget", "config", "conn", "deflate", "frames", "guard", "held", "inbox", "loop",
         "meter", "msg", "msg_held", "pace", "paused", "pending", "phase", "ping_full_at",
-        "ping_payload", "share",
-        "stash", "text", "timers", "transport", "waiter",
+        "ping_payload", "share", "stash", "text", "timers", "transport", "waiter", "working",
     )  # fmt: skip
 
     def __init__(self, config: Config, conn: ServerProtocol, loop: asyncio.AbstractEventLoop) -> None:
@@ -89,6 +88,7 @@ class WebSocketReading(asyncio.Protocol):
         self.held = 0  # bytes reserved in the share, in all
         self.msg = [0, 0, 0]  # current message: size of its finished frames, frame length, its start
         self.msg_held = 0  # bytes reserved by the frames of the message being assembled
+        self.working = 0  # bytes reserved by the large message the app is working on
         self.ping_full_at = 0.0  # the ping allowance (GCRA): when it would be full again
         self.closing_budget = CLOSING_READ_BYTES  # what the peer may still send after our close
         self.ping_payload = b""  # of our keepalive ping awaiting its pong
@@ -329,13 +329,23 @@ class WebSocketReading(asyncio.Protocol):
             self._pause(Pause.APP)
 
     async def receive(self) -> dict[str, Any]:
+        """The next message. A large one (it reserved budget) stays counted, and reading stays
+        paused, until the app asks for the next: the app works on it meanwhile (a worker parses
+        it, say), so a peer has at most one large message in the server at a time; the next one
+        waits in the kernel's buffers (TCP backpressure), not in ours."""
+        if self.working:
+            done, self.working = self.working, 0
+            self._release(done)
         if self.inbox:
             message, held = self.inbox.pop(0)
         else:
+            self._resume(Pause.APP)  # nothing unread: the peer may send the next one
             waiter = self.waiter = self.loop.create_future()
             message, held = await waiter
-        self._release(held)
-        if not self.inbox:
+        if held:
+            self.working = held
+            self._pause(Pause.APP)
+        elif not self.inbox:
             self._resume(Pause.APP)
         return message
 
