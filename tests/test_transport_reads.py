@@ -153,3 +153,28 @@ def test_raw_vertex_count_is_exact_for_compact_and_pretty_text() -> None:
     check_raw_vertices(nested, 4)
     with pytest.raises(Uncompliant):
         check_raw_vertices(nested, 3)
+
+
+async def test_a_read_full_of_messages_is_parsed_a_share_at_a_time_and_nothing_is_lost(
+    server_factory: ServerFactory,
+) -> None:
+    """300 texts in one write: the transport parses at most a share of them per read, the rest
+    after the chat has read those; every one arrives, in order."""
+    server = server_factory()
+    sock = RawSocket(server, "127.0.0.2")
+    sock.send(frame(TEXT, orjson.dumps({"type": "newcomer", "newcomer": "burst"})))
+    burst = b"".join(
+        frame(TEXT, orjson.dumps({"type": "text", "author": "burst", "avatar": None, "text": str(i)}))
+        for i in range(300)
+    )
+    sock.send(burst)
+    seen: list[str] = []
+    while len(seen) < 300:
+        opcode, payload = sock.read_frame()
+        if opcode == TEXT:
+            message = orjson.loads(payload)
+            if message["type"] == "text":
+                seen.append(message["text"])
+    assert seen == [str(i) for i in range(300)]
+    sock.close()
+    await all_released(server)

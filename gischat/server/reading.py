@@ -37,6 +37,9 @@ from gischat.work.heap import trim_heap_soon
 
 # Frames at least this large reserve their length in their address's held-bytes budget.
 RESERVE_MIN = 64 * 1024
+# Messages parsed from one read at most: a read of 256 KiB can hold thousands of small frames,
+# and the rest waits (unparsed, reading paused) until the app has read these.
+MAX_MESSAGES_PER_FEED = 64
 CLOSE_INVALID_DATA = 1007
 CLOSE_TOO_BIG = 1009
 CLOSE_INTERNAL_ERROR = 1011
@@ -138,7 +141,7 @@ class WebSocketReading(asyncio.Protocol):
 
     def _take(self, data: bytes) -> None:
         """Feed `data` to the parser up to the first frame that must wait or be refused."""
-        meter, size, pos, refusal = self.meter, len(data), 0, None
+        meter, size, pos, refusal, messages = self.meter, len(data), 0, None, 0
         while pos < size:
             if meter.skip:
                 step = min(meter.skip, size - pos)
@@ -150,6 +153,12 @@ class WebSocketReading(asyncio.Protocol):
             if head is None:
                 meter.part, pos = part + data[pos:], size
                 break
+            if head.fin and head.opcode in DATA_OPCODES:
+                if messages == MAX_MESSAGES_PER_FEED:  # the rest waits until the app has read these
+                    self.stash, size = data[pos:], pos
+                    self._pause(Pause.APP)
+                    break
+                messages += 1
             verdict = self._judge(head)
             if verdict is not None:
                 if verdict[0] == 0:  # wait for room: keep the rest, header and all, for later
@@ -336,6 +345,9 @@ class WebSocketReading(asyncio.Protocol):
         if self.working:
             done, self.working = self.working, 0
             self._release(done)
+        if not self.inbox and self.stash and not self.paused & Pause.BUDGET:
+            data, self.stash = self.stash, b""
+            self._take(data)  # the messages held back while the app had plenty to read
         if self.inbox:
             message, held = self.inbox.pop(0)
         else:
