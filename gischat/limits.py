@@ -44,6 +44,15 @@ class TokenBucket:
         tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
         return max(0.0, (amount - tokens) / self.rate)
 
+    def spend(self, now: float, amount: float) -> float:
+        """Spend `amount` even beyond what is there (a debt); the seconds until the debt is paid
+        (0: none). For what cannot be refused, only slowed down: bytes already read."""
+        if self.rate <= 0:
+            return 0.0
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate) - amount
+        self.stamp = now
+        return max(0.0, -self.tokens / self.rate)
+
     def full(self, now: float) -> bool:
         """Whether the bucket has refilled completely, i.e. its owner can be forgotten."""
         return self.rate <= 0 or self.tokens + (now - self.stamp) * self.rate >= self.burst

@@ -14,11 +14,10 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.async_api import Browser, Page, async_playwright, expect
+import test_browser
+from playwright.async_api import Browser, Page, expect
 from test_browser import (
-    CHROMIUM_ARGS,
     Pages,
-    chromium_path,
     join,
     message_item,
     quiet_server,
@@ -30,27 +29,14 @@ from conftest import TIMEOUT, LiveServer, ServerFactory, channel_client, closing
 
 pytestmark = pytest.mark.anyio
 
+# The same module-wide fixtures as test_browser.py: one browser, on one event loop, per module.
+anyio_backend = test_browser.anyio_backend
+browser = test_browser.browser
+
 SECRET = "mod-0123456789abcdefghijklmnopqrstuvwxyz"  # 40 characters
 assert len(SECRET) == 40
 # Chromium reports a refused request (a wrong secret's 401) as a console error.
 REFUSED_SECRET = re.compile(r"status of 401")
-
-
-@pytest.fixture(scope="module")
-def anyio_backend() -> str:
-    """Module-wide, so that one browser serves every test of this file."""
-    return "asyncio"
-
-
-@pytest.fixture(scope="module")
-async def browser() -> AsyncIterator[Browser]:
-    executable = chromium_path()
-    async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(
-            executable_path=executable, args=CHROMIUM_ARGS, headless=True
-        )
-        yield launched
-        await launched.close()
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ Two limits apply below the app, per connection and per client address (the real 
 trusted proxy), so that no client, and no crowd behind one address, can make the server read,
 hold or decode more than its share:
 
-- a rate (`Pace`): bytes per second with a burst. A peer that sends faster is not refused, it is
+- a rate (a `TokenBucket` that may go into debt): bytes per second with a burst. A peer that sends faster is not refused, it is
   read slower: reading pauses until its allowance has grown back (TCP backpressure does the
   rest). A classroom behind one NAT address sending photos only ever waits a moment.
 - a held-bytes cap per address (`Share`): a large frame reserves its declared length when its
@@ -18,6 +18,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from gischat.limits import TokenBucket
+
 
 @dataclass(frozen=True, slots=True)
 class ReadSettings:
@@ -30,31 +32,13 @@ class ReadSettings:
     max_held_bytes_per_ip: int
 
 
-class Pace:
-    """A byte rate with a burst, as one number (GCRA): when the allowance would be full again."""
-
-    __slots__ = ("burst_time", "full_at", "per_byte")
-
-    def __init__(self, rate: int, burst: int) -> None:
-        self.per_byte = 1 / rate if rate > 0 else 0.0
-        self.burst_time = burst * self.per_byte
-        self.full_at = 0.0
-
-    def take(self, size: int, now: float) -> float:
-        """Spend `size` bytes of allowance; the seconds to wait before reading more (0: none)."""
-        if not self.per_byte:
-            return 0.0
-        self.full_at = max(self.full_at, now) + size * self.per_byte
-        return max(0.0, self.full_at - now - self.burst_time)
-
-
 class Share:
     """One client address: its read pace, the bytes its connections hold, who waits for room."""
 
     __slots__ = ("cap", "held", "pace", "sockets", "waiters")
 
-    def __init__(self, settings: ReadSettings) -> None:
-        self.pace = Pace(settings.read_rate_per_ip, settings.read_burst_per_ip)
+    def __init__(self, settings: ReadSettings, now: float) -> None:
+        self.pace = TokenBucket(settings.read_rate_per_ip, settings.read_burst_per_ip, now)
         self.cap = settings.max_held_bytes_per_ip
         self.held = 0
         self.sockets = 0
@@ -88,10 +72,10 @@ class Shares:
         self.settings = settings
         self.by_address: dict[str, Share] = {}
 
-    def join(self, address: str) -> Share:
+    def join(self, address: str, now: float) -> Share:
         share = self.by_address.get(address)
         if share is None:
-            share = self.by_address[address] = Share(self.settings)
+            share = self.by_address[address] = Share(self.settings, now)
         share.sockets += 1
         return share
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from email.utils import formatdate
 from enum import IntEnum
 from http import HTTPStatus
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -353,10 +353,18 @@ class TransportGuard:
         logger.warning("%s refused (%s): %s%s", peer, kind, detail, more)
 
 
+def address_of(transport_info: Any) -> tuple[str, int] | None:
+    """(host, port) of a socket address from `get_extra_info("peername"/"sockname")`; None for a
+    unix socket or none at all."""
+    if isinstance(transport_info, tuple | list) and len(transport_info) >= 2:
+        return str(transport_info[0]), int(transport_info[1])
+    return None
+
+
 def peer_address(transport: asyncio.BaseTransport) -> str:
     """The peer's IP address, or "" when it has none (a unix socket): whom a connection slot counts."""
-    peer = transport.get_extra_info("peername")
-    return str(peer[0]) if isinstance(peer, tuple | list) and peer else ""
+    address = address_of(transport.get_extra_info("peername"))
+    return address[0] if address is not None else ""
 
 
 class GuardSpec:

@@ -21,13 +21,6 @@ SPEC_VERSION = "2.4"
 access_logger = logging.getLogger("uvicorn.error")
 
 
-def address_of(transport_info: Any) -> tuple[str, int] | None:
-    """(host, port) of a socket address from `get_extra_info("peername"/"sockname")`."""
-    if isinstance(transport_info, tuple) and len(transport_info) >= 2:
-        return str(transport_info[0]), int(transport_info[1])
-    return None
-
-
 def real_client(peer: str, headers: Headers, trusted: Networks) -> str:
     """The client's address: the peer's, or behind trusted proxies the nearest untrusted
     address of X-Forwarded-For (the one uvicorn's proxy-headers middleware shows the app)."""

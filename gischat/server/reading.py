@@ -23,8 +23,9 @@ from uvicorn.config import Config
 from websockets.frames import Frame, Opcode
 from websockets.server import ServerProtocol
 
+from gischat.limits import TokenBucket
 from gischat.protocol.refusals import CLOSE_POLICY_VIOLATION
-from gischat.server.budget import Pace, Share
+from gischat.server.budget import Share
 from gischat.server.guard import (
     BULK_READ,
     CLOSE_TIMEOUT,
@@ -84,7 +85,7 @@ class WebSocketReading(asyncio.Protocol):
         self.paused = Pause(0)
         self.guard: TransportGuard | None = None
         self.share: Share | None = None
-        self.pace: Pace | None = None
+        self.pace: TokenBucket | None = None  # this connection's byte rate
         self.meter = Meter()
         self.stash = b""  # read but held back: a large frame waits for room in the budget
         self.pending: list[int] = []  # reservations of frames the parser has not delivered yet
@@ -273,9 +274,9 @@ class WebSocketReading(asyncio.Protocol):
         fragments = FRAGMENT_OVERHEAD * len(self.frames)
         guard.update(self, unfinished + fragments + len(meter.part) + len(self.stash))
         now = self.loop.time()
-        wait = self.pace.take(size, now) if self.pace is not None else 0.0
+        wait = self.pace.spend(now, size) if self.pace is not None else 0.0
         if self.share is not None:
-            wait = max(wait, self.share.pace.take(size, now))
+            wait = max(wait, self.share.pace.spend(now, size))
         if wait > 0 and not self.paused & Pause.PACE:
             self._pause(Pause.PACE)
             self._later("pace", wait, self._resume, Pause.PACE)

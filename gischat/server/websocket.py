@@ -34,18 +34,18 @@ from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFact
 from websockets.http11 import Request
 from websockets.server import ServerProtocol
 
+from gischat.limits import TokenBucket
 from gischat.protocol.frames import Outgoing
 from gischat.server.batch import WriteBatch
-from gischat.server.budget import Pace
 from gischat.server.guard import (
     CLOSE_TIMEOUT,
     UNREAD_CLOSE_TIMEOUT,
     TransportGuard,
+    address_of,
     peer_address,
 )
 from gischat.server.handshake import (
     accepted_headers,
-    address_of,
     denial,
     header_items,
     log_access,
@@ -105,14 +105,14 @@ class GuardedWebSocketProtocol(WebSocketReading):
         self.guard = guard
         self.batch = guard.batch(self.loop)
         if guard.read.read_rate:
-            self.pace = Pace(guard.read.read_rate, guard.read.read_burst)
+            self.pace = TokenBucket(guard.read.read_rate, guard.read.read_burst, self.loop.time())
         if self.scope:  # the gate hands over once uvicorn passed us the upgrade request
             self._join_share(guard, Headers(header_items(self.scope["headers"])))
 
     def _join_share(self, guard: TransportGuard, headers: Headers) -> None:
         """Count this socket's reads against its client address (the real one behind a proxy)."""
         self.address = real_client(self.peer, headers, guard.trusted)
-        self.share = guard.shares.join(self.address)
+        self.share = guard.shares.join(self.address, self.loop.time())
 
     # asyncio.Protocol
 
