@@ -9,6 +9,7 @@ uvicorn's `http=`/`ws=` options, and runs one process or WORKERS of them. The ap
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -52,6 +53,11 @@ def prepare_process(settings: Settings) -> None:
     """Process-wide settings of a server process, set once logging is configured, before it serves."""
     sys.setswitchinterval(SWITCH_INTERVAL)
     install_flood_filter(settings.log_rate)
+    # Modules, the app, its routes and schemas live as long as the process. Frozen, they are left
+    # out of every later collection: a full one walked them all again (about 300 ms each with
+    # 10,000 sockets open, nine times while they joined).
+    gc.collect()
+    gc.freeze()
 
 
 # Used when LOG_CONFIG names no file: one line per event, timestamps first.

@@ -28,10 +28,10 @@ from typing import Any, cast
 
 from uvicorn.config import Config
 from uvicorn.server import ServerState
-from websockets.datastructures import Headers
 from websockets.exceptions import InvalidState
 from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
 from websockets.http11 import Request
+from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from gischat.limits import TokenBucket
@@ -44,15 +44,17 @@ from gischat.server.guard import (
     address_of,
     peer_address,
 )
-from gischat.server.handshake import (
-    accepted_headers,
-    denial,
-    header_items,
-    log_access,
-    real_client,
-    websocket_scope,
-)
+from gischat.server.handshake import accepted_headers, log_access, real_client, websocket_scope
 from gischat.server.reading import Pause, Phase, WebSocketReading
+from gischat.server.upgrade import (
+    HandshakeRefused,
+    Upgrade,
+    from_request,
+    http_answer,
+    read_upgrade,
+    refusal,
+    switching_protocols,
+)
 
 logger = logging.getLogger("gischat.transport")
 # `websockets` reports each closed connection at INFO: its own logger, quiet by default.
@@ -86,7 +88,12 @@ class GuardedWebSocketProtocol(WebSocketReading):
             if config.ws_per_message_deflate
             else []
         )
-        conn = ServerProtocol(extensions=extensions, max_size=config.ws_max_size, logger=wire_logger)
+        # Without extensions to negotiate gischat answers the handshake itself (`server.upgrade`):
+        # the sans-I/O protocol starts open and only parses frames.
+        state = State.CONNECTING if extensions else State.OPEN
+        conn = ServerProtocol(
+            extensions=extensions, state=state, max_size=config.ws_max_size, logger=wire_logger
+        )
         super().__init__(config, conn, _loop or asyncio.get_event_loop())
         self.app = config.loaded_app
         self.server_state = server_state
@@ -107,11 +114,11 @@ class GuardedWebSocketProtocol(WebSocketReading):
         if guard.read.read_rate:
             self.pace = TokenBucket(guard.read.read_rate, guard.read.read_burst, self.loop.time())
         if self.scope:  # the gate hands over once uvicorn passed us the upgrade request
-            self._join_share(guard, Headers(header_items(self.scope["headers"])))
+            self._join_share(guard)
 
-    def _join_share(self, guard: TransportGuard, headers: Headers) -> None:
+    def _join_share(self, guard: TransportGuard) -> None:
         """Count this socket's reads against its client address (the real one behind a proxy)."""
-        self.address = real_client(self.peer, headers, guard.trusted)
+        self.address = real_client(self.peer, self.scope["headers"], guard.trusted)
         self.share = guard.shares.join(self.address, self.loop.time())
 
     # asyncio.Protocol
@@ -241,12 +248,31 @@ class GuardedWebSocketProtocol(WebSocketReading):
     # Handshake.
 
     def _handshake(self, data: bytes) -> None:
-        """The upgrade request (uvicorn hands it over as it parsed it): start the app, or answer."""
+        """The upgrade request (uvicorn hands it over as it parsed it): start the app, or answer.
+
+        gischat reads it itself (`server.upgrade`); with permessage-deflate enabled `websockets`
+        does, since it negotiates the extension.
+        """
+        if self.deflate:
+            self._negotiate(data)
+            return
+        try:
+            upgrade = read_upgrade(data)
+        except HandshakeRefused as exc:
+            self.transport.write(refusal(exc))
+            self._finish_refused_handshake()
+            return
+        self.response = upgrade.accept
+        self._start(upgrade)
+
+    def _negotiate(self, data: bytes) -> None:
+        """The handshake by `websockets`, extensions included."""
         self.conn.receive_data(data)
         request = next((event for event in self.conn.events_received() if isinstance(event, Request)), None)
         if request is None:
             if self.conn.handshake_exc is not None:
-                self._reject(400, "invalid websocket upgrade request")
+                self.transport.write(refusal(HandshakeRefused(400, "invalid HTTP request")))
+                self._finish_refused_handshake()
             return
         response = self.conn.accept(request)
         if response.status_code != 101:
@@ -256,22 +282,23 @@ class GuardedWebSocketProtocol(WebSocketReading):
             self.transport.close()
             return
         self.response = response
+        self._start(from_request(request, response.headers["Sec-WebSocket-Accept"]))
+
+    def _start(self, upgrade: Upgrade) -> None:
+        """Start the app on this handshake; reading waits for its answer."""
         transport = self.transport
-        scheme = "wss" if transport.get_extra_info("sslcontext") else "ws"
-        client = address_of(transport.get_extra_info("peername"))
-        server = address_of(transport.get_extra_info("sockname"))
         self.scope = scope = websocket_scope(
-            request,
-            scheme=scheme,
-            server=server,
-            client=client,
+            upgrade,
+            scheme="wss" if transport.get_extra_info("sslcontext") else "ws",
+            server=address_of(transport.get_extra_info("sockname")),
+            client=address_of(transport.get_extra_info("peername")),
             root_path=self.config.root_path,
             asgi_version=self.config.asgi_version,
             state=self.app_state,
             sink=self,
         )
         if self.guard is not None:
-            self._join_share(self.guard, request.headers)
+            self._join_share(self.guard)
         self._pause(Pause.HANDSHAKE)
         self._put({"type": "websocket.connect"})
         task = self.loop.create_task(self._run(scope))
@@ -283,17 +310,7 @@ class GuardedWebSocketProtocol(WebSocketReading):
         kind = message["type"]
         if kind == "websocket.accept":
             log_access(self.scope, "[accepted]")
-            response, self.response = self.response, None
-            if any(name.lower() == b"date" for name, _ in self.server_state.default_headers):
-                del response.headers["Date"]
-            response.headers.update(accepted_headers(self.server_state.default_headers, message))
-            if self.transport.is_closing():
-                return
-            self.conn.send_response(response)
-            self._flush()
-            self.phase = Phase.OPEN
-            self._resume(Pause.HANDSHAKE)
-            self._keepalive()
+            self._switch(accepted_headers(self.server_state.default_headers, message))
         elif kind == "websocket.close":
             log_access(self.scope, "403")
             self._reject(403, "")
@@ -305,17 +322,35 @@ class GuardedWebSocketProtocol(WebSocketReading):
                 f"expected websocket.accept, websocket.close or a denial response, not {kind!r}"
             )
 
+    def _switch(self, headers: list[tuple[bytes, bytes]]) -> None:
+        """Send the 101 answer: the connection is open."""
+        response, self.response = self.response, None
+        if self.transport.is_closing():
+            return
+        if isinstance(response, bytes):
+            self.transport.write(switching_protocols(response, headers))
+        else:  # negotiated by `websockets`: its answer, with the server's and the app's headers
+            if any(name.lower() == b"date" for name, _ in headers):
+                del response.headers["Date"]
+            for name, value in headers:
+                response.headers[name.decode("latin-1")] = value.decode("latin-1")
+            self.conn.send_response(response)
+            self._flush()
+        self.phase = Phase.OPEN
+        self._resume(Pause.HANDSHAKE)
+        self._keepalive()
+
     def _deny_body(self, message: dict[str, Any]) -> None:
         status, headers, body = self.response
         body.append(message.get("body", b""))
         if message.get("more_body", False):
             return
         self.response = None
-        self.conn.send_response(denial(status, headers, b"".join(body)))
+        self.transport.write(http_answer(status, headers, b"".join(body)))
         self._finish_refused_handshake()
 
     def _reject(self, status: int, text: str) -> None:
-        self.conn.send_response(self.conn.reject(status, text))
+        self.transport.write(http_answer(status, [], text.encode()))
         self._finish_refused_handshake()
 
     def _finish_refused_handshake(self) -> None:

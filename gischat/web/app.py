@@ -16,6 +16,9 @@ from typing import Any
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.routing import Match, WebSocketRoute
+from starlette.types import Receive, Scope, Send
+from starlette.websockets import WebSocket
 
 from gischat.broker import BrokerSettings, create_broker
 from gischat.chat.service import ChatService, ChatSettings
@@ -52,6 +55,32 @@ UNGUARDED_WARNING = (
     "running without gischat's transport guards (connection caps, request-head and frame deadlines, "
     "ping limits): start the server with the `gischat` command (or `python -m gischat`) instead"
 )
+
+
+class ChatApp(FastAPI):
+    """FastAPI, with the chat's websockets served ahead of the middleware stack and the router.
+
+    A websocket lives for hours and its handshake is all these layers would see of it, yet each
+    join paid for all of them (error middlewares, exit stacks, included-router lookups, exception
+    wrappers), about a third of a join's CPU at 1.7 ms a join with 10,000 sockets open, and each
+    idle socket kept their frames and closures alive (5 kB). The chat sockets' own routes
+    (`chat_sockets`, the same `WebSocketRoute`s the router lists) are matched first and their
+    endpoint is called directly: it needs nothing from the layers it skips (it raises neither
+    `HTTPException` nor `WebSocketException`, and the transport logs anything unexpected).
+    Everything else, other websockets included, goes through FastAPI as usual.
+    """
+
+    chat_sockets: tuple[WebSocketRoute, ...] = ()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            for route in self.chat_sockets:
+                match, child = route.matches(scope)
+                if match is Match.FULL:
+                    scope.update(child)
+                    await route.endpoint(WebSocket(scope, receive, send))
+                    return
+        await super().__call__(scope, receive, send)
 
 
 def assemble(settings: Settings) -> ChatService:
@@ -93,7 +122,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await chat.stop()
 
-    app = FastAPI(
+    app = ChatApp(
         title="gischat",
         summary="Real-time chat for GIS people: text, images, layers, CRS and extents",
         description=(
@@ -106,7 +135,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.chat = chat
-    app.include_router(build_router(settings, chat))
+    router, app.chat_sockets = build_router(settings, chat)
+    app.include_router(router)
     if settings.admin_tokens:  # no tokens: /admin/... answers 404 like any unknown route
         moderation = ModerationService(chat, project(ModerationSettings, settings))
         app.state.moderation = moderation
@@ -115,7 +145,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-def build_router(settings: Settings, chat: ChatService) -> APIRouter:
+def build_router(settings: Settings, chat: ChatService) -> tuple[APIRouter, tuple[WebSocketRoute, ...]]:
+    """The REST routes and the chat's websocket routes (also returned apart, for `ChatApp`)."""
     router = APIRouter()
     current_version = package_version()
 
@@ -206,6 +237,7 @@ def build_router(settings: Settings, chat: ChatService) -> APIRouter:
                 )
             return Response(generate_latest(chat.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    add_conversation_routes(router, settings, chat, Dialect.ROOM)
-    add_conversation_routes(router, settings, chat, Dialect.CHANNEL)
-    return router
+    sockets = tuple(
+        add_conversation_routes(router, settings, chat, d) for d in (Dialect.ROOM, Dialect.CHANNEL)
+    )
+    return router, sockets

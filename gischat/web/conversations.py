@@ -52,8 +52,9 @@ PUT_ERRORS: dict[int | str, dict[str, Any]] = {
 
 def add_conversation_routes(
     router: APIRouter, settings: Settings, chat: ChatService, dialect: Dialect
-) -> None:
-    """`GET .../users`, `GET .../last`, `PUT .../text` and `WS .../ws` under `/{dialect}/{name}`."""
+) -> WebSocketRoute:
+    """`GET .../users`, `GET .../last`, `PUT .../text` and `WS .../ws` under `/{dialect}/{name}`;
+    returns the websocket route, which the app also serves ahead of its middleware (`ChatApp`)."""
     prefix = f"/{dialect}/{{{dialect}}}"
     noun = str(dialect)
     not_found: dict[int | str, dict[str, Any]] = {
@@ -160,7 +161,9 @@ def add_conversation_routes(
 
     # A plain Starlette route: FastAPI's websocket wrapper (dependency solving, exit stacks)
     # would stay alive for the whole connection and cost ~5 kB per idle socket.
-    router.routes.append(WebSocketRoute(f"{prefix}/ws", socket))
+    route = WebSocketRoute(f"{prefix}/ws", socket)
+    router.routes.append(route)
+    return route
 
 
 def refused(exc: Refused) -> JSONResponse:
