@@ -10,6 +10,13 @@ callbacks, so it copies and keeps nothing). Plain REST calls are parsed twice, w
 microseconds; websocket traffic never passes through the gate: after an upgrade the transport
 talks to the websocket protocol directly.
 
+uvicorn's protocol is created when a connection's first request head is complete, and only if it
+is not a websocket upgrade: a connection that opens with one is handed by the gate itself to the
+websocket protocol uvicorn is configured with (`Config.ws_protocol_class`, built with the same
+arguments uvicorn gives it), so a join costs no uvicorn request cycle, parse and re-serialised
+head (a quarter of its CPU with 10,000 sockets open). An upgrade on a kept-alive connection,
+after other requests, goes through uvicorn as before.
+
 What is limited (see `server.guard` and docs/limits.md): connections in all and per peer address
 (503, 429), the size of each request head (431, and the inner parser never receives more head than
 allowed) and the time to send it (408), kept-alive follow-up requests included. A refused
@@ -37,6 +44,7 @@ from gischat.server.guard import (
     http_refusal,
     peer_address,
 )
+from gischat.server.upgrade import wants_websocket
 
 
 def head_tracker(gate: GuardedHttpProtocol) -> httptools.HttpRequestParser:
@@ -72,13 +80,18 @@ class GuardedHttpProtocol(asyncio.Protocol):
     """
 
     __slots__ = (
+        "_app_state",
         "_began_after",
         "_completed",
+        "_config",
+        "_early",
         "_guard",
         "_head_bytes",
         "_holding",
         "_inner",
         "_ip",
+        "_loop",
+        "_server_state",
         "_tracker",
         "transport",
     )
@@ -93,9 +106,13 @@ class GuardedHttpProtocol(asyncio.Protocol):
         _loop: asyncio.AbstractEventLoop | None = None,
         guard_spec: GuardSpec | None = None,
     ) -> None:
-        self._inner = HttpToolsProtocol(config, server_state, app_state, _loop)
+        self._config, self._server_state, self._app_state, self._loop = config, server_state, app_state, _loop
         # The runner binds `guard_spec` (functools.partial); uvicorn's own callers pass none.
         self._guard: TransportGuard | None = None if guard_spec is None else guard_for(guard_spec)
+        # uvicorn's protocol: at once without a guard, else once the first request head is read
+        # and is not a websocket upgrade (the bytes of that head wait in `_early`).
+        self._inner: HttpToolsProtocol | None = None
+        self._early: list[bytes] = []
         self._tracker: httptools.HttpRequestParser | None = None
         self._ip = ""
         self._holding = False  # whether this connection holds a slot of the guard
@@ -111,9 +128,9 @@ class GuardedHttpProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # a stream transport: uvicorn serves TCP
-        self._inner.connection_made(self.transport)
         guard = self._guard
         if guard is None:
+            self._start_inner()
             return
         guard.attach(asyncio.get_running_loop())
         self._ip = peer_address(transport)
@@ -132,23 +149,28 @@ class GuardedHttpProtocol(asyncio.Protocol):
             guard.lingering.pop(self, None)
             self._give_slot_back(guard)
         self._tracker = None  # the parser refers to us: let both go
-        self._inner.connection_lost(exc)
+        self._early = []
+        if self._inner is not None:
+            self._inner.connection_lost(exc)
 
     def eof_received(self) -> bool | None:
-        if self._head_bytes == HeadState.REFUSED:
-            return None  # the peer read our answer and closed: close our side too
+        if self._head_bytes == HeadState.REFUSED or self._inner is None:
+            return None  # our answer was read, or no request came: close our side too
         inner: asyncio.Protocol = self._inner  # its answer, as the asyncio interface types it
         return inner.eof_received()
 
     def pause_writing(self) -> None:
-        self._inner.pause_writing()
+        if self._inner is not None:
+            self._inner.pause_writing()
 
     def resume_writing(self) -> None:
-        self._inner.resume_writing()
+        if self._inner is not None:
+            self._inner.resume_writing()
 
     def data_received(self, data: bytes) -> None:
         guard = self._guard
         if guard is None:
+            assert self._inner is not None
             self._inner.data_received(data)
             return
         if self._head_bytes == HeadState.REFUSED or self._tracker is None:
@@ -182,19 +204,67 @@ class GuardedHttpProtocol(asyncio.Protocol):
         tracker = self._tracker
         assert tracker is not None
         completed, head_bytes = self._completed, self._head_bytes
+        upgrade_at = -1
         try:
             tracker.feed_data(chunk)
-        except httptools.HttpParserUpgrade:
-            pass  # the head of an upgrade request is complete: uvicorn decides what follows
+        except httptools.HttpParserUpgrade as exc:
+            upgrade_at = int(exc.args[0]) if exc.args else len(chunk)  # where the upgrade head ends
         except httptools.HttpParserError:
             self._untrackable(guard, chunk)
             return False
         self._count_head(chunk, completed, head_bytes)
-        self._inner.data_received(chunk)
+        if self._inner is None:
+            if not self._first_head(chunk, upgrade_at):
+                return True  # the first head is not complete yet
+            if self._inner is None:  # a websocket took the connection over
+                self._hand_over(guard)
+                return False
+        else:
+            self._inner.data_received(chunk)
         if self.transport.get_protocol() is not self:
             self._hand_over(guard)
             return False
         return not self.transport.is_closing()
+
+    def _first_head(self, chunk: bytes, upgrade_at: int) -> bool:
+        """Collect the first request's head; once it is complete, hand it on and say so.
+
+        A websocket upgrade goes straight to the websocket protocol (`_upgrade`); anything else
+        starts uvicorn's protocol, which gets every byte received so far.
+        """
+        if upgrade_at >= 0:
+            self._early.append(chunk[:upgrade_at])
+            head = b"".join(self._early)
+            self._early = []
+            if self._config.ws_protocol_class is not None and wants_websocket(head):
+                self._upgrade(head)
+                return True
+            self._start_inner()
+            assert self._inner is not None
+            self._inner.data_received(head + chunk[upgrade_at:])
+            return True
+        self._early.append(chunk)
+        if self._head_bytes != HeadState.DONE and not self._completed:
+            return False
+        early, self._early = b"".join(self._early), []
+        self._start_inner()
+        assert self._inner is not None
+        self._inner.data_received(early)
+        return True
+
+    def _start_inner(self) -> None:
+        self._inner = HttpToolsProtocol(self._config, self._server_state, self._app_state, self._loop)
+        self._inner.connection_made(self.transport)
+
+    def _upgrade(self, head: bytes) -> None:
+        """Hand the connection to the websocket protocol, as uvicorn's upgrade does: built with
+        the same arguments, given the transport and the request head. Bytes the client sent
+        after the head are dropped, as uvicorn drops them (a client waits for the 101)."""
+        ws_class: Any = self._config.ws_protocol_class
+        protocol = ws_class(config=self._config, server_state=self._server_state, app_state=self._app_state)
+        protocol.connection_made(self.transport)
+        protocol.data_received(head)
+        self.transport.set_protocol(protocol)
 
     def _count_head(self, chunk: bytes, completed: int, head_bytes: int) -> None:
         """Charge `chunk` to the request head in progress after it (if any).
@@ -220,6 +290,10 @@ class GuardedHttpProtocol(asyncio.Protocol):
         """
         self._tracker = None
         guard.heads.pop(self, None)
+        if self._inner is None:
+            chunk, self._early = b"".join([*self._early, chunk]), []
+            self._start_inner()
+            assert self._inner is not None
         self._inner.data_received(chunk)
         if self.transport.get_protocol() is self and not self.transport.is_closing():
             self.transport.close()

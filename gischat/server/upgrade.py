@@ -100,6 +100,21 @@ def read_upgrade(data: bytes) -> Upgrade:
     return Upgrade(reader.target, reader.headers, accept_value(key))
 
 
+def wants_websocket(head: bytes) -> bool:
+    """Whether a complete request head asks for a websocket (`Connection: Upgrade` and
+    `Upgrade: websocket`); whether it is a valid one is `read_upgrade`'s to say."""
+    reader = HeadReader()
+    parser = httptools.HttpRequestParser(reader)
+    try:
+        parser.feed_data(head)
+    except httptools.HttpParserUpgrade:
+        pass
+    except httptools.HttpParserError:
+        return False
+    headers = reader.headers
+    return b"upgrade" in tokens(headers, b"connection") and b"websocket" in tokens(headers, b"upgrade")
+
+
 def check_upgrade(headers: list[tuple[bytes, bytes]]) -> None:
     """`Connection` must hold the `upgrade` token and `Upgrade` the `websocket` one."""
     if b"upgrade" not in tokens(headers, b"connection"):
