@@ -17,8 +17,11 @@ _SNIFF_TYPE = re.compile(r'"type"\s*:\s*"(\w+)"')
 SNIFF_SPAN = 256
 
 
-def sniff_type(text: str) -> str | None:
-    """The type a large frame announces in its first bytes, before it is parsed, if it does."""
+def sniff_type(text: str | bytes) -> str | None:
+    """The type a large frame announces in its first bytes, before it is parsed, if it does
+    (its text, or its UTF-8 bytes: a character cut at the end of the span is ignored)."""
+    if isinstance(text, bytes):
+        text = text[:SNIFF_SPAN].decode(errors="ignore")
     found = _SNIFF_TYPE.search(text, 0, SNIFF_SPAN)
     return found.group(1) if found else None
 

@@ -21,6 +21,7 @@ from gischat.protocol import messages as models
 from gischat.protocol.dialects import AnyClientMessage, Dialect, parse_object
 from gischat.protocol.refusals import MEMORY_REASON, NOT_JSON_REASON
 from gischat.work import images
+from gischat.work.handoff import Parcel
 from gischat.work.heap import release_memory, tune_allocator
 
 # After a job on an input longer than this, a worker hands its freed memory back at once.
@@ -59,17 +60,22 @@ class Refused:
 
 
 Outcome: TypeAlias = Prepared | AnyClientMessage | Refused
+# The file of a handed-over frame could not be read (removed behind the server's back).
+HANDOFF_REASON = "server busy: the message could not be processed, send it again"
 # A frame its dialect drops silently (QField's `exiter`), on its way back from a worker.
 IGNORED = Refused("")
 
 
-def _init_worker(address_space: int, niceness: int) -> None:
+def init_worker(address_space: int, niceness: int) -> None:
     """Runs once in each new worker.
 
     Ctrl+C reaches the whole process group; the server shuts the pool down on its own, so a
-    worker must not die of KeyboardInterrupt halfway through a job.
+    worker must not die of KeyboardInterrupt halfway through a job. The modules the worker
+    forked with (pydantic, Pillow, the protocol's models) are frozen out of the collections:
+    the one after each large job then walks that job's objects only (50 ms less per job).
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    gc.freeze()
     if niceness > 0:
         with contextlib.suppress(OSError):
             os.nice(niceness)
@@ -93,6 +99,15 @@ def _limit_address_space(limit: int) -> None:
 def run_frame(text: str, rules: Rules, dialect: Dialect) -> Outcome:
     """Worker entry point: a whole frame, parsed, validated and (image, layer) made ready."""
     return _guarded(len(text), _prepare_frame, text, rules, dialect)
+
+
+def run_parcel(parcel: Parcel, rules: Rules, dialect: Dialect) -> Outcome:
+    """Worker entry point: a whole frame handed over as a file (`work.handoff`), as `run_frame`."""
+    try:
+        data = parcel.read()
+    except OSError:
+        return Refused(HANDOFF_REASON)
+    return _guarded(len(data), _prepare_frame, data, rules, dialect)
 
 
 def run_image(author: str, avatar: str | None, image_data: str, rules: Rules) -> Outcome:
@@ -119,7 +134,8 @@ def _guarded(size: int, job: Callable[..., Outcome], *args: Any) -> Outcome:
     return outcome
 
 
-def _prepare_frame(text: str, rules: Rules, dialect: Dialect) -> Outcome:
+def _prepare_frame(text: str | bytes, rules: Rules, dialect: Dialect) -> Outcome:
+    """A frame's text, or its UTF-8 bytes when it was handed over as a file (`work.handoff`)."""
     if parsing.sniff_type(text) == "geojson":
         # Before the parse, whose objects weigh ten times the text: a layer whose text shows
         # more positions than the budget is refused from a scan of its brackets.
@@ -137,14 +153,14 @@ def _prepare_frame(text: str, rules: Rules, dialect: Dialect) -> Outcome:
     return message
 
 
-def _prepare_layer(message: models.GeojsonMessage, text: str, limits: models.Limits) -> Prepared:
+def _prepare_layer(message: models.GeojsonMessage, text: str | bytes, limits: models.Limits) -> Prepared:
     """Vertices first (cheap), then features one by one (dear), then the wire text.
 
     Every position is a JSON array, so a text with no more '[' than the budget cannot exceed
     it: one C-speed scan spares the walk for nearly all layers.
     """
     maximum = limits.max_geojson_vertices
-    if text.count("[") > maximum:
+    if geojson.brackets(text) > maximum:
         geojson.check_vertices(message.geojson, maximum)
     for index, feature in enumerate(message.features):
         geojson.check_feature(index, feature)

@@ -21,37 +21,31 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import multiprocessing
-import multiprocessing.connection
-import os
 import threading
-import time
 from collections.abc import Callable
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
-from multiprocessing.process import BaseProcess
-from multiprocessing.queues import SimpleQueue
 from typing import Any
 
 from gischat.protocol import messages as models
 from gischat.protocol import parsing, refusals
 from gischat.protocol.dialects import AnyClientMessage, Dialect
 from gischat.protocol.refusals import BUSY_REASON, CRASH_REASON
+from gischat.work import handoff
 from gischat.work.heap import trim_heap_soon
 from gischat.work.jobs import (
     IGNORED,
     LARGE_INPUT,
-    WORKER_ADDRESS_SPACE,
-    WORKER_NICENESS,
     Outcome,
     Prepared,
     Refused,
     Rules,
-    _init_worker,
     run_frame,
     run_image,
+    run_parcel,
 )
+from gischat.work.workers import WorkerPool, shut_down
 
 __all__ = ["OFFLOAD_THRESHOLD", "Prepared", "Processor"]
 
@@ -59,8 +53,6 @@ logger = logging.getLogger("gischat.processing")
 
 # take well under a millisecond on the loop, above it the cost grows with the frame.
 OFFLOAD_THRESHOLD = 64 * 1024
-# Seconds `stop()` lets workers finish their jobs before terminating them.
-STOP_GRACE = 0.5
 # forkserver each, in a thread.
 POOL_IDLE = 5.0
 
@@ -121,7 +113,7 @@ class Processor:
         with self._pool_lock:
             pool, self._pool = self._pool, None
         if pool is not None:
-            await asyncio.to_thread(_shut_down, pool)
+            await asyncio.to_thread(shut_down, pool)
 
     async def process_frame(self, text: str, dialect: Dialect = Dialect.ROOM) -> AnyClientMessage | Prepared:
         """A frame too large to parse on the loop: parse + validate (+ resize/serialise for
@@ -130,7 +122,13 @@ class Processor:
         Returns Prepared for image/geojson, the validated model for other (small) types.
         Raises refusals.Uncompliant.
         """
-        outcome = await self._run(len(text), run_frame, text, self.rules, dialect)
+        parcel = handoff.pack(text) if len(text) >= handoff.HANDOFF_MIN else None
+        if parcel is None:
+            outcome = await self._run(len(text), run_frame, text, self.rules, dialect)
+        else:
+            outcome = await self._run(
+                len(text), run_parcel, parcel, self.rules, dialect, cleanup=parcel.discard
+            )
         assert not isinstance(outcome, Refused)
         return outcome
 
@@ -162,14 +160,23 @@ class Processor:
         pool = self._pool
         return [] if pool is None else [p.pid for p in pool.processes() if p.pid is not None]
 
-    async def _run(self, size: int, function: Callable[..., Outcome], *args: Any) -> Outcome:
+    async def _run(
+        self,
+        size: int,
+        function: Callable[..., Outcome],
+        *args: Any,
+        cleanup: Callable[[], None] | None = None,
+    ) -> Outcome:
         self._reserve(size)
         loop = asyncio.get_running_loop()
 
-        # The budget is released when the worker is done, not when this task is: a sender that
-        # disconnects (cancelling this task) must not free room while its job still runs.
+        # The budget is released (and `cleanup` run) when the worker is done, not when this task
+        # is: a sender that disconnects (cancelling this task) must not free room while its job
+        # still runs.
         def done(_: object) -> None:
             _call_soon(loop, self._release, size)
+            if cleanup is not None:
+                cleanup()
 
         try:
             pool, future = await self._submit(function, args, done)
@@ -232,7 +239,7 @@ class Processor:
             pool, self._pool = self._pool, None
         if pool is not None:
             self.idle_stops += 1
-            loop.run_in_executor(None, _shut_down, pool)
+            loop.run_in_executor(None, shut_down, pool)
 
     async def _submit(
         self, function: Callable[..., Outcome], args: tuple[Any, ...], done: Callable[[object], None]
@@ -283,7 +290,10 @@ class Processor:
             if self._stopped:
                 raise refusals.Uncompliant(CRASH_REASON)
             if self._pool is None:
-                self._pool = WorkerPool(self.settings)
+                handoff.sweep()  # files a killed server left behind
+                self._pool = WorkerPool(
+                    self.settings.processing_workers, self.settings.processing_worker_max_tasks
+                )
             return self._pool
 
     def _discard_broken(self, pool: WorkerPool) -> None:
@@ -311,93 +321,3 @@ def _unless_handed(
     """A job whose hand-over failed never runs: what it reserved is given back now."""
     if handing.cancelled() or handing.exception() is not None:
         done(None)
-
-
-def _start_worker(reports: SimpleQueue[int], address_space: int, niceness: int) -> None:
-    """A new worker's initializer: set it up, then tell the pool it runs (see `WorkerPool`)."""
-    _init_worker(address_space, niceness)
-    reports.put(os.getpid())
-
-
-class WorkerPool:
-    """A process pool and its worker processes, known through public interfaces only.
-
-    `ProcessPoolExecutor` lists none of its workers, and starts them only as jobs come, one per
-    submit while none is idle: a submit may wait for a fork. The workers are known two ways: one
-    a submit started is the new entry of `multiprocessing.active_children()` right after it (so
-    it is known at once), and every worker reports its pid from its initializer (so one the
-    executor starts itself, replacing a worker recycled after its max tasks, is known too). A
-    worker another pool of this process starts during one of our submits would be taken for
-    ours; only a pool being replaced could, and it stops anyway.
-    """
-
-    def __init__(self, settings: PoolSettings) -> None:
-        context = multiprocessing.get_context("forkserver")
-        # Only takes effect when the forkserver starts, once per server process; harmless after.
-        context.set_forkserver_preload([__name__])
-        self.size = settings.processing_workers
-        self._reports: SimpleQueue[int] = context.SimpleQueue()
-        self._pids: set[int] = set()
-        self._lock = threading.Lock()  # the loop and threads read the reports
-        self.executor = ProcessPoolExecutor(
-            max_workers=settings.processing_workers,
-            mp_context=context,
-            initializer=_start_worker,
-            initargs=(self._reports, WORKER_ADDRESS_SPACE, WORKER_NICENESS),
-            max_tasks_per_child=settings.processing_worker_max_tasks,
-        )
-
-    def submit_starting(self, function: Callable[..., Outcome], *args: Any) -> Future[Outcome]:
-        """Submit, noting the worker the submit started, if any (blocking: run it in a thread)."""
-        before = _children()
-        future = self.executor.submit(function, *args)
-        started = _children() - before
-        if started:
-            with self._lock:
-                self._pids |= started
-        return future
-
-    def processes(self) -> list[BaseProcess]:
-        """The workers alive now."""
-        with self._lock:
-            while not self._reports.empty():
-                self._pids.add(self._reports.get())
-            live = [p for p in multiprocessing.active_children() if p.pid in self._pids]
-            self._pids = {p.pid for p in live if p.pid is not None}
-        return live
-
-    def ready(self) -> bool:
-        """Whether all workers are up, so that a submit cannot start one."""
-        return len(self.processes()) >= self.size
-
-    def close(self) -> None:
-        """Let the reports go, once the workers are gone."""
-        self._reports.close()
-
-
-def _children() -> set[int]:
-    return {p.pid for p in multiprocessing.active_children() if p.pid is not None}
-
-
-def _wait_for_exit(processes: list[BaseProcess], timeout: float) -> None:
-    """Until every one of `processes` has exited, or `timeout` seconds passed."""
-    deadline = time.monotonic() + timeout
-    pending = [p.sentinel for p in processes]
-    while pending and (left := deadline - time.monotonic()) > 0:
-        ended = multiprocessing.connection.wait(pending, left)
-        pending = [sentinel for sentinel in pending if sentinel not in ended]
-
-
-def _shut_down(pool: WorkerPool) -> None:
-    """Stop a pool and reap its workers (blocking: run it in a thread)."""
-    processes = pool.processes()
-    pool.executor.shutdown(wait=False, cancel_futures=True)
-    # Idle workers leave at once; one that is running a job gets STOP_GRACE to finish it.
-    _wait_for_exit(processes, STOP_GRACE)
-    for process in processes:
-        if process.is_alive():
-            process.terminate()
-    pool.executor.shutdown(wait=True)
-    for process in processes:
-        process.join(STOP_GRACE)
-    pool.close()

@@ -1,0 +1,114 @@
+"""Large frames handed to a worker as a file in /dev/shm (`gischat.work.handoff`), with real workers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from gischat.protocol import messages as models
+from gischat.protocol.dialects import Dialect
+from gischat.protocol.refusals import Uncompliant
+from gischat.settings import project
+from gischat.work import handoff, jobs
+from gischat.work.pool import PoolSettings, Prepared, Processor
+
+from conftest import make_settings
+
+pytestmark = pytest.mark.anyio
+
+
+def our_files() -> set[str]:
+    return {path.name for path in handoff.SHARED_DIR.glob(f"{handoff.PREFIX}{os.getpid()}-*")}
+
+
+def big_layer(positions: int, author: str = "mapper") -> str:
+    """A layer frame above HANDOFF_MIN, with non-ASCII text so that bytes and characters differ."""
+    geometry = {"type": "MultiPoint", "coordinates": [[1.5, -2.25]] * positions}
+    return orjson.dumps(
+        {
+            "type": "geojson",
+            "author": author,
+            "avatar": None,
+            "layer_name": "forages é 井",
+            "crs_wkt": "GEOGCRS[]",
+            "crs_authid": "EPSG:4326",
+            "geojson": {
+                "type": "FeatureCollection",
+                "features": [{"type": "Feature", "geometry": geometry, "properties": {"nom": "Sète"}}],
+            },
+        }
+    ).decode()
+
+
+@pytest.fixture
+async def processor() -> AsyncIterator[Processor]:
+    settings = make_settings(max_geojson_vertices=200_000)
+    started = Processor(project(PoolSettings, settings), project(models.Limits, settings))
+    yield started
+    await started.stop()
+
+
+def test_a_parcel_holds_the_frame_as_utf8_until_discarded() -> None:
+    text = "é" * 10 + "[1,2]"
+    parcel = handoff.pack(text)
+    assert parcel is not None
+    assert Path(parcel.path).parent == handoff.SHARED_DIR
+    assert oct(os.stat(parcel.path).st_mode & 0o777) == "0o600"
+    assert parcel.read() == text.encode()
+    parcel.discard()
+    parcel.discard()  # twice is harmless
+    assert not os.path.exists(parcel.path)
+
+
+def test_without_a_usable_directory_frames_go_through_the_pipe(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(handoff, "SHARED_DIR", Path("/nonexistent-gischat-dir"))
+    assert handoff.pack("x" * 10) is None
+
+
+def test_files_of_dead_servers_are_swept_and_live_ones_kept() -> None:
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    dead_file = handoff.SHARED_DIR / f"{handoff.PREFIX}{dead.stdout.strip()}-0"
+    dead_file.write_bytes(b"left behind")
+    live = handoff.pack("still in use")
+    assert live is not None
+    try:
+        assert handoff.sweep() >= 1
+        assert not dead_file.exists()
+        assert os.path.exists(live.path)
+    finally:
+        live.discard()
+
+
+def test_a_parcel_removed_behind_the_servers_back_is_refused_in_words() -> None:
+    parcel = handoff.pack(big_layer(10))
+    assert parcel is not None
+    parcel.discard()
+    rules = jobs.Rules(models.Limits(), 1024, 1_000_000)
+    assert jobs.run_parcel(parcel, rules, Dialect.ROOM) == jobs.Refused(jobs.HANDOFF_REASON)
+
+
+async def test_a_large_layer_is_prepared_from_its_file_and_the_file_removed(processor: Processor) -> None:
+    text = big_layer(100_000)
+    assert len(text) >= handoff.HANDOFF_MIN
+    before = our_files()
+    prepared = await processor.process_frame(text)
+    assert isinstance(prepared, Prepared)
+    assert "forages é 井" in prepared.body
+    assert "Sète" in prepared.body
+    assert our_files() == before
+
+
+async def test_a_large_layer_over_the_budget_is_refused_from_its_bytes(processor: Processor) -> None:
+    before = our_files()
+    with pytest.raises(Uncompliant) as refused:
+        await processor.process_frame(big_layer(300_000))
+    assert refused.value.reason == "geojson: too many vertices (300000, max 200000)"
+    assert our_files() == before
