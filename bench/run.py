@@ -157,6 +157,11 @@ METRICS = [
         below(5.0),
     ),
     Metric("crowd_mem", f"7. server RSS per idle connection, {CROWD_CLIENTS:,} (kB)", "< 25 kB", below(25.0)),
+    Metric(
+        "crowd_picows_time",
+        f"7. the same {CROWD_CLIENTS:,} joins from the picows client (s)",
+        "—",
+    ),
     Metric("stall_base_p99", "5. readers p50 / p99 without stalled client (ms)", "—"),
     Metric(
         "stall_p99",

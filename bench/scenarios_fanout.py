@@ -5,6 +5,7 @@
 2. latency at a fixed 20,000 deliveries/s: 200 stamped messages/s into a room of 100.
 3. 1,000 clients join one room, 100 handshakes in flight; every socket must see nb_users=1000.
 4. server RSS per idle connection: around scenario 3's 1,000 sockets, once RSS settles.
+7. scenarios 3 and 4 with 10,000 sockets, from the light client of `bench/crowd.py`, then from picows.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from urllib.parse import quote
 
+from crowd import Crowd, disperse, open_crowd
 from harness import (
     CONNECT_CONCURRENCY,
     ROOM,
@@ -156,8 +159,53 @@ async def scenario_latency(server: Server, results: Results) -> None:
 
 
 async def scenario_crowd(server: Server, results: Results) -> None:
-    """Scenario 7: scenarios 3 and 4 with CROWD_CLIENTS sockets."""
-    await scenario_join_and_memory(server, results, CROWD_CLIENTS, CROWD_TIMEOUT, "crowd")
+    """Scenario 7: scenarios 3 and 4 with CROWD_CLIENTS sockets, opened by the light idle-socket
+    client of `bench/crowd.py`; then again with the picows client of the other scenarios, whose
+    own cost per connection is as high as the server's (rows "picows client")."""
+    await settle_with_one_client(server)
+    before = await server.settled_rss()
+    crowd = Crowd(CROWD_CLIENTS, CROWD_CLIENTS)
+    meter = CpuMeter(server)
+    start = time.perf_counter()
+    sockets = await open_crowd(server.port, f"/room/{quote(ROOM, safe='')}/ws", crowd)
+    handshakes = time.perf_counter() - start
+    complete = await crowd.wait(CROWD_TIMEOUT - handshakes)
+    elapsed = time.perf_counter() - start
+    cpu = meter.describe()
+    shown = num(elapsed, 2) if complete else Value(None, f"> {CROWD_TIMEOUT:.0f} (gave up)")
+    results.put(server.kind, "crowd_time", shown)
+    results.note(
+        server.kind,
+        f"crowd (light client): {CROWD_CLIENTS} handshakes done after {handshakes:.2f} s "
+        f"({CONNECT_CONCURRENCY} in flight at a time), "
+        + (
+            f"every socket saw nb_users={CROWD_CLIENTS} after {elapsed:.2f} s"
+            if complete
+            else f"only {crowd.saw} saw nb_users={CROWD_CLIENTS} within {CROWD_TIMEOUT:.0f} s"
+        )
+        + f"; {cpu}",
+    )
+    counted = await server.wait_count(ROOM, CROWD_CLIENTS, 10.0)
+    after = await server.settled_rss()
+    per_connection = (after - before) / CROWD_CLIENTS / 1024
+    results.put(server.kind, "crowd_mem", num(per_connection, 1))
+    results.note(
+        server.kind,
+        f"crowd memory: RSS {before / 2**20:.1f} MiB before, {after / 2**20:.1f} MiB with {CROWD_CLIENTS} "
+        f"idle sockets (/status {'agrees' if counted else 'DISAGREES'}) = {per_connection:.1f} kB each",
+    )
+    disperse(sockets)
+    await server.wait_count(ROOM, 0, 10.0)
+    # The picows crowd's memory row would measure nothing: the allocator keeps the first crowd's.
+    await scenario_join_and_memory(server, results, CROWD_CLIENTS, CROWD_TIMEOUT, "crowd_picows")
+
+
+async def settle_with_one_client(server: Server) -> None:
+    """One client and one message through the room, then an empty room again (first-use costs)."""
+    tally, peers = await joined_room(server, ROOM, 1)
+    await warm_up(tally, peers)
+    drop(peers)
+    await server.wait_count(ROOM, 0, 5.0)
 
 
 async def scenario_join_and_memory(
@@ -168,10 +216,7 @@ async def scenario_join_and_memory(
     key: str = "join",
 ) -> None:
     # Warm the server up with one client and one message, then take the "before" reading.
-    tally, peers = await joined_room(server, ROOM, 1)
-    await warm_up(tally, peers)
-    drop(peers)
-    await server.wait_count(ROOM, 0, 5.0)
+    await settle_with_one_client(server)
     before = await server.settled_rss()
 
     tally = Tally(clients)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -54,41 +55,43 @@ async def processor() -> AsyncIterator[Processor]:
     await started.stop()
 
 
-def test_a_parcel_holds_the_frame_as_utf8_until_discarded() -> None:
-    text = "é" * 10 + "[1,2]"
-    parcel = handoff.pack(text)
+async def test_a_parcel_holds_the_frame_as_utf8_until_discarded() -> None:
+    text = "é" * 10 + "[1,2]" + "井" * handoff.PIECE  # more than one piece
+    parcel = await handoff.pack(text)
     assert parcel is not None
     assert Path(parcel.path).parent == handoff.SHARED_DIR
     assert oct(os.stat(parcel.path).st_mode & 0o777) == "0o600"
     assert parcel.read() == text.encode()
     parcel.discard()
     parcel.discard()  # twice is harmless
-    assert not os.path.exists(parcel.path)
+    assert parcel.path not in {str(path) for path in handoff.SHARED_DIR.glob(f"{handoff.PREFIX}*")}
 
 
-def test_without_a_usable_directory_frames_go_through_the_pipe(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_without_a_usable_directory_frames_go_through_the_pipe(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setattr(handoff, "SHARED_DIR", Path("/nonexistent-gischat-dir"))
-    assert handoff.pack("x" * 10) is None
+    assert await handoff.pack("x" * 10) is None
 
 
 def test_files_of_dead_servers_are_swept_and_live_ones_kept() -> None:
     dead = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
     )
     dead_file = handoff.SHARED_DIR / f"{handoff.PREFIX}{dead.stdout.strip()}-0"
+    live_file = handoff.SHARED_DIR / f"{handoff.PREFIX}{os.getpid()}-in-use"
     dead_file.write_bytes(b"left behind")
-    live = handoff.pack("still in use")
-    assert live is not None
+    live_file.write_bytes(b"still in use")
     try:
         assert handoff.sweep() >= 1
         assert not dead_file.exists()
-        assert os.path.exists(live.path)
+        assert live_file.exists()
     finally:
-        live.discard()
+        live_file.unlink()
 
 
-def test_a_parcel_removed_behind_the_servers_back_is_refused_in_words() -> None:
-    parcel = handoff.pack(big_layer(10))
+async def test_a_parcel_removed_behind_the_servers_back_is_refused_in_words() -> None:
+    parcel = await handoff.pack(big_layer(10))
     assert parcel is not None
     parcel.discard()
     rules = jobs.Rules(models.Limits(), 1024, 1_000_000)
@@ -103,6 +106,17 @@ async def test_a_large_layer_is_prepared_from_its_file_and_the_file_removed(proc
     assert isinstance(prepared, Prepared)
     assert "forages é 井" in prepared.body
     assert "Sète" in prepared.body
+    assert our_files() == before
+
+
+async def test_a_cancelled_pack_leaves_no_file() -> None:
+    before = our_files()
+    packing = asyncio.ensure_future(handoff.pack("x" * handoff.PIECE * 4))
+    await asyncio.sleep(0)  # the first piece is written
+    assert our_files() != before
+    packing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await packing
     assert our_files() == before
 
 

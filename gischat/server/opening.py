@@ -47,6 +47,9 @@ class WebSocketOpening(WebSocketReading):
     def _join_share(self, guard: TransportGuard) -> None:
         raise NotImplementedError
 
+    def queue(self, data: bytes) -> None:
+        raise NotImplementedError
+
     def _handshake(self, data: bytes) -> None:
         """The upgrade request (uvicorn hands it over as it parsed it): start the app, or answer.
 
@@ -128,7 +131,8 @@ class WebSocketOpening(WebSocketReading):
         if self.transport.is_closing():
             return
         if isinstance(response, bytes):
-            self.transport.write(switching_protocols(response, headers))
+            # With the count and history the app sends the newcomer this turn, in one write.
+            self.queue(switching_protocols(response, headers))
         else:  # negotiated by `websockets`: its answer, with the server's and the app's headers
             if any(name.lower() == b"date" for name, _ in headers):
                 del response.headers["Date"]

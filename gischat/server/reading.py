@@ -82,7 +82,7 @@ class WebSocketReading(asyncio.Protocol):
         self.deflate = config.ws_per_message_deflate
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.phase = Phase.CONNECTING
-        self.paused = Pause(0)
+        self.paused = 0  # the `Pause` reasons in force, or-ed together
         self.guard: TransportGuard | None = None
         self.share: Share | None = None
         self.pace: TokenBucket | None = None  # this connection's byte rate
@@ -277,11 +277,11 @@ class WebSocketReading(asyncio.Protocol):
         wait = self.pace.spend(now, size) if self.pace is not None else 0.0
         if self.share is not None:
             wait = max(wait, self.share.pace.spend(now, size))
-        if wait > 0 and not self.paused & Pause.PACE:
+        if wait > 0 and not self.paused & int(Pause.PACE):
             self._pause(Pause.PACE)
             self._later("pace", wait, self._resume, Pause.PACE)
         if size >= BULK_READ:
-            if not self.paused & Pause.TURN:
+            if not self.paused & int(Pause.TURN):
                 self._pause(Pause.TURN)
                 self.loop.call_soon(self._resume, Pause.TURN)
             trim_heap_soon()  # big buffers will be let go soon: hand the heap back once they stop
@@ -302,15 +302,19 @@ class WebSocketReading(asyncio.Protocol):
         for waiter in self.share.release(size):
             self.loop.call_soon(waiter)
 
+    # `paused` holds the reasons as a plain int: the flags' own operators go through the enum
+    # machinery (a microsecond or more each), and these run several times per message.
+
     def _pause(self, why: Pause) -> None:
         if not self.paused and not self.transport.is_closing():
             self.transport.pause_reading()
-        self.paused |= why
+        self.paused = self.paused | int(why)
 
     def _resume(self, why: Pause) -> None:
-        if not self.paused & why:
+        bit = int(why)
+        if not self.paused & bit:
             return
-        self.paused &= ~why
+        self.paused = self.paused & ~bit
         if not self.paused and self.phase is not Phase.CLOSED and not self.transport.is_closing():
             self.transport.resume_reading()
             if self.guard is not None:
@@ -346,7 +350,7 @@ class WebSocketReading(asyncio.Protocol):
         if self.working:
             done, self.working = self.working, 0
             self._release(done)
-        if not self.inbox and self.stash and not self.paused & Pause.BUDGET:
+        if not self.inbox and self.stash and not self.paused & int(Pause.BUDGET):
             data, self.stash = self.stash, b""
             self._take(data)  # the messages held back while the app had plenty to read
         if self.inbox:

@@ -192,15 +192,19 @@ class GuardedWebSocketProtocol(WebSocketOpening):
             self.conn.send_text(item.data)
             self._flush()
             return True
+        self.queue(item.wire)
+        return True
+
+    def queue(self, data: bytes) -> None:
+        """Write `data` with the rest of this loop turn's frames (`server.batch`): one call for all."""
         out = self.out
         if out is not None:
-            out.append(item.wire)
+            out.append(data)
         elif self.batch is not None:
-            self.out = [item.wire]
+            self.out = [data]
             self.batch.add(self)
         else:
-            self.transport.write(item.wire)
-        return True
+            self.transport.write(data)
 
     async def deliver(self, item: Outgoing) -> None:
         await self._writable()
@@ -274,7 +278,7 @@ class GuardedWebSocketProtocol(WebSocketOpening):
             return
         # The peer's reply is awaited CLOSE_TIMEOUT under a guard, 10 s (uvicorn's wait) without.
         self._later("close", CLOSE_TIMEOUT if self.guard is not None else 10.0, self._end, CLOSE_TIMEOUT)
-        self.paused = Pause(0)
+        self.paused = 0
         self.transport.resume_reading()
 
     def fail(self, code: int, reason: str) -> None:

@@ -122,12 +122,20 @@ class Processor:
         Returns Prepared for image/geojson, the validated model for other (small) types.
         Raises refusals.Uncompliant.
         """
-        parcel = handoff.pack(text) if len(text) >= handoff.HANDOFF_MIN else None
+        size = len(text)
+        self._reserve(size)  # before the file is written: a busy server refuses at once
+        parcel: handoff.Parcel | None = None
+        if size >= handoff.HANDOFF_MIN:
+            try:
+                parcel = await handoff.pack(text)
+            except BaseException:
+                self._release(size)
+                raise
         if parcel is None:
-            outcome = await self._run(len(text), run_frame, text, self.rules, dialect)
+            outcome = await self._run(size, run_frame, text, self.rules, dialect, reserved=True)
         else:
             outcome = await self._run(
-                len(text), run_parcel, parcel, self.rules, dialect, cleanup=parcel.discard
+                size, run_parcel, parcel, self.rules, dialect, cleanup=parcel.discard, reserved=True
             )
         assert not isinstance(outcome, Refused)
         return outcome
@@ -166,8 +174,12 @@ class Processor:
         function: Callable[..., Outcome],
         *args: Any,
         cleanup: Callable[[], None] | None = None,
+        reserved: bool = False,
     ) -> Outcome:
-        self._reserve(size)
+        """Run `function(*args)` in a worker, `size` counted in the budget (already, if
+        `reserved`) until the worker is done."""
+        if not reserved:
+            self._reserve(size)
         loop = asyncio.get_running_loop()
 
         # The budget is released (and `cleanup` run) when the worker is done, not when this task
