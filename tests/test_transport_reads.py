@@ -178,3 +178,42 @@ async def test_a_read_full_of_messages_is_parsed_a_share_at_a_time_and_nothing_i
     assert seen == [str(i) for i in range(300)]
     sock.close()
     await all_released(server)
+
+
+async def test_a_large_message_stays_counted_until_the_app_asks_for_the_next(
+    server_factory: ServerFactory,
+) -> None:
+    """Handed to the app is not done with: a layer a worker is preparing still holds its bytes,
+    so another large frame of the same address stays unread until the app asks for the next."""
+    server = server_factory(max_held_bytes_per_ip=1024)  # one large frame at a time
+    guard = guard_of(server)
+    geometry = {"type": "MultiPoint", "coordinates": [[1.5, 2.5]] * 300_000}  # about a second's work
+    layer = orjson.dumps(
+        {
+            "type": "geojson",
+            "author": "alice",
+            "avatar": None,
+            "layer_name": "wells",
+            "crs_wkt": "GEOGCRS[]",
+            "crs_authid": "EPSG:4326",
+            "geojson": {
+                "type": "FeatureCollection",
+                "features": [{"type": "Feature", "geometry": geometry, "properties": {}}],
+            },
+        }
+    ).decode()
+    async with ws_client(server, local_addr=("127.0.0.5", 0)) as alice:
+        await alice.register("alice")
+        other = RawSocket(server, "127.0.0.5")
+        await alice.send(layer)
+        share = guard.shares.by_address["127.0.0.5"]
+        await wait_for(lambda: share.held == len(layer))
+        other.send(frame(BINARY, b"x" * 100 * KiB))
+        await wait_for(lambda: len(share.waiters) == 1)  # its header read, its payload not
+        assert share.held == len(layer)
+        echo = await alice.expect("geojson")
+        assert echo["layer_name"] == "wells"
+        assert "binary" in refusal(other)  # read only once the layer was done with
+        await wait_for(lambda: share.held == 0)
+        other.close()
+    await all_released(server)
