@@ -233,13 +233,21 @@ async def test_stalled_follow_up_while_a_response_is_under_way_is_closed_without
     await gate.released()
 
 
+def read_until(sock: socket.socket, marker: bytes) -> bytes:
+    """Read until `marker` has arrived (a response the app wrote, say)."""
+    received = b""
+    while marker not in received:
+        chunk = sock.recv(4096)
+        assert chunk, f"closed before {marker!r}"
+        received += chunk
+    return received
+
+
 async def test_refusing_a_follow_up_closes_at_once(gate: Gate) -> None:
     """After a request the application may still be writing: no half-close to make it fail."""
     with gate.connect() as sock:
         sock.sendall(b"GET /first HTTP/1.1\r\nHost: t\r\n\r\n")
-        first = b""
-        while b"/first 0" not in first:
-            first += sock.recv(4096)
+        read_until(sock, b"/first 0")
         sock.sendall(b"GET /second HTTP/1.1\r\nX-Pad: " + b"p" * 2000)
         await wait_for(lambda: gate.guard.refusals.get("431") == 1)
         assert not gate.guard.lingering
@@ -252,9 +260,7 @@ async def test_a_refused_upgrade_keeps_the_head_limits(gate: Gate) -> None:
     """uvicorn serves an unsupported upgrade (h2c) as plain HTTP: the gate keeps tracking heads."""
     with gate.connect() as sock:
         sock.sendall(b"GET /h2c HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n")
-        first = b""
-        while b"/h2c 0" not in first:
-            first += sock.recv(4096)
+        read_until(sock, b"/h2c 0")
         sock.sendall(b"GET /next HTTP/1.1\r\nX-Pad: " + b"p" * 2000)
         [(status, _, _)] = split_responses(read_to_eof(sock))
     assert status == 431

@@ -17,9 +17,7 @@ import sys
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from email.utils import formatdate
 from enum import IntEnum
-from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -28,6 +26,7 @@ from gischat.networks import Networks
 from gischat.protocol.refusals import CLOSE_POLICY_VIOLATION, CLOSE_TRY_AGAIN_LATER
 from gischat.server.batch import WriteBatch
 from gischat.server.budget import ReadSettings, Shares
+from gischat.server.upgrade import http_answer
 
 if TYPE_CHECKING:
     from gischat.server.http import GuardedHttpProtocol
@@ -113,16 +112,10 @@ def http_refusal(status: int, detail: str) -> bytes:
     Written before any request reached the app, so it carries only what a refusal needs: its
     own `date` (no `server` header, as the runner configures uvicorn).
     """
-    body = orjson.dumps({"detail": detail})
-    parts = [
-        b"HTTP/1.1 %d %s\r\n" % (status, HTTPStatus(status).phrase.encode()),
-        b"date: %s\r\n" % formatdate(usegmt=True).encode(),
-        b"content-type: application/json\r\ncontent-length: %d\r\n" % len(body),
-    ]
+    headers = [(b"content-type", b"application/json")]
     if status in (429, 503):
-        parts.append(b"retry-after: %d\r\n" % RETRY_AFTER)
-    parts += [b"connection: close\r\n\r\n", body]
-    return b"".join(parts)
+        headers.append((b"retry-after", b"%d" % RETRY_AFTER))
+    return http_answer(status, headers, orjson.dumps({"detail": detail}))
 
 
 @dataclass(frozen=True, slots=True)
