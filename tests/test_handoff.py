@@ -120,9 +120,27 @@ async def test_a_cancelled_pack_leaves_no_file() -> None:
     assert our_files() == before
 
 
-async def test_a_large_layer_over_the_budget_is_refused_from_its_bytes(processor: Processor) -> None:
+async def test_a_large_layer_over_the_budget_is_refused_as_it_is_written_without_a_worker(
+    processor: Processor,
+) -> None:
     before = our_files()
+    text = big_layer(300_000)
+    with pytest.raises(Uncompliant) as refused:
+        await processor.process_frame(text)
+    # Refused on the loop a piece after the budget was passed, not after counting all 300,000.
+    counted = int(refused.value.reason.split("at least ")[1].split(",")[0])
+    assert 200_000 < counted < 300_000
+    assert refused.value.reason == f"geojson: too many vertices (at least {counted}, max 200000)"
+    assert processor.worker_pids() == []
+    assert our_files() == before
+    assert (processor.jobs_in_flight, processor.bytes_in_flight) == (0, 0)
+
+
+async def test_a_large_layer_over_the_budget_through_the_pipe_is_counted_by_the_worker(
+    processor: Processor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(handoff, "SHARED_DIR", Path("/nonexistent-gischat-test"))
     with pytest.raises(Uncompliant) as refused:
         await processor.process_frame(big_layer(300_000))
     assert refused.value.reason == "geojson: too many vertices (300000, max 200000)"
-    assert our_files() == before
+    assert processor.worker_pids() != []

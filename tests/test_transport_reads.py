@@ -14,7 +14,7 @@ import orjson
 import pytest
 from test_transport import BINARY, PING, PONG, TEXT, RawSocket, all_released, frame, frame_header, guard_of
 
-from gischat.protocol.geojson import check_raw_vertices
+from gischat.protocol.geojson import PositionCount, check_raw_vertices
 from gischat.protocol.refusals import Uncompliant
 
 from conftest import ServerFactory, wait_for, ws_client
@@ -153,6 +153,30 @@ def test_raw_vertex_count_is_exact_for_compact_and_pretty_text() -> None:
     check_raw_vertices(nested, 4)
     with pytest.raises(Uncompliant):
         check_raw_vertices(nested, 3)
+
+
+def test_positions_counted_in_pieces_match_the_whole_at_every_cut() -> None:
+    # White space between a bracket and its number, and brackets that open nested lists, on
+    # both sides of every cut: the pieces' counts add up to the whole text's, never more.
+    text = b'{"coordinates":[ [\n 0.5 ,-1],[[ -2,3]],[\t+4, 5e1] ,[ ],"[x"]}'
+    whole = PositionCount(100)
+    whole.feed(text)
+    assert whole.positions == 3  # "[ -2" inside "[[": nested lists are not positions
+    for first in range(len(text) + 1):
+        for second in range(first, len(text) + 1):
+            pieces = PositionCount(100)
+            for piece in (text[:first], text[first:second], text[second:]):
+                pieces.feed(piece)
+            assert pieces.positions == 3, (first, second)
+
+
+def test_positions_inspected_in_pieces_refuse_once_past_the_budget() -> None:
+    count = PositionCount(4)
+    count.inspect(b"[[0,0],[1,0],")
+    count.inspect(b"[2,0],[3,0]")
+    with pytest.raises(Uncompliant) as refused:
+        count.inspect(b",[4,0],[5,0]]")
+    assert refused.value.reason == "geojson: too many vertices (at least 6, max 4)"
 
 
 async def test_a_read_full_of_messages_is_parsed_a_share_at_a_time_and_nothing_is_lost(

@@ -54,6 +54,8 @@ _POSITION: TypeAdapter[Any] = TypeAdapter(Position)
 # A JSON number's first character, all made one; and the white space JSON allows between tokens.
 _NUMBER_START = bytes.maketrans(b"-+.0123456789", b"0" * 13)
 _WHITE_SPACE = b" \t\n\r"
+_ZERO = ord("0")
+_BRACKET = ord("[")
 
 
 def check_vertices(geojson: dict[str, Any], maximum: int) -> None:
@@ -72,18 +74,51 @@ def check_raw_vertices(text: str | bytes, maximum: int) -> None:
     """Refuse a layer frame whose text holds more than `maximum` positions, before any parse.
 
     Every position opens one bracket, so a text with at most `maximum` brackets passes at the
-    cost of one scan (about 1 ms per MB). Beyond that, positions are counted as brackets followed
-    by a number: the text's bytes with every number's first character made "0" and white space
-    dropped (one `translate`), then one count of "[0". That is exact for any GeoJSON (only a
-    property string holding "[" and a digit could add to it) and costs about 3 ms per MB, against
-    ten times that in time, and far more in memory, for a parse.
+    cost of one scan (about 1 ms per MB). Beyond that, the positions are counted (`PositionCount`)
+    at about 3 ms per MB, against ten times that in time, and far more in memory, for a parse.
     """
     if brackets(text) <= maximum:
         return
-    raw = text if isinstance(text, bytes) else text.encode()
-    positions = raw.translate(_NUMBER_START, _WHITE_SPACE).count(b"[0")
-    if positions > maximum:
-        raise Uncompliant(f"geojson: too many vertices ({positions}, max {maximum})")
+    count = PositionCount(maximum)
+    count.feed(text if isinstance(text, bytes) else text.encode())
+    if count.positions > maximum:
+        raise Uncompliant(f"geojson: too many vertices ({count.positions}, max {maximum})")
+
+
+class PositionCount:
+    """The positions in a layer frame's UTF-8 bytes, fed whole or in consecutive pieces.
+
+    A position is a bracket followed by a number: each piece's bytes with every number's first
+    character made "0" and white space dropped (one `translate`), then one count of "[0", plus
+    one when a piece ends in "[" and the next starts with a number. That is exact for any GeoJSON
+    (only a property string holding "[" and a digit could add to it), and the same whether the
+    text comes in one piece or many. Fed piece by piece while a large frame is written out
+    (`work.handoff`), it refuses a layer far over the budget as soon as the budget is passed,
+    without the rest of the frame being counted.
+    """
+
+    __slots__ = ("_bracket_open", "maximum", "positions")
+
+    def __init__(self, maximum: int) -> None:
+        self.maximum = maximum
+        self.positions = 0
+        self._bracket_open = False  # the last piece ended in "[" (white space aside)
+
+    def feed(self, piece: bytes) -> None:
+        squeezed = piece.translate(_NUMBER_START, _WHITE_SPACE)
+        if not squeezed:
+            return
+        found = squeezed.count(b"[0")
+        if self._bracket_open and squeezed[0] == _ZERO:
+            found += 1
+        self._bracket_open = squeezed[-1] == _BRACKET
+        self.positions += found
+
+    def inspect(self, piece: bytes) -> None:
+        """Feed a piece, and refuse the layer once what was fed holds more than the budget."""
+        self.feed(piece)
+        if self.positions > self.maximum:
+            raise Uncompliant(f"geojson: too many vertices (at least {self.positions}, max {self.maximum})")
 
 
 def count_vertices(geojson: dict[str, Any]) -> int:

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import itertools
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,12 +54,14 @@ class Parcel:
             os.unlink(self.path)
 
 
-async def pack(text: str) -> Parcel | None:
+async def pack(text: str, inspect: Callable[[bytes], None] | None = None) -> Parcel | None:
     """Write `text` to a new file of `SHARED_DIR`; None when that cannot be done (use the pipe).
 
     On the loop, a piece at a time with a turn for everyone else between pieces: each costs
     about a millisecond (one encode of 12 MB would hold the loop for 12 ms, and threads doing it
-    would fight the loop for the interpreter).
+    would fight the loop for the interpreter). `inspect` sees each piece's bytes before they are
+    written; whatever it raises stops the writing, removes the file and reaches the caller, so a
+    frame it refuses is refused before the rest of it is written.
     """
     path = str(SHARED_DIR / f"{PREFIX}{os.getpid()}-{next(_serial)}")
     try:
@@ -70,6 +73,8 @@ async def pack(text: str) -> Parcel | None:
         # A full tmpfs fails the write (ENOSPC): nothing is mapped, so there is no SIGBUS to fear.
         for start in range(0, len(text), PIECE):
             piece = text[start : start + PIECE].encode()
+            if inspect is not None:
+                inspect(piece)
             size += len(piece)
             view = memoryview(piece)
             while view:

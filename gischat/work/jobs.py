@@ -101,13 +101,14 @@ def run_frame(text: str, rules: Rules, dialect: Dialect) -> Outcome:
     return _guarded(len(text), _prepare_frame, text, rules, dialect)
 
 
-def run_parcel(parcel: Parcel, rules: Rules, dialect: Dialect) -> Outcome:
-    """Worker entry point: a whole frame handed over as a file (`work.handoff`), as `run_frame`."""
+def run_parcel(parcel: Parcel, rules: Rules, dialect: Dialect, *, counted: bool = False) -> Outcome:
+    """Worker entry point: a whole frame handed over as a file (`work.handoff`), as `run_frame`;
+    `counted` when the loop already counted a layer's positions as it wrote the file."""
     try:
         data = parcel.read()
     except OSError:
         return Refused(HANDOFF_REASON)
-    return _guarded(len(data), _prepare_frame, data, rules, dialect)
+    return _guarded(len(data), _prepare_frame, data, rules, dialect, counted)
 
 
 def run_image(author: str, avatar: str | None, image_data: str, rules: Rules) -> Outcome:
@@ -134,9 +135,9 @@ def _guarded(size: int, job: Callable[..., Outcome], *args: Any) -> Outcome:
     return outcome
 
 
-def _prepare_frame(text: str | bytes, rules: Rules, dialect: Dialect) -> Outcome:
+def _prepare_frame(text: str | bytes, rules: Rules, dialect: Dialect, counted: bool = False) -> Outcome:
     """A frame's text, or its UTF-8 bytes when it was handed over as a file (`work.handoff`)."""
-    if parsing.sniff_type(text) == "geojson":
+    if not counted and parsing.sniff_type(text) == "geojson":
         # Before the parse, whose objects weigh ten times the text: a layer whose text shows
         # more positions than the budget is refused from a scan of its brackets.
         geojson.check_raw_vertices(text, rules.limits.max_geojson_vertices)

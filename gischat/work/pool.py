@@ -26,11 +26,13 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
 from gischat.protocol import messages as models
 from gischat.protocol import parsing, refusals
 from gischat.protocol.dialects import AnyClientMessage, Dialect
+from gischat.protocol.geojson import PositionCount
 from gischat.protocol.refusals import BUSY_REASON, CRASH_REASON
 from gischat.work import handoff
 from gischat.work.heap import trim_heap_soon
@@ -125,17 +127,23 @@ class Processor:
         size = len(text)
         self._reserve(size)  # before the file is written: a busy server refuses at once
         parcel: handoff.Parcel | None = None
+        count: PositionCount | None = None
         if size >= handoff.HANDOFF_MIN:
+            if parsing.sniff_type(text) == "geojson":
+                # Counted as the file is written: a layer far over the vertex budget is refused
+                # on the loop once the budget is passed, with no worker and no rest of the file.
+                count = PositionCount(self.rules.limits.max_geojson_vertices)
             try:
-                parcel = await handoff.pack(text)
+                parcel = await handoff.pack(text, None if count is None else count.inspect)
             except BaseException:
                 self._release(size)
                 raise
         if parcel is None:
             outcome = await self._run(size, run_frame, text, self.rules, dialect, reserved=True)
         else:
+            job = partial(run_parcel, counted=count is not None)
             outcome = await self._run(
-                size, run_parcel, parcel, self.rules, dialect, cleanup=parcel.discard, reserved=True
+                size, job, parcel, self.rules, dialect, cleanup=parcel.discard, reserved=True
             )
         assert not isinstance(outcome, Refused)
         return outcome
