@@ -39,7 +39,9 @@ Redis going away
     holds by then stays with that node, and the local socket keeps its connection but loses
     the nickname, with an `uncompliant` saying so.
 
-`broker.py` holds the node's life and its side of the `Broker` interface; `outbox.py` the ordered
-command queue; `scripts.py` the Lua scripts and the events they publish; `mirror.py` the other
-nodes as this one knows them; `connection.py` the client and what of the URL may be shown.
+`broker.py` holds the node's side of the `Broker` interface; `session.py` the node's life on Redis
+(connect, register, snapshot, heartbeat, degraded mode, resync) and the events it reads; `outbox.py`
+the ordered command queue; `scripts.py` the Lua scripts, the keys they are given and the events they
+publish; `mirror.py` the other nodes as this one knows them; `orders.py` moderators' orders across
+nodes; `connection.py` the client and what of the URL may be shown.
 """

@@ -140,7 +140,7 @@ class NodeOrders:
     def _send(self, make: Callable[[tuple[str, str], int], Command]) -> None:
         broker = self.broker
         outbox = broker.outbox
-        outbox.send(make((broker.k_seq, broker.k_channel), outbox.number()))
+        outbox.send(make((broker.keys.seq, broker.keys.channel), outbox.number()))
 
     def order(self, order: Order) -> None:
         broker = self.broker

@@ -272,6 +272,36 @@ class Header:
         return {str(room): int(count) for room, count in self.rest[0].items()}
 
 
+@dataclass(frozen=True, slots=True)
+class NodeKeys:
+    """The Redis keys one node's scripts are given, all under the key prefix: named once, here,
+    so that the node's interface, its life and its orders write to the same keys."""
+
+    prefix: str
+    channel: str  # the event channel every node subscribes to
+    seq: str  # the events' sequence number
+    nodes: str  # the nodes alive, scored by their last heartbeat
+    counts: str  # this node's socket count per room
+    index: str  # the nicknames this node's sockets hold, across rooms
+
+    @classmethod
+    def of(cls, prefix: str, node: str) -> NodeKeys:
+        return cls(
+            prefix=prefix,
+            channel=f"{prefix}:events",
+            seq=f"{prefix}:seq",
+            nodes=f"{prefix}:nodes",
+            counts=f"{prefix}:counts:{node}",
+            index=f"{prefix}:nodenicks:{node}",
+        )
+
+    def history(self, room: str) -> str:
+        return f"{self.prefix}:history:{room}"
+
+    def nicks(self, room: str) -> str:
+        return f"{self.prefix}:nicks:{room}"
+
+
 # --- commands -------------------------------------------------------------------------------------
 
 

@@ -1,0 +1,385 @@
+"""This node's life on Redis: sessions one after another, each one connect, register, snapshot,
+heartbeat and serve, until the connection fails; between them, degraded mode and backoff.
+
+Kept apart from the `Broker` interface (`broker.py`) because the two change for different reasons:
+the interface is what the hub asks of the node, and never waits on Redis; this is what keeps the
+node honest with Redis (registered, beating, its mirror loaded from the right sequence number) and
+what makes up for Redis going away. The broker composes one `Session` and asks it only whether
+commands go to Redis (`online`), to whom events are delivered (`hub`), and to start, stop or give
+up the current session (`fail`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from enum import StrEnum
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+
+from gischat.broker.base import BrokerSettings, Envelope, Node
+from gischat.broker.redis.connection import describe, redis_client, redis_location, redis_secrets
+from gischat.broker.redis.mirror import Buffered, Mirror, readable
+from gischat.broker.redis.orders import NodeOrders
+from gischat.broker.redis.outbox import Command, Outbox
+from gischat.broker.redis.scripts import SCRIPTS, EventKind, Header, NodeKeys, counts_command, sync_command
+from gischat.protocol.refusals import SPLIT_REASON
+
+logger = logging.getLogger("gischat.broker")
+
+FIRST_RETRY = 0.1  # seconds before the first reconnection attempt, doubled up to the maximum
+
+
+class NodeState(StrEnum):
+    """Where this node stands with the shared service (shown in `/status`)."""
+
+    CONNECTING = "connecting"  # the first attempt to reach Redis
+    SYNCING = "syncing"  # registered again, loading the others' state
+    UP = "up"  # part of the shared service
+    DOWN = "down"  # Redis is away: serving this node's sockets alone, retrying
+    STOPPED = "stopped"
+
+
+class NodeReaped(Exception):
+    """Redis no longer lists this node (it was taken for dead): it must register again."""
+
+
+class Session:
+    """One node's connection to Redis across reconnections, and what rides on it: the outbox's
+    drainer, the event reader, the heartbeat, and the mirror loaded from each new snapshot."""
+
+    def __init__(
+        self,
+        settings: BrokerSettings,
+        node: str,
+        keys: NodeKeys,
+        outbox: Outbox,
+        mirror: Mirror,
+        orders: NodeOrders,
+    ) -> None:
+        self.url = settings.broker_url
+        self.where = redis_location(self.url)
+        self._secrets = redis_secrets(self.url)
+        self.node = node
+        self.keys = keys
+        self.rooms = list(settings.rooms)
+        self.node_timeout = settings.node_timeout
+        # Several heartbeats per timeout, so one late beat does not get a live node reaped.
+        self.beat_interval = max(0.05, settings.node_timeout / 5)
+        self.max_delay = settings.redis_reconnect_max_delay
+        self._outbox = outbox
+        self._mirror = mirror
+        self._orders = orders  # moderators' orders: their events, and bans reloaded on return
+        self._state = NodeState.CONNECTING
+        self._online = False  # commands go to Redis (else: everything stays on this node)
+        self._hub: Node | None = None
+        self._runner: asyncio.Task[None] | None = None
+        self._client: Redis | None = None
+        self._sha: dict[str, str] = {}
+        self._settled = asyncio.Event()  # the first connection attempt is over, either way
+        self._sessions = 0  # times this node got up on Redis
+        self._reloading: asyncio.Task[None] | None = None
+        self._lost: asyncio.Future[None] | None = None
+        self._base = 0  # sequence number of the snapshot the mirror was loaded from
+        self._buffer: list[Buffered] | None = None
+        self._stopping = False
+        self._down_since_logged = False
+
+    # --- what the broker sees -------------------------------------------------------------------
+
+    @property
+    def state(self) -> NodeState:
+        return self._state
+
+    @property
+    def online(self) -> bool:
+        return self._online
+
+    @property
+    def hub(self) -> Node | None:
+        return self._hub
+
+    async def settled_client(self) -> Redis | None:
+        """The connection once the first attempt to connect is over (None: Redis is away)."""
+        await self._settled.wait()
+        return self._client
+
+    async def start(self, hub: Node) -> None:
+        self._hub = hub
+        self._runner = asyncio.get_running_loop().create_task(self._run())
+        # Serve as soon as Redis answered (or at once, alone, if it does not: _run keeps trying).
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(min(2.0, self.node_timeout)):
+                await self._settled.wait()
+
+    async def stop(self) -> None:
+        self._stopping = True
+        client = self._client
+        if self._online and client is not None:
+            try:
+                async with asyncio.timeout(2):
+                    await self._leave(client)
+            except Exception as exc:
+                logger.warning("broker: could not leave %s cleanly: %s", self.where, self._describe(exc))
+        self._online = False
+        self._state = NodeState.STOPPED
+        if self._runner is not None:
+            self._runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._runner
+        self._hub = None
+
+    def fail(self, exc: BaseException) -> None:
+        """End the current session with `exc` (the node reconnects and registers again)."""
+        if self._lost is not None and not self._lost.done():
+            self._lost.set_exception(exc)
+
+    def deliver_local(self, room: str, envelope: Envelope) -> None:
+        if self._hub is not None:
+            self._hub.deliver(room, envelope)
+
+    # --- the connection's life ------------------------------------------------------------------
+
+    async def _leave(self, client: Redis) -> None:
+        """Send what is queued, then leave at once: the other nodes drop this one's users now,
+        not after a timeout."""
+        self._outbox.wake.set()
+        await self._outbox.idle.wait()
+        keys = self.keys
+        await client.evalsha(
+            self._sha["reap"], 3, keys.nodes, keys.seq, keys.channel, keys.prefix, 0, self.node
+        )
+
+    def _client_for(self) -> Redis:
+        return redis_client(self.url, self.node, connect_timeout=min(5.0, max(1.0, self.node_timeout)))
+
+    async def _run(self) -> None:
+        delay = FIRST_RETRY
+        while not self._stopping:
+            reached = False
+            try:
+                reached = await self._serve()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                reason = self._describe(exc)
+            else:
+                reason = "connection closed"
+            if self._stopping:
+                return
+            self._go_down(reason)
+            if reached:
+                delay = FIRST_RETRY
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.max_delay)
+
+    async def _serve(self) -> bool:
+        """One session: connect, register, load the mirror, then serve until the connection fails."""
+        client = self._client_for()
+        self._client = client
+        tasks: list[asyncio.Task[Any]] = []
+        loop = asyncio.get_running_loop()
+        try:
+            pubsub = await self._subscribe(client)
+            tasks += self._go_online(client, pubsub)
+            await self._load_mirror(client, tasks)
+            self._come_up()
+            tasks.append(loop.create_task(self._beat()))
+            self._sessions += 1
+            if self._sessions > 1:  # bans made while this node was away apply here too
+                self._reloading = loop.create_task(self._orders.reload_bans())
+            assert self._lost is not None
+            watched: list[asyncio.Future[Any]] = [self._lost, *tasks]
+            await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+            for future in watched:
+                error = future.exception() if future.done() else None
+                if error is not None:
+                    raise error
+            return True
+        finally:
+            await self._close(client, tasks)
+
+    async def _subscribe(self, client: Redis) -> PubSub:
+        """Reach Redis, load the scripts, and listen to the event channel before registering."""
+        async with asyncio.timeout(max(2.0, self.node_timeout)):
+            await client.ping()
+            self._sha = {name: await client.script_load(source) for name, source in SCRIPTS.items()}
+            pubsub = client.pubsub()
+            await pubsub.subscribe(self.keys.channel)
+            while True:
+                message = await pubsub.get_message(timeout=1.0)
+                if message is not None and message["type"] == "subscribe":
+                    break
+        return pubsub
+
+    def _go_online(self, client: Redis, pubsub: PubSub) -> list[asyncio.Task[Any]]:
+        """From here on, this node's commands go to Redis, behind the one that registers it;
+        events are buffered until the snapshot is loaded. Returns the reader and the drainer."""
+        loop = asyncio.get_running_loop()
+        self._lost = loop.create_future()
+        self._buffer = []
+        self._online = True
+        self._state = NodeState.SYNCING
+        self._outbox.send_first(self._sync_command())
+        return [
+            loop.create_task(self._read(pubsub)),
+            loop.create_task(self._outbox.drain(client, self._sha, self._counts_command, self._describe)),
+        ]
+
+    async def _load_mirror(self, client: Redis, tasks: list[asyncio.Task[Any]]) -> None:
+        """The others' state as of a snapshot, then the events buffered meanwhile; the session
+        fails if its reader or drainer does first."""
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(max(2.0, self.node_timeout)):
+            snapshot_task = loop.create_task(self._snapshot(client))
+            done, _ = await asyncio.wait([snapshot_task, *tasks], return_when=asyncio.FIRST_COMPLETED)
+            if snapshot_task not in done:
+                snapshot_task.cancel()
+                for task in done:
+                    task.result()
+                raise ConnectionError("lost during the snapshot")
+        assert self._hub is not None
+        self._base = self._mirror.load(snapshot_task.result(), self._buffer or [], self._hub)
+        self._buffer = None
+
+    def _come_up(self) -> None:
+        self._state = NodeState.UP
+        self._settled.set()
+        if self._down_since_logged:
+            logger.warning("broker: back on %s as node %s; presence restored", self.where, self.node)
+        else:
+            logger.info("broker: connected to %s as node %s", self.where, self.node)
+        self._down_since_logged = False
+
+    async def _close(self, client: Redis, tasks: list[asyncio.Task[Any]]) -> None:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(BaseException):
+                await task
+        self._client = None
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(1):
+                await client.aclose()
+
+    async def _snapshot(self, client: Redis) -> list[Any]:
+        keys = self.keys
+        result = await client.evalsha(
+            self._sha["snapshot"], 2, keys.seq, keys.nodes, keys.prefix, *self.rooms
+        )
+        assert isinstance(result, list)
+        return result
+
+    def _sync_command(self) -> Command:
+        """Register (again), rewrite the counts, free what was given up and claim what was taken."""
+        hub = self._hub
+        assert hub is not None
+        counts = {room: hub.local_count(room) for room in self.rooms}
+        held = hub.local_nicknames()
+
+        def lost(room: str, key: str, nickname: str) -> None:
+            hub.revoke(room, key, SPLIT_REASON.format(nickname=nickname))
+
+        k = self.keys
+        command_keys = [k.nodes, k.seq, k.channel, k.counts, k.index]
+        return sync_command(k.prefix, self.node, self._outbox.number(), command_keys, counts, held, lost)
+
+    def _counts_command(self, rooms: set[str]) -> Command:
+        """The absolute socket counts of the rooms that changed, as one command."""
+        assert self._hub is not None
+        counts = {room: self._hub.local_count(room) for room in sorted(rooms)}
+        k = self.keys
+        return counts_command(self.node, self._outbox.number(), [k.nodes, k.seq, k.channel, k.counts], counts)
+
+    async def _beat(self) -> None:
+        loop = asyncio.get_running_loop()
+        timeout_ms = int(self.node_timeout * 1000)
+        k = self.keys
+        while True:
+            await asyncio.sleep(self.beat_interval)
+            future: asyncio.Future[Any] = loop.create_future()
+            self._outbox.send(Command("heartbeat", [k.nodes], [self.node], future=future))
+            self._outbox.send(Command("reap", [k.nodes, k.seq, k.channel], [k.prefix, timeout_ms, ""]))
+            try:
+                async with asyncio.timeout(self.node_timeout):
+                    alive = await future
+            except TimeoutError:
+                raise ConnectionError(f"Redis did not answer within {self.node_timeout:g} s") from None
+            if alive == 0:
+                raise NodeReaped("Redis took this node for dead; registering again")
+
+    def _go_down(self, reason: str) -> None:
+        """Redis is away: serve this node's sockets alone, and make up for what was in flight."""
+        was = self._state
+        self._online = False
+        self._state = NodeState.DOWN
+        self._settled.set()
+        self._buffer = None
+        for room, envelope in self._outbox.abandon():
+            self.deliver_local(room, envelope)
+        self._mirror.clear()
+        if self._hub is not None:
+            for room in self.rooms:
+                self._hub.remote_changed(room)
+        if not self._down_since_logged:
+            verb = "cannot reach" if was is NodeState.CONNECTING else "lost"
+            logger.warning(
+                "broker: %s %s (%s); serving this node's sockets alone, retrying", verb, self.where, reason
+            )
+            self._down_since_logged = True
+
+    def _describe(self, exc: BaseException) -> str:
+        return describe(exc, self._secrets)
+
+    # --- what comes back ------------------------------------------------------------------------
+
+    async def _read(self, pubsub: PubSub) -> None:
+        while True:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
+            if message is not None and message["type"] == "message":
+                self._on_event(message["data"])
+
+    def _on_event(self, data: bytes) -> None:
+        hub = self._hub
+        if hub is None:
+            return
+        head, _, rest = data.partition(b" ")
+        header_text, _, payload = rest.partition(b"\n")
+        seq = int(head)
+        header = Header.parse(orjson.loads(header_text))
+        kind, room = header.kind, header.room
+        mine = header.node == self.node
+        if mine and header.n:
+            self._outbox.confirm(header.n)
+        if kind in (EventKind.ORDER, EventKind.WHO, EventKind.SOCKETS):
+            self._orders.on_event(header, mine, payload)
+            return
+        if kind is EventKind.MESSAGE:
+            keep = header.keep
+            if keep and self._buffer is not None:
+                self._buffer.append((seq, header, payload))
+                keep = False
+            post = readable(payload)
+            if post is not None:
+                hub.deliver(room, Envelope(post, header.to, keep and seq > self._base))
+            return
+        if kind in (EventKind.CLAIMED, EventKind.FREED) and not (mine and header.quiet):
+            if kind is EventKind.CLAIMED and mine:
+                hub.claim_settled(room, header.key, header.nickname)
+            post = readable(payload, header.freed_at)
+            if post is not None:
+                hub.deliver(room, Envelope(post))
+        if kind is EventKind.GONE and mine:
+            if not self._stopping:
+                self.fail(NodeReaped("Redis took this node for dead; registering again"))
+            return
+        if mine:
+            return
+        if self._buffer is not None:
+            self._buffer.append((seq, header, payload))
+        elif seq > self._base:
+            self._mirror.apply(header, hub)
