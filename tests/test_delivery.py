@@ -26,6 +26,8 @@ import pytest
 from PIL import ExifTags, Image
 from websockets.exceptions import ConnectionClosed
 
+from gischat.rooms.pace import QUIET, SETTLED_SHARE, STORM_SHARE, WRITE_COST, CountPace
+
 from conftest import TIMEOUT, Client, LiveServer, ServerFactory, text, wait_for, ws_client
 
 pytestmark = pytest.mark.anyio
@@ -423,6 +425,35 @@ async def test_nb_users_is_coalesced_during_a_join_storm(server_factory: ServerF
         await first_recorder.until(lambda r: latest_count(r) == 1)
         assert await room_count(live) == 1
         await first_recorder.stop()
+
+
+def test_the_first_count_after_a_quiet_spell_goes_at_once() -> None:
+    pace = CountPace(interval=0.2)
+    pace.last_change = 5.0
+    assert pace.due(10_000) < 5.0
+
+
+def test_counts_to_a_large_room_wait_for_their_share_while_the_count_keeps_moving() -> None:
+    pace = CountPace(interval=0.2)
+    pace.last_sent = 10.0
+    pace.last_change = 11.99  # people are still joining
+    assert pace.due(10_000) == pytest.approx(10.0 + 10_000 * WRITE_COST / STORM_SHARE)
+
+
+def test_a_settled_count_goes_soon_after_the_last_change() -> None:
+    pace = CountPace(interval=0.2)
+    pace.last_sent = 10.0
+    pace.last_change = 10.5  # the storm is over
+    assert pace.due(10_000) == pytest.approx(10.5 + QUIET)
+    pace.last_change = 10.1  # settled early: still no more than its share
+    assert pace.due(10_000) == pytest.approx(10.0 + 10_000 * WRITE_COST / SETTLED_SHARE)
+
+
+def test_no_two_counts_within_the_operators_interval() -> None:
+    pace = CountPace(interval=0.2)
+    pace.last_sent = 10.0
+    pace.last_change = 10.01
+    assert pace.due(3) == pytest.approx(10.2)
 
 
 # --- images over the websocket -------------------------------------------------------------------

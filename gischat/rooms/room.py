@@ -18,13 +18,13 @@ from gischat.protocol.dialects import AUTHORED_TYPES, Dialect
 from gischat.protocol.messages import nickname_key
 from gischat.rooms.connection import Connection
 from gischat.rooms.history import History
+from gischat.rooms.pace import CountPace
 
 # Ids of a conversation's recent messages a reply may point to (REPLY_THREADS): far more than
 # anyone scrolls back to, a few hundred kB per room at most.
 MAX_REPLY_TARGETS = 4096
-# The least time between two `nb_users` broadcasts per socket of the room: a write costs ~10 µs,
-# so a join storm spends at most about 5 % of the loop on counts, whatever the room's size.
-COUNT_SECONDS_PER_SOCKET = 0.0002
+# Timers due within this much of now fire now: the loop's own clock granularity.
+DUE_SLACK = 0.001
 
 
 class Room:
@@ -32,10 +32,9 @@ class Room:
 
     __slots__ = (
         "_count_timer",
-        "_last_count_sent",
         "_metrics",
         "connections",
-        "count_interval",
+        "count_pace",
         "history",
         "name",
         "nicknames",
@@ -74,9 +73,8 @@ class Room:
         self.nicknames: dict[str, Connection] = {}
         # Nickname keys this node is claiming from the shared registry, and the socket claiming each.
         self.pending: dict[str, Connection] = {}
-        self.count_interval = count_interval
+        self.count_pace = CountPace(count_interval)
         self._count_timer: asyncio.TimerHandle | None = None
-        self._last_count_sent = float("-inf")
 
     def total(self) -> int:
         """Open sockets of the room on every node."""
@@ -136,26 +134,27 @@ class Room:
                 conn.push_post(post, self.send_style)
 
     def count_changed(self) -> None:
-        """Schedule an `nb_users` broadcast, at most one per `count_interval`.
+        """Schedule an `nb_users` broadcast at the pace of `rooms.pace`.
 
         A burst of joins would otherwise cost a broadcast to the whole room per join
-        (1,000 joins, half a million sends). The first change after a quiet spell goes out
-        on the next loop turn; changes within the interval share one trailing broadcast that
-        carries the latest count. The interval is NB_USERS_INTERVAL, or longer in a room so
-        large that one broadcast costs more than a small share of it (2 s at 10,000 sockets).
+        (1,000 joins, half a million sends). Changes until the broadcast share it, and it
+        carries the count when it goes.
         """
-        if self._count_timer is not None:
-            return
         loop = asyncio.get_running_loop()
-        # A broadcast costs about a write per socket: in a large room the interval grows with it,
-        # so that counts take a small share of the loop however many sockets join at once.
-        interval = max(self.count_interval, len(self.connections) * COUNT_SECONDS_PER_SOCKET)
-        delay = max(0.0, self._last_count_sent + interval - loop.time())
-        self._count_timer = loop.call_later(delay, self._send_count)
+        now = self.count_pace.last_change = loop.time()
+        if self._count_timer is None:
+            due = self.count_pace.due(len(self.connections))
+            self._count_timer = loop.call_later(max(0.0, due - now), self._count_due)
 
-    def _send_count(self) -> None:
+    def _count_due(self) -> None:
+        """The timer: the count goes now, unless changes since it was set put it off (a storm)."""
+        loop = asyncio.get_running_loop()
+        wait = self.count_pace.due(len(self.connections)) - loop.time()
+        if wait > DUE_SLACK:
+            self._count_timer = loop.call_later(wait, self._count_due)
+            return
         self._count_timer = None
-        self._last_count_sent = asyncio.get_running_loop().time()
+        self.count_pace.last_sent = loop.time()
         self.deliver(Envelope(dialects.nb_users(self.total())))
 
     def close(self) -> None:

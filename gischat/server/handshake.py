@@ -79,7 +79,9 @@ def accepted_headers(
 
 
 def log_access(scope: dict[str, Any], outcome: str) -> None:
-    """One access line per handshake, as uvicorn writes them: `client - "WebSocket /path" outcome`."""
+    """One access line per refused handshake, as uvicorn writes them: `client - "WebSocket /path" outcome`.
+
+    Accepted ones have none: the room's "joined" line names the same client, room and route."""
     client = scope.get("client")
     who = f"{client[0]}:{client[1]}" if client else "-"
     query = scope.get("query_string", b"")
