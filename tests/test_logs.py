@@ -23,7 +23,7 @@ import pytest
 from test_cli import clean_env
 from websockets.sync.client import ClientConnection, connect
 
-from gischat.observability.logs import JsonFormatter, context
+from gischat.observability.logs import ChurnLog, JsonFormatter, context
 from gischat.server.runner import DEFAULT_LOG_CONFIG, JSON_LOG_CONFIG, log_config
 from gischat.settings import Settings, SettingsError, load_settings
 
@@ -187,3 +187,16 @@ def test_log_format_picks_the_built_in_config() -> None:
     assert log_config(Settings(_env_file=None, log_config="x.yaml", log_format="json")) == "x.yaml"
     with pytest.raises(SettingsError, match="LOG_FORMAT"):
         load_settings(_env_file=None, log_format="xml")
+
+
+def test_comings_and_goings_beyond_the_log_rate_are_counted_not_made(caplog: pytest.LogCaptureFixture) -> None:
+    logger = logging.getLogger("gischat.test-churn")
+    churn = ChurnLog(logger, rate=2.0)  # a burst of 10 lines, then 2 a second
+    allowed = [churn.allows("joins") for _ in range(14)] + [churn.allows("leaves")]
+    assert allowed == [True] * 10 + [False] * 5
+    with caplog.at_level(logging.INFO, logger="gischat.test-churn"):
+        churn.flush()
+        churn.flush()  # nothing more held back: no second line
+    assert [record.getMessage() for record in caplog.records] == [
+        "not logged in the last 10 s: 4 joins, 1 leaves (LOG_RATE)"
+    ]

@@ -125,11 +125,13 @@ class ChatService:
         await self.hub.stop()
         await self.processor.stop()
         self.refusal_log.flush()
+        self.hub.churn.flush()
 
     async def _summarise_logs(self) -> None:
         while True:
             await asyncio.sleep(SUMMARY_INTERVAL)
             self.refusal_log.flush()
+            self.hub.churn.flush()
             FloodFilter.flush_all()
 
     # Admission: who may open a websocket or post at all.

@@ -19,6 +19,7 @@ from starlette.websockets import WebSocket
 
 from gischat.broker import Broker, Envelope, MemoryBroker
 from gischat.broker.base import Order, OrderKind
+from gischat.observability.logs import ChurnLog
 from gischat.observability.metrics import Metrics
 from gischat.protocol import dialects
 from gischat.protocol.dialects import Dialect, Post
@@ -50,6 +51,8 @@ class RoomSettings:
     reply_threads: bool
     send_queue_size: int
     send_queue_bytes: int
+    # LOG_RATE: the most join, leave and nickname lines a second (`ChurnLog`).
+    log_rate: float = 10.0
     # ANNOUNCER_NAME while moderation is on (ADMIN_TOKENS): no client may register or use it.
     announcer_name: str | None = None
 
@@ -61,6 +64,7 @@ class Hub:
         self.settings = settings
         self.broker = broker
         self.metrics = metrics if metrics is not None else Metrics()
+        self.churn = ChurnLog(logger, settings.log_rate)
         remote = None if isinstance(broker, MemoryBroker) else broker.remote_count
         self.rooms = {
             name: Room(
@@ -255,9 +259,14 @@ class Hub:
         target = self.rooms[room]
         target.welcome(conn)
         self.broker.count_changed(room)
-        logger.info(
-            "%s joined %r over the %s route (%d connected)", conn.peer, room, dialect, len(target.connections)
-        )
+        if self.churn.allows("joins"):
+            logger.info(
+                "%s joined %r over the %s route (%d connected)",
+                conn.peer,
+                room,
+                dialect,
+                len(target.connections),
+            )
         return conn
 
     def _dropped(self, conn: Connection, cause: str) -> None:
@@ -279,7 +288,8 @@ class Hub:
             if room.nicknames.get(key) is conn:
                 del room.nicknames[key]
                 self.broker.release(room.name, key, nickname, dialects.exiter(nickname))
-        logger.info("%s left %r (%d connected)", conn.peer, room.name, len(room.connections))
+        if self.churn.allows("leaves"):
+            logger.info("%s left %r (%d connected)", conn.peer, room.name, len(room.connections))
 
     async def register(self, conn: Connection, nickname: str, payload: Post) -> None:
         """Give a socket its nickname in its room, first come first served, and announce it.
@@ -309,7 +319,8 @@ class Hub:
             return
         conn.nickname = nickname
         room.nicknames[key] = conn
-        logger.info("%s registered as %r in %r", conn.peer, nickname, room.name)
+        if self.churn.allows("nicknames"):
+            logger.info("%s registered as %r in %r", conn.peer, nickname, room.name)
 
     def check_author(self, conn: Connection | None, room: str, author: str, field: str = "author") -> None:
         """Nobody speaks under a nickname another socket registered; registered sockets keep theirs."""
