@@ -14,7 +14,7 @@ import pytest
 
 from gischat.protocol import messages as models
 from gischat.protocol.dialects import Dialect
-from gischat.protocol.refusals import Uncompliant
+from gischat.protocol.refusals import InvalidText, Uncompliant
 from gischat.settings import project
 from gischat.work import handoff, jobs
 from gischat.work.pool import PoolSettings, Prepared, Processor
@@ -144,3 +144,51 @@ async def test_a_large_layer_over_the_budget_through_the_pipe_is_counted_by_the_
         await processor.process_frame(big_layer(300_000))
     assert refused.value.reason == "geojson: too many vertices (300000, max 200000)"
     assert processor.worker_pids() != []
+
+
+async def test_a_message_given_as_bytes_is_written_as_is_its_utf8_checked_across_pieces() -> None:
+    text = "a" * (handoff.PIECE - 1) + "井" + "é" * handoff.PIECE  # a character cut by the piece
+    parcel = await handoff.pack(text.encode())
+    assert parcel is not None
+    try:
+        assert parcel.read() == text.encode()
+    finally:
+        parcel.discard()
+
+
+@pytest.mark.parametrize(
+    ("data", "position"),
+    [
+        (b"a" * (handoff.PIECE + 10) + b"\xff" + b"a" * 10, handoff.PIECE + 10),  # in the second piece
+        (b"a" * (handoff.PIECE - 1) + b"\xe4\xba" + b"a" * 100, handoff.PIECE - 1),  # cut, then no end
+        (b"a" * handoff.PIECE * 2 + b"\xe4\xba", handoff.PIECE * 2),  # unfinished at the very end
+    ],
+)
+async def test_bytes_that_are_not_utf8_are_refused_where_they_break_and_no_file_is_left(
+    data: bytes, position: int
+) -> None:
+    before = our_files()
+    with pytest.raises(InvalidText) as refused:
+        await handoff.pack(data)
+    assert refused.value.reason == f"invalid UTF-8 in a text message at byte {position}"
+    assert our_files() == before
+
+
+async def test_a_large_layer_given_as_bytes_is_prepared_and_checked_on_the_way(processor: Processor) -> None:
+    prepared = await processor.process_frame(big_layer(100_000).encode())
+    assert isinstance(prepared, Prepared)
+    assert "forages é 井" in prepared.body
+    with pytest.raises(InvalidText):
+        await processor.process_frame(big_layer(100_000).encode()[:-3] + b"\xc3}")
+    assert (processor.jobs_in_flight, processor.bytes_in_flight) == (0, 0)
+
+
+async def test_without_a_file_bytes_are_decoded_on_the_loop_and_go_through_the_pipe(
+    processor: Processor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(handoff, "SHARED_DIR", Path("/nonexistent-gischat-test"))
+    prepared = await processor.process_frame(big_layer(100_000).encode())
+    assert isinstance(prepared, Prepared)
+    assert "Sète" in prepared.body
+    with pytest.raises(InvalidText):
+        await processor.process_frame(b"\xff" + big_layer(100_000).encode())

@@ -189,7 +189,9 @@ def test_log_format_picks_the_built_in_config() -> None:
         load_settings(_env_file=None, log_format="xml")
 
 
-def test_comings_and_goings_beyond_the_log_rate_are_counted_not_made(caplog: pytest.LogCaptureFixture) -> None:
+def test_comings_and_goings_beyond_the_log_rate_are_counted_not_made(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     logger = logging.getLogger("gischat.test-churn")
     churn = ChurnLog(logger, rate=2.0)  # a burst of 10 lines, then 2 a second
     allowed = [churn.allows("joins") for _ in range(14)] + [churn.allows("leaves")]

@@ -12,12 +12,13 @@ import time
 
 import orjson
 import pytest
+from test_metrics import scrape, value
 from test_transport import BINARY, PING, PONG, TEXT, RawSocket, all_released, frame, frame_header, guard_of
 
 from gischat.protocol.geojson import PositionCount, check_raw_vertices
 from gischat.protocol.refusals import Uncompliant
 
-from conftest import ServerFactory, wait_for, ws_client
+from conftest import TEST_ROOMS, ServerFactory, wait_for, ws_client
 
 pytestmark = pytest.mark.anyio
 
@@ -80,6 +81,36 @@ async def test_invalid_utf8_is_one_log_line_and_no_traceback(
     refusals = [record for record in caplog.records if "refused (1007)" in record.getMessage()]
     assert len(refusals) == 1
     assert refusals[0].levelno == logging.WARNING
+    assert not [record for record in caplog.records if record.exc_info]
+
+
+async def test_a_large_text_message_that_is_not_utf8_fails_the_connection_without_a_decode(
+    server_factory: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Over HANDOFF_MIN: the transport hands it over undecoded and the app checks it piece by
+    # piece as it writes it out; the outcome is the transport's own for a small message.
+    server = server_factory()
+    caplog.set_level(logging.INFO)
+    head = b'{"type": "text", "author": "x", "avatar": null, "text": "' + "é".encode() * 300 * KiB
+    bad = len(head) + 500 * KiB
+    payload = head + b"a" * 500 * KiB + b"\xe9t\xe9" + b"b" * 400 * KiB + b'"}'
+    async with ws_client(server, TEST_ROOMS[1]) as other:
+        sock = RawSocket(server, "127.0.0.2")
+        port = sock.sock.getsockname()[1]
+        await asyncio.to_thread(sock.send, frame(TEXT, payload))
+        assert await asyncio.to_thread(sock.read_close) == (
+            1007,
+            f"invalid UTF-8 in a text message at byte {bad}",
+        )
+        sock.close()
+        await other.send({"type": "text", "author": "bystander", "avatar": None, "text": "still here"})
+        await other.expect("text", text="still here")
+    await all_released(server)
+    assert value(await scrape(server), "gischat_connections_dropped_total", cause="invalid_text") == 1
+    lines = [record.getMessage() for record in caplog.records if "invalid UTF-8" in record.getMessage()]
+    assert lines == [
+        f"127.0.0.2:{port} in 'QGIS': closed (1007): invalid UTF-8 in a text message at byte {bad}"
+    ]
     assert not [record for record in caplog.records if record.exc_info]
 
 

@@ -30,6 +30,7 @@ from gischat.observability.logs import (
 )
 from gischat.protocol import dialects, parsing
 from gischat.protocol.dialects import AnyClientMessage, Dialect, Post, is_message_id
+from gischat.protocol.frames import RAW_TEXT_KEY
 from gischat.protocol.messages import (
     GeojsonMessage,
     ImageMessage,
@@ -41,16 +42,19 @@ from gischat.protocol.messages import (
 from gischat.protocol.refusals import (
     ABUSE_REASON,
     BINARY_REASON,
+    CLOSE_INVALID_DATA,
     CLOSE_POLICY_VIOLATION,
     INTERNAL_ERROR_REASON,
     ORIGIN_REASON,
     REPLY_REASON,
+    InvalidText,
     Uncompliant,
 )
 from gischat.rooms.bans import Banned
 from gischat.rooms.connection import Connection, client_address
 from gischat.rooms.history import worth_keeping
 from gischat.rooms.hub import Hub, Reserved
+from gischat.work.handoff import HANDOFF_MIN
 from gischat.work.pool import OFFLOAD_THRESHOLD, Prepared, Processor
 
 logger = logging.getLogger("gischat.chat")
@@ -165,6 +169,9 @@ class ChatService:
         try:
             await websocket.accept()
             conn = self.hub.join(websocket, room, dialect)
+            if conn.sink is not None:
+                # Messages big enough for a file reach us undecoded (see `protocol.utf8`).
+                conn.sink.receive_raw_text(HANDOFF_MIN)
             try:
                 await self._receive_loop(conn)
             finally:
@@ -188,12 +195,16 @@ class ChatService:
             conn.messages_sent += 1  # what a moderator sees: every frame, refused ones too
             if conn.closing:
                 continue  # dropped (too slow, abusive): its words no longer count
-            text = event.get("text")
+            text: str | bytes | None = event.get("text")
+            if text is None:
+                text = event.get(RAW_TEXT_KEY)  # a large text message, undecoded
             try:
                 self._admit(conn, len(text) if text is not None else len(event.get("bytes") or b""))
                 if text is None:
                     raise Uncompliant(BINARY_REASON)
                 await self.handle(conn, await self._read(conn, text))
+            except InvalidText as exc:
+                self._invalid_text(conn, exc.reason)
             except parsing.Ignored:
                 pass  # QField's own `exiter`: the server announces departures itself
             except SlowDown as exc:
@@ -254,15 +265,24 @@ class ChatService:
             )
             conn.drop(CLOSE_POLICY_VIOLATION, ABUSE_REASON, "abuse")
 
+    def _invalid_text(self, conn: Connection, reason: str) -> None:
+        """Not UTF-8: the connection is failed (RFC 6455), as the transport does for small ones."""
+        self.refusal_log.refused(
+            conn.peer, conn.room, reason, conn.refusals + 1, f"closed ({CLOSE_INVALID_DATA})"
+        )
+        conn.drop(CLOSE_INVALID_DATA, reason, "invalid_text")
+
     def _refuse(self, conn: Connection, reason: str) -> None:
         conn.refusals += 1
         self.metrics.refused(reason)
         self.refusal_log.refused(conn.peer, conn.room, reason, conn.refusals)
         conn.refuse(reason)
 
-    async def _read(self, conn: Connection, text: str) -> AnyClientMessage | Prepared:
-        """Parse a frame; large frames and heavy types are parsed and prepared off the loop."""
-        if len(text) > OFFLOAD_THRESHOLD:
+    async def _read(self, conn: Connection, text: str | bytes) -> AnyClientMessage | Prepared:
+        """Parse a frame; large frames and heavy types are parsed and prepared off the loop.
+
+        Undecoded ones (bytes) are all large: they go to a worker, their UTF-8 checked on the way."""
+        if isinstance(text, bytes) or len(text) > OFFLOAD_THRESHOLD:
             kind = parsing.sniff_type(text)
             self._charge(conn, kind)
             with self.metrics.processing.labels("image" if kind == "image" else "geojson").time():

@@ -79,11 +79,11 @@ class RefusalLog:
         self._bucket = TokenBucket(rate, max(rate * 3, 1.0), time.monotonic())
         self._held: Counter[str] = Counter()
 
-    def refused(self, peer: str, room: str, reason: str, seen: int) -> None:
-        """Log (or count) the `seen`-th refusal of one connection."""
+    def refused(self, peer: str, room: str, reason: str, seen: int, outcome: str = "uncompliant") -> None:
+        """Log (or count) the `seen`-th refusal of one connection (`outcome`: what it got)."""
         if seen <= LINES_PER_CONNECTION and self._bucket.take(time.monotonic()):
             self.logger.info(
-                "%s in %r: uncompliant: %s", peer, room, reason, extra=context(peer, room, reason)
+                "%s in %r: %s: %s", peer, room, outcome, reason, extra=context(peer, room, reason)
             )
         else:
             self._held[reason.split(":", 1)[0]] += 1

@@ -71,7 +71,7 @@ class Metrics:
         self.dropped = Counter(
             "gischat_connections_dropped",
             "Websockets closed by the server, by cause (slow: could not keep up; abuse: flooding; "
-            "moderator: kicked or banned)",
+            "moderator: kicked or banned; invalid_text: a large text message that was not UTF-8)",
             ["cause"],
             registry=registry,
         )

@@ -6,6 +6,10 @@ transport that knows how (gischat's own websocket protocol, `gischat.server.webs
 the app a `FrameSink` in the ASGI scope's `extensions` under `SINK_EXTENSION`: the app writes the
 ready bytes straight to the socket, with no task, no ASGI event and no framing per recipient.
 Under any other ASGI server there is no sink and the app sends `Outgoing.event` the usual way.
+
+The sink also lets the app take large text messages undecoded (`FrameSink.receive_raw_text`):
+they arrive as `{"type": "websocket.receive", "text": None, RAW_TEXT_KEY: <UTF-8 bytes>}`,
+their UTF-8 unchecked, for the app to check as it writes them out (`protocol.utf8`).
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from typing import Any, Protocol
 
 # The ASGI scope extension under which gischat's websocket protocol offers its FrameSink.
 SINK_EXTENSION = "gischat.frames"
+# The key of a `websocket.receive` event holding a large text message's bytes, once asked for.
+RAW_TEXT_KEY = "gischat.utf8"
 
 # First header byte of a final text frame: FIN and opcode 0x1.
 _FIN_TEXT = 0x81
@@ -75,4 +81,10 @@ class FrameSink(Protocol):
         """Write `item` once the peer has read enough of what came before.
 
         Raises ConnectionError when the socket is closed or closing: nothing more goes out."""
+        ...
+
+    def receive_raw_text(self, minimum: int) -> None:
+        """From now on, text messages of at least `minimum` bytes reach the app undecoded,
+        under `RAW_TEXT_KEY`: checking their UTF-8 (RFC 6455 fails the connection with 1007
+        when they are not) is then the app's job."""
         ...

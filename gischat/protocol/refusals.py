@@ -16,6 +16,15 @@ from pydantic import ValidationError
 MAX_REASON_LENGTH = 200
 
 
+class InvalidText(ValueError):
+    """A text message that is not UTF-8: RFC 6455 has the connection failed (1007), not the
+    message refused. Raised where a large message's bytes are checked (`protocol.utf8`)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 class Uncompliant(ValueError):
     """A message broke a rule; `reason` goes back verbatim to the sender only.
 
@@ -48,6 +57,7 @@ SPLIT_REASON = (
     "register another nickname"
 )
 # Websocket close codes the server ends a connection with (RFC 6455, section 7.4.1).
+CLOSE_INVALID_DATA = 1007  # a text message that is not UTF-8
 CLOSE_POLICY_VIOLATION = 1008  # a client broke a rule (flood, too slow, abusive)
 CLOSE_TRY_AGAIN_LATER = 1013  # the server is short of a shared resource
 

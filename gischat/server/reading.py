@@ -24,7 +24,8 @@ from websockets.frames import Frame, Opcode
 from websockets.server import ServerProtocol
 
 from gischat.limits import TokenBucket
-from gischat.protocol.refusals import CLOSE_POLICY_VIOLATION
+from gischat.protocol.frames import RAW_TEXT_KEY
+from gischat.protocol.refusals import CLOSE_INVALID_DATA, CLOSE_POLICY_VIOLATION
 from gischat.server.budget import Share
 from gischat.server.guard import (
     BULK_READ,
@@ -41,7 +42,6 @@ RESERVE_MIN = 64 * 1024
 # Messages parsed from one read at most: a read of 256 KiB can hold thousands of small frames,
 # and the rest waits (unparsed, reading paused) until the app has read these.
 MAX_MESSAGES_PER_FEED = 64
-CLOSE_INVALID_DATA = 1007
 CLOSE_TOO_BIG = 1009
 CLOSE_INTERNAL_ERROR = 1011
 
@@ -72,7 +72,8 @@ class WebSocketReading(asyncio.Protocol):
     __slots__ = (
         "closing_budget", "config", "conn", "deflate", "frames", "guard", "held", "inbox", "loop",
         "meter", "msg", "msg_held", "pace", "paused", "pending", "phase", "ping_full_at",
-        "ping_payload", "share", "stash", "text", "timers", "transport", "waiter", "working",
+        "ping_payload", "raw_from", "share", "stash", "text", "timers", "transport", "waiter",
+        "working",
     )  # fmt: skip
 
     def __init__(self, config: Config, conn: ServerProtocol, loop: asyncio.AbstractEventLoop) -> None:
@@ -98,6 +99,8 @@ class WebSocketReading(asyncio.Protocol):
         self.ping_payload = b""  # of our keepalive ping awaiting its pong
         self.frames: list[bytes] = []
         self.text = False
+        # Text messages of at least this many bytes go to the app undecoded (0: none do).
+        self.raw_from = 0
         self.inbox: list[tuple[dict[str, Any], int]] = []
         self.waiter: asyncio.Future[tuple[dict[str, Any], int]] | None = None
         self.timers: dict[str, asyncio.TimerHandle] = {}
@@ -245,6 +248,10 @@ class WebSocketReading(asyncio.Protocol):
             return
         if not self.text:
             self._put({"type": "websocket.receive", "bytes": data}, held)
+            return
+        if self.raw_from and len(data) >= self.raw_from:
+            # The app asked for it (`receive_raw_text`) and checks the UTF-8 as it goes.
+            self._put({"type": "websocket.receive", "text": None, RAW_TEXT_KEY: data}, held)
             return
         try:
             text = data.decode()

@@ -217,6 +217,9 @@ class GuardedWebSocketProtocol(WebSocketOpening):
         else:
             self.transport.write(item.wire)
 
+    def receive_raw_text(self, minimum: int) -> None:
+        self.raw_from = minimum
+
     def flush_out(self) -> None:
         """Write the frames collected this loop turn (`server.batch`), in one call."""
         out, self.out = self.out, None

@@ -22,9 +22,11 @@ import asyncio
 import contextlib
 import itertools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from gischat.protocol.utf8 import Utf8Check
 
 # Files are created O_EXCL with mode 0600 in a sticky directory: nobody else can swap them.
 SHARED_DIR = Path("/dev/shm")  # noqa: S108
@@ -54,14 +56,15 @@ class Parcel:
             os.unlink(self.path)
 
 
-async def pack(text: str, inspect: Callable[[bytes], None] | None = None) -> Parcel | None:
+async def pack(text: str | bytes, inspect: Callable[[bytes], None] | None = None) -> Parcel | None:
     """Write `text` to a new file of `SHARED_DIR`; None when that cannot be done (use the pipe).
 
     On the loop, a piece at a time with a turn for everyone else between pieces: each costs
     about a millisecond (one encode of 12 MB would hold the loop for 12 ms, and threads doing it
     would fight the loop for the interpreter). `inspect` sees each piece's bytes before they are
     written; whatever it raises stops the writing, removes the file and reaches the caller, so a
-    frame it refuses is refused before the rest of it is written.
+    frame it refuses is refused before the rest of it is written. A text message given as its
+    bytes (the transport left it undecoded) has its UTF-8 checked the same way (`InvalidText`).
     """
     path = str(SHARED_DIR / f"{PREFIX}{os.getpid()}-{next(_serial)}")
     try:
@@ -71,8 +74,7 @@ async def pack(text: str, inspect: Callable[[bytes], None] | None = None) -> Par
     size = 0
     try:
         # A full tmpfs fails the write (ENOSPC): nothing is mapped, so there is no SIGBUS to fear.
-        for start in range(0, len(text), PIECE):
-            piece = text[start : start + PIECE].encode()
+        for piece in _pieces(text):
             if inspect is not None:
                 inspect(piece)
             size += len(piece)
@@ -89,6 +91,19 @@ async def pack(text: str, inspect: Callable[[bytes], None] | None = None) -> Par
         raise  # cancelled: the file is gone with it
     os.close(fd)
     return Parcel(path, size)
+
+
+def _pieces(text: str | bytes) -> Iterator[bytes]:
+    """`text`'s UTF-8 a piece at a time: encoded from a string, checked from bytes."""
+    if isinstance(text, str):
+        for start in range(0, len(text), PIECE):
+            yield text[start : start + PIECE].encode()
+        return
+    check = Utf8Check()
+    for start in range(0, len(text), PIECE):
+        piece = text[start : start + PIECE]
+        check.feed(piece, final=start + PIECE >= len(text))
+        yield piece
 
 
 def sweep() -> int:

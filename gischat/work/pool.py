@@ -34,6 +34,7 @@ from gischat.protocol import parsing, refusals
 from gischat.protocol.dialects import AnyClientMessage, Dialect
 from gischat.protocol.geojson import PositionCount
 from gischat.protocol.refusals import BUSY_REASON, CRASH_REASON
+from gischat.protocol.utf8 import decode_text
 from gischat.work import handoff
 from gischat.work.heap import trim_heap_soon
 from gischat.work.jobs import (
@@ -72,6 +73,14 @@ class PoolSettings:
     max_processing_bytes: int
     max_image_size: int
     max_image_pixels: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Packed:
+    """A frame in its file, and the worker entry point that reads it."""
+
+    parcel: handoff.Parcel
+    job: Callable[..., Outcome]
 
 
 class Processor:
@@ -117,36 +126,53 @@ class Processor:
         if pool is not None:
             await asyncio.to_thread(shut_down, pool)
 
-    async def process_frame(self, text: str, dialect: Dialect = Dialect.ROOM) -> AnyClientMessage | Prepared:
+    async def process_frame(
+        self, text: str | bytes, dialect: Dialect = Dialect.ROOM
+    ) -> AnyClientMessage | Prepared:
         """A frame too large to parse on the loop: parse + validate (+ resize/serialise for
-        image/geojson) in a worker.
+        image/geojson) in a worker. `text` may be a text message's undecoded UTF-8 (see
+        `frames.RAW_TEXT_KEY`): it is checked on its way to the worker.
 
         Returns Prepared for image/geojson, the validated model for other (small) types.
-        Raises refusals.Uncompliant.
+        Raises refusals.Uncompliant, or refusals.InvalidText for bytes that are not UTF-8.
         """
         size = len(text)
         self._reserve(size)  # before the file is written: a busy server refuses at once
-        parcel: handoff.Parcel | None = None
-        count: PositionCount | None = None
-        if size >= handoff.HANDOFF_MIN:
-            if parsing.sniff_type(text) == "geojson":
-                # Counted as the file is written: a layer far over the vertex budget is refused
-                # on the loop once the budget is passed, with no worker and no rest of the file.
-                count = PositionCount(self.rules.limits.max_geojson_vertices)
-            try:
-                parcel = await handoff.pack(text, None if count is None else count.inspect)
-            except BaseException:
-                self._release(size)
-                raise
+        try:
+            parcel = await self._pack(text) if size >= handoff.HANDOFF_MIN else None
+            if parcel is None and isinstance(text, bytes):
+                text = decode_text(text)  # no file: through the pipe, as text
+        except BaseException:
+            self._release(size)
+            raise
         if parcel is None:
             outcome = await self._run(size, run_frame, text, self.rules, dialect, reserved=True)
         else:
-            job = partial(run_parcel, counted=count is not None)
             outcome = await self._run(
-                size, job, parcel, self.rules, dialect, cleanup=parcel.discard, reserved=True
+                size,
+                parcel.job,
+                parcel.parcel,
+                self.rules,
+                dialect,
+                cleanup=parcel.parcel.discard,
+                reserved=True,
             )
         assert not isinstance(outcome, Refused)
         return outcome
+
+    async def _pack(self, text: str | bytes) -> _Packed | None:
+        """A large frame written to a file for the worker (`work.handoff`); None: use the pipe.
+
+        A layer's positions are counted as it is written: one far over the vertex budget is
+        refused on the loop once the budget is passed, with no worker and no rest of the file.
+        """
+        count = None
+        if parsing.sniff_type(text) == "geojson":
+            count = PositionCount(self.rules.limits.max_geojson_vertices)
+        parcel = await handoff.pack(text, None if count is None else count.inspect)
+        if parcel is None:
+            return None
+        return _Packed(parcel, partial(run_parcel, counted=count is not None))
 
     async def process_message(self, message: models.ImageMessage | models.GeojsonMessage) -> Prepared:
         """A small frame already parsed on the loop whose type needs heavy work.
