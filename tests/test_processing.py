@@ -12,6 +12,8 @@ import contextlib
 import io
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -280,6 +282,41 @@ async def test_heap_is_trimmed_once_large_buffers_stop_coming(monkeypatch: pytes
     await wait_until(lambda: heap._heap_trimmer.trims == before + 1)
     await asyncio.sleep(0.1)
     assert heap._heap_trimmer.trims == before + 1
+
+
+HEAP_PROBE = """
+import os
+from gischat.work.heap import keep_heap_warm, release_memory
+
+def rss():
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+warm = os.environ["WARM"] == "1"
+assert keep_heap_warm() if warm else True
+frames = [b"x" * 16 * 2**20 for _ in range(3)]  # written through: every page is in RSS
+held = rss()
+del frames
+freed = rss()
+release_memory()
+print(held - freed, held - rss())
+"""
+
+
+@pytest.mark.parametrize("warm", [True, False])
+def test_the_server_heap_keeps_large_buffers_pages_until_the_trim(warm: bool) -> None:
+    """With `keep_heap_warm` (the server process), 48 MB of freed frames stay mapped for the next
+    ones and the trim after a burst hands them back; glibc's defaults hand them back at once."""
+    probe = subprocess.run(
+        [sys.executable, "-c", HEAP_PROBE], env={**os.environ, "WARM": "1" if warm else "0"},
+        capture_output=True, text=True, check=True, timeout=60,
+    )  # fmt: skip
+    given_back_by_free, given_back_by_trim = (int(n) for n in probe.stdout.split())
+    if warm:
+        assert given_back_by_free < 8 * 2**20
+        assert given_back_by_trim > 40 * 2**20
+    else:
+        assert given_back_by_free > 40 * 2**20
 
 
 async def test_idle_workers_are_stopped_and_come_back(

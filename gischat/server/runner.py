@@ -33,6 +33,7 @@ from gischat.server.guard import (
 from gischat.server.http import GuardedHttpProtocol
 from gischat.server.websocket import GuardedWebSocketProtocol
 from gischat.settings import Settings, project
+from gischat.work.heap import keep_heap_warm
 
 # The loop shares the GIL with the threads that hand work to the worker processes (and pickle
 # what goes there); a 1 ms switch interval keeps other rooms' round trips short.
@@ -68,6 +69,7 @@ def prepare_process(settings: Settings) -> None:
     # socket's) waits a little longer to be freed.
     young, middle, _ = gc.get_threshold()
     gc.set_threshold(young, middle, FULL_COLLECTION_EVERY)
+    keep_heap_warm()
 
 
 # Used when LOG_CONFIG names no file: one line per event, timestamps first.

@@ -17,7 +17,12 @@ logger = logging.getLogger("gischat.processing")
 
 # next layers' buffers then stay in the heap after use.
 MMAP_THRESHOLD = 1024 * 1024
-_M_MMAP_THRESHOLD = -3  # mallopt parameter numbers, from glibc's malloc.h
+# In the server process: buffers below glibc's own ceiling for the threshold come from the heap,
+# and a free keeps up to this much at the heap's top instead of handing it back at once.
+SERVER_MMAP_THRESHOLD = 32 * 1024 * 1024
+SERVER_TRIM_THRESHOLD = 256 * 1024 * 1024
+_M_TRIM_THRESHOLD = -1  # mallopt parameter numbers, from glibc's malloc.h
+_M_MMAP_THRESHOLD = -3
 # (seconds): by then the frame, the result and the copies sent to sockets are freed.
 TRIM_DELAY = 1.0
 
@@ -54,18 +59,37 @@ def release_memory() -> bool:
 
 
 def tune_allocator() -> bool:
-    """Pin glibc's mmap threshold in this process; False where that is not possible.
+    """Pin glibc's mmap threshold in a worker; False where that is not possible.
 
     Blocks above the threshold are mapped on their own and unmapped the moment they are
     freed; left dynamic, glibc raises the threshold after each big free and keeps the next
-    big buffers in its heap. Workers use it. The main process does not: every 16 MB frame
-    would then fault in fresh pages while holding the GIL (20-70 ms of loop stall measured,
-    against 5 ms when the heap is reused), so it trims after bursts instead.
+    big buffers in its heap. A worker wants its memory back after each big job.
     """
     libc = _glibc()
     if libc is None or MMAP_THRESHOLD <= 0:
         return False
     return bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD))
+
+
+def keep_heap_warm() -> bool:
+    """In the server process: keep the pages of freed large buffers for the next ones; False
+    where that is not possible.
+
+    Each large frame the server reads is copied whole a few times (the parser's buffer, its
+    slice, the unmasked payload), and each copy is a fresh 16 MB buffer. Left to itself, glibc
+    hands the top of the heap back on every big free (its trim threshold follows the mmap
+    threshold, 2 x 16 MB), so the next frame's buffers fault their pages in again with the
+    interpreter lock held: about 1 ms per MB on a small virtual machine, and the longest steps
+    of the loop under a flood of large layers. With both thresholds set, buffers up to 32 MB
+    come from the heap and frees keep up to 256 MB there; the trim after a burst
+    (`trim_heap_soon`) still hands it all back a second after the last large read.
+    """
+    libc = _glibc()
+    if libc is None:
+        return False
+    # Setting either turns glibc's dynamic thresholds off: both are set, the mmap one first.
+    mapped = libc.mallopt(_M_MMAP_THRESHOLD, SERVER_MMAP_THRESHOLD)
+    return bool(mapped and libc.mallopt(_M_TRIM_THRESHOLD, SERVER_TRIM_THRESHOLD))
 
 
 class _HeapTrimmer:
