@@ -25,7 +25,8 @@ from websockets.server import ServerProtocol
 
 from gischat.limits import TokenBucket
 from gischat.protocol.frames import RAW_TEXT_KEY
-from gischat.protocol.refusals import CLOSE_INVALID_DATA, CLOSE_POLICY_VIOLATION
+from gischat.protocol.refusals import CLOSE_INVALID_DATA, CLOSE_POLICY_VIOLATION, InvalidText
+from gischat.protocol.utf8 import decode_text
 from gischat.server.budget import Share
 from gischat.server.guard import (
     BULK_READ,
@@ -254,10 +255,10 @@ class WebSocketReading(asyncio.Protocol):
             self._put({"type": "websocket.receive", "text": None, RAW_TEXT_KEY: data}, held)
             return
         try:
-            text = data.decode()
-        except UnicodeDecodeError as exc:
+            text = decode_text(data)
+        except InvalidText as exc:
             self._release(held)
-            self.fail(CLOSE_INVALID_DATA, f"invalid UTF-8 in a text message at byte {exc.start}")
+            self.fail(CLOSE_INVALID_DATA, exc.reason)
             return
         self._put({"type": "websocket.receive", "text": text}, held)
 
