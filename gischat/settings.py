@@ -34,7 +34,13 @@ PRIVATE_NETWORKS = (
 ADMIN_LABEL_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 MIN_ADMIN_SECRET_LENGTH = 32
 # Settings whose values never appear in an error line (a password or a secret may be in them).
-SECRET_SETTINGS = frozenset({"ADMIN_TOKENS"})
+SECRET_SETTINGS = frozenset({"ADMIN_TOKENS", "MATRIX_AS_TOKEN", "MATRIX_HS_TOKEN"})
+# The Matrix bridge: its shortest secrets, the characters of a localpart, and a server name.
+MIN_MATRIX_TOKEN_LENGTH = 32
+MATRIX_PREFIX_PATTERN = re.compile(r"[a-z0-9._=-]{1,32}")
+MATRIX_SERVER_NAME_PATTERN = re.compile(
+    r"[A-Za-z0-9.-]{1,255}(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]{2,45}\](:[0-9]{1,5})?"
+)
 DEFAULT_TILE_URL = "https://tile.openstreetmap.org/{z}/{x}/{y}.png"
 DEFAULT_TILE_ATTRIBUTION = (
     '&copy; <a href="https://www.openstreetmap.org/copyright">OpenStreetMap</a> contributors'
@@ -186,6 +192,19 @@ class Settings(BaseSettings):
     map_tile_url: str = DEFAULT_TILE_URL
     map_tile_attribution: str = DEFAULT_TILE_ATTRIBUTION
 
+    # The Matrix bridge (docs/matrix.md), an application service of the homeserver at
+    # MATRIX_HOMESERVER_URL; nothing set, no bridge. MATRIX_ROOMS: the bridged rooms (empty: all),
+    # MATRIX_ROOM_IDS: `Room=!id:server,...`, rooms bridged onto existing Matrix rooms instead of
+    # portals; MATRIX_QUEUE_SIZE: events per portal waiting for a slow or absent homeserver.
+    matrix_homeserver_url: str | None = None
+    matrix_server_name: str | None = None
+    matrix_as_token: SecretStr | None = None
+    matrix_hs_token: SecretStr | None = None
+    matrix_prefix: str = "gischat_"
+    matrix_rooms: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    matrix_room_ids: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
+    matrix_queue_size: int = Field(default=1000, ge=1, le=1_000_000)
+
     # Process.
     # Fan-out and presence shared by several processes: memory:// (one process) or
     # redis://[user:password@]host[:port][/db], rediss:// for TLS.
@@ -297,6 +316,74 @@ class Settings(BaseSettings):
                 raise ValueError(f"{network!r} is not a network like 10.0.0.0/8 or 192.0.2.7") from None
         return networks
 
+    @field_validator("matrix_rooms", mode="before")
+    @classmethod
+    def _split_matrix_rooms(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [name.strip() for name in value.split(",") if name.strip()]
+        return value
+
+    @field_validator("matrix_room_ids", mode="before")
+    @classmethod
+    def _split_matrix_room_ids(cls, value: Any) -> Any:
+        """`Room=!id:server,Room=!id:server`: gischat rooms bridged onto existing Matrix rooms."""
+        if not isinstance(value, str):
+            return value
+        pairs: dict[str, str] = {}
+        for number, entry in enumerate((item.strip() for item in value.split(",")), 1):
+            if not entry:
+                continue
+            name, _, room_id = entry.rpartition("=")
+            if not name.strip() or not re.fullmatch(r"![^\s:]+:\S+", room_id.strip()):
+                raise ValueError(f"entry {number} is not Room=!id:server")
+            pairs[name.strip()] = room_id.strip()
+        return pairs
+
+    @field_validator("matrix_homeserver_url")
+    @classmethod
+    def _check_homeserver_url(cls, url: str | None) -> str | None:
+        if url is None or not url.strip():
+            return None
+        url = url.strip().rstrip("/")
+        try:
+            parsed = urlsplit(url)
+            parsed.port  # noqa: B018 (raises on a port that is not a number)
+        except ValueError:
+            raise ValueError("not a valid http(s) URL") from None
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise ValueError("must be the homeserver's client API base URL: http(s)://host[:port]")
+        if parsed.username or parsed.password or parsed.query or parsed.fragment:
+            raise ValueError("must hold no credentials, query or fragment")
+        return url
+
+    @field_validator("matrix_server_name")
+    @classmethod
+    def _check_server_name(cls, name: str | None) -> str | None:
+        if name is None or not name.strip():
+            return None
+        if not MATRIX_SERVER_NAME_PATTERN.fullmatch(name.strip()):
+            raise ValueError("must be a Matrix server name such as example.org or matrix.example.org:8448")
+        return name.strip()
+
+    @field_validator("matrix_as_token", "matrix_hs_token")
+    @classmethod
+    def _check_matrix_token(cls, token: SecretStr | None) -> SecretStr | None:
+        if token is None or not token.get_secret_value():
+            return None
+        secret = token.get_secret_value()
+        if len(secret) < MIN_MATRIX_TOKEN_LENGTH or any(char.isspace() for char in secret):
+            raise ValueError(f"must be at least {MIN_MATRIX_TOKEN_LENGTH} characters, with no white space")
+        return token
+
+    @field_validator("matrix_prefix")
+    @classmethod
+    def _check_matrix_prefix(cls, prefix: str) -> str:
+        if not MATRIX_PREFIX_PATTERN.fullmatch(prefix):
+            raise ValueError(
+                "must be 1 to 32 of a-z, 0-9, '.', '_', '=', '-' (the start of a Matrix localpart)"
+            )
+        return prefix
+
     @field_validator("log_format", mode="before")
     @classmethod
     def _lower_log_format(cls, value: Any) -> Any:
@@ -361,12 +448,49 @@ class Settings(BaseSettings):
                 f"ANNOUNCER_NAME ({self.announcer_name!r}) is not a valid nickname: "
                 f"{self.min_author_length} to {self.max_author_length} letters, digits, '_' or '-'"
             )
+        self._check_matrix()
         if self.workers > 1 and self.broker_url.startswith("memory://"):
             raise ValueError(
                 "WORKERS above 1 needs a shared broker: with BROKER_URL=memory:// each worker "
                 "would hold its own copy of every room"
             )
         return self
+
+    @property
+    def matrix_enabled(self) -> bool:
+        """Whether the Matrix bridge runs: its homeserver is set (the rest then must be)."""
+        return self.matrix_homeserver_url is not None
+
+    def _check_matrix(self) -> None:
+        """All of the bridge's settings or none; the rooms it names must be this instance's."""
+        required = {
+            "MATRIX_HOMESERVER_URL": self.matrix_homeserver_url,
+            "MATRIX_SERVER_NAME": self.matrix_server_name,
+            "MATRIX_AS_TOKEN": self.matrix_as_token,
+            "MATRIX_HS_TOKEN": self.matrix_hs_token,
+        }
+        given = [name for name, value in required.items() if value is not None]
+        if given and len(given) < len(required):
+            missing = next(name for name, value in required.items() if value is None)
+            raise ValueError(f"{missing} is required by the Matrix bridge ({given[0]} is set)")
+        if (
+            self.matrix_as_token is not None
+            and self.matrix_hs_token is not None
+            and self.matrix_as_token.get_secret_value() == self.matrix_hs_token.get_secret_value()
+        ):
+            raise ValueError("MATRIX_AS_TOKEN and MATRIX_HS_TOKEN must differ")
+        known = {name.casefold(): name for name in self.rooms}
+        for variable, names in (
+            ("MATRIX_ROOMS", self.matrix_rooms),
+            ("MATRIX_ROOM_IDS", self.matrix_room_ids),
+        ):
+            for name in names:
+                if name.casefold() not in known:
+                    raise ValueError(f"{variable} names {name!r}, which is not one of ROOMS")
+        self.matrix_rooms = [known[name.casefold()] for name in self.matrix_rooms]
+        self.matrix_room_ids = {
+            known[name.casefold()]: room_id for name, room_id in self.matrix_room_ids.items()
+        }
 
 
 ConfigT = TypeVar("ConfigT")

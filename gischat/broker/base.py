@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
+from gischat.broker.ledger import Ledger
 from gischat.protocol.dialects import Post
 
 
@@ -103,6 +104,10 @@ class Node(Protocol):
 
 class Broker(Protocol):
     """Where a room's messages go to reach every node that serves the room."""
+
+    @property
+    def ledger(self) -> Ledger:
+        """What must happen once across the nodes (see `gischat.broker.ledger`)."""
 
     async def start(self, node: Node) -> None:
         """Begin handing published envelopes to `node.deliver(room, envelope)`."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from gischat.broker.base import Envelope, Node, Order
+from gischat.broker.ledger import MemoryLedger
 from gischat.protocol.dialects import Post
 
 
@@ -15,6 +16,7 @@ class MemoryBroker:
 
     def __init__(self) -> None:
         self._node: Node | None = None
+        self.ledger = MemoryLedger()
 
     async def start(self, node: Node) -> None:
         self._node = node

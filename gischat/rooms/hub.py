@@ -55,6 +55,8 @@ class RoomSettings:
     log_rate: float = 10.0
     # ANNOUNCER_NAME while moderation is on (ADMIN_TOKENS): no client may register or use it.
     announcer_name: str | None = None
+    # The end of the Matrix bridge's nicknames while it runs: no client may register or use one.
+    reserved_suffix: str | None = None
 
 
 class Hub:
@@ -80,9 +82,14 @@ class Hub:
         }
         # Called when a socket loses its nickname without leaving (see `revoke`).
         self.on_nickname_lost: Callable[[Connection], None] | None = None
+        # Told of what this node's people put into a room (said, liked, arrived, left), as posted:
+        # the Matrix bridge relays it from the node that heard it, so once across the nodes.
+        self.outlets: list[Callable[[str, Post, str | None], None]] = []
         self.bans = BanList()
         announcer = settings.announcer_name
         self.reserved = nickname_key(announcer) if announcer is not None else None
+        suffix = settings.reserved_suffix
+        self.reserved_suffix = nickname_key(suffix) if suffix else None
         # A shared broker names its node (RedisBroker.node); one process is simply "local".
         node = getattr(broker, "node", None)
         self.node_name = node if isinstance(node, str) else LOCAL_NODE
@@ -217,14 +224,29 @@ class Hub:
 
     def check_nickname(self, room: str, nickname: str, field: str) -> None:
         """Refuse the announcer's nickname and banned ones (as `field`: newcomer, author...)."""
-        if self.reserved is not None and nickname_key(nickname) == self.reserved:
+        key = nickname_key(nickname)
+        if self.reserved is not None and key == self.reserved:
             raise Reserved(f"{field}: '{nickname}' is reserved for the moderators' announcements")
+        if self.reserved_suffix is not None and key.endswith(self.reserved_suffix):
+            raise Reserved(
+                f"{field}: nicknames ending in '{self.settings.reserved_suffix}' are Matrix users'"
+            )
         ban = self.bans.for_nickname(room, nickname)
         if ban is not None:
             raise Banned(field, ban)
 
     def publish(self, room: str, post: Post, to: str | None = None, keep: bool = False) -> None:
         self.broker.publish(room, Envelope(post, to, keep))
+        self._tell(room, post, to)
+
+    def _tell(self, room: str, post: Post, to: str | None = None) -> None:
+        for outlet in self.outlets:
+            outlet(room, post, to)
+
+    def _release(self, room: str, key: str, nickname: str) -> None:
+        exiter = dialects.exiter(nickname)
+        self.broker.release(room, key, nickname, exiter)
+        self._tell(room, exiter)
 
     def count(self, room: str) -> int:
         """Open sockets of a room, all nodes together."""
@@ -287,7 +309,7 @@ class Hub:
             key = nickname_key(nickname)
             if room.nicknames.get(key) is conn:
                 del room.nicknames[key]
-                self.broker.release(room.name, key, nickname, dialects.exiter(nickname))
+                self._release(room.name, key, nickname)
         if self.churn.allows("leaves"):
             logger.info("%s left %r (%d connected)", conn.peer, room.name, len(room.connections))
 
@@ -311,11 +333,12 @@ class Hub:
             room.pending.pop(key, None)
         if not won:
             raise Uncompliant(f"newcomer: '{nickname}' is already taken in this room")
+        self._tell(room.name, payload)
         if conn.nickname == nickname:
             return  # settled already by the broker's event (`claim_settled`)
         if conn not in room.connections:
             # It went while the claim was on its way: give the nickname back at once.
-            self.broker.release(room.name, key, nickname, dialects.exiter(nickname))
+            self._release(room.name, key, nickname)
             return
         conn.nickname = nickname
         room.nicknames[key] = conn

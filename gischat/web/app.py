@@ -23,6 +23,9 @@ from starlette.websockets import WebSocket
 from gischat.broker import BrokerSettings, create_broker
 from gischat.chat.service import ChatService, ChatSettings
 from gischat.limits import RateSettings
+from gischat.matrix.bridge import Bridge
+from gischat.matrix.config import MatrixSettings
+from gischat.matrix.names import MATRIX_SUFFIX
 from gischat.moderation.service import ModerationService
 from gischat.moderation.tokens import ModerationSettings
 from gischat.networks import Networks
@@ -37,6 +40,7 @@ from gischat.upstream import ignored_upstream_settings
 from gischat.web import about as page
 from gischat.web import client as webclient
 from gischat.web.conversations import add_conversation_routes
+from gischat.web.matrix import build_appservice_router
 from gischat.web.moderation import build_moderation_router
 from gischat.web.schemas import RoomStatus, RulesResponse, StatusResponse, VersionResponse
 from gischat.work.pool import PoolSettings, Processor
@@ -89,7 +93,9 @@ def assemble(settings: Settings) -> ChatService:
     broker = create_broker(project(BrokerSettings, settings))
     # The announcer's nickname is reserved only where there are moderators to announce.
     announcer = settings.announcer_name if settings.admin_tokens else None
-    hub = Hub(project(RoomSettings, settings, announcer_name=announcer), broker)
+    # Nicknames of the Matrix namespace are the bridge's alone while it runs.
+    suffix = MATRIX_SUFFIX if settings.matrix_enabled else None
+    hub = Hub(project(RoomSettings, settings, announcer_name=announcer, reserved_suffix=suffix), broker)
     processor = Processor(project(PoolSettings, settings), limits)
     return ChatService(
         project(ChatSettings, settings), hub, limits, project(RateSettings, settings), processor
@@ -105,10 +111,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """Build an app for these settings (read from the environment when not given)."""
     settings = settings if settings is not None else load_settings()
     chat = assemble(settings)
+    bridge = None
+    if settings.matrix_enabled:  # nothing set: no bridge, no /_matrix routes
+        bridge = Bridge(project(MatrixSettings, settings), chat, project(Limits, settings))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         await chat.start()
+        if bridge is not None:
+            await bridge.start()
         if not getattr(app.state, "transport_guarded", False):
             # Plain `uvicorn gischat.app:app`: the app works, but nothing below it caps connections,
             # times out request heads and unfinished frames, or limits pings.
@@ -120,6 +131,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield {}
         finally:
+            if bridge is not None:
+                await bridge.stop()
             await chat.stop()
 
     app = ChatApp(
@@ -135,8 +148,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.chat = chat
-    router, app.chat_sockets = build_router(settings, chat)
+    app.state.bridge = bridge
+    router, app.chat_sockets = build_router(settings, chat, bridge)
     app.include_router(router)
+    if bridge is not None:
+        app.include_router(build_appservice_router(bridge))
     if settings.admin_tokens:  # no tokens: /admin/... answers 404 like any unknown route
         moderation = ModerationService(chat, project(ModerationSettings, settings))
         app.state.moderation = moderation
@@ -145,7 +161,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-def build_router(settings: Settings, chat: ChatService) -> tuple[APIRouter, tuple[WebSocketRoute, ...]]:
+def build_router(
+    settings: Settings, chat: ChatService, bridge: Bridge | None = None
+) -> tuple[APIRouter, tuple[WebSocketRoute, ...]]:
     """The REST routes and the chat's websocket routes (also returned apart, for `ChatApp`)."""
     router = APIRouter()
     current_version = package_version()
@@ -197,7 +215,8 @@ def build_router(settings: Settings, chat: ChatService) -> tuple[APIRouter, tupl
         the same conversations for 3.x clients.
 
         With a shared broker, `broker` tells its state; `healthy` is false while this node is
-        cut off from it (it then serves its own sockets only)."""
+        cut off from it (it then serves its own sockets only). With the Matrix bridge, `matrix`
+        tells whether the homeserver answers, the events waiting for it and the oldest one's wait."""
         broker = chat.hub.broker
         healthy = broker.healthy
         counts = room_counts()
@@ -207,6 +226,7 @@ def build_router(settings: Settings, chat: ChatService) -> tuple[APIRouter, tupl
             rooms=counts,
             channels=counts,
             broker=broker.status(),
+            matrix=bridge.status() if bridge is not None else None,
         )
 
     asyncapi = document_json(document_settings(settings), current_version)  # built once per app

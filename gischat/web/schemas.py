@@ -65,6 +65,8 @@ class StatusResponse(BaseModel):
     channels: list[RoomStatus]
     # Only with a shared broker (BROKER_URL=redis://...): its state as this node sees it.
     broker: dict[str, Any] | None = None
+    # Only with the Matrix bridge: the homeserver's state (up, down), portals, queued events, lag.
+    matrix: dict[str, Any] | None = None
 
 
 class VersionResponse(BaseModel):

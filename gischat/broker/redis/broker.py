@@ -17,6 +17,7 @@ import orjson
 from redis.asyncio import Redis
 
 from gischat.broker.base import BrokerSettings, Envelope, Node, Order
+from gischat.broker.redis.ledger import RedisLedger
 from gischat.broker.redis.mirror import Mirror
 from gischat.broker.redis.orders import NodeOrders
 from gischat.broker.redis.outbox import Command, Outbox
@@ -38,6 +39,7 @@ class RedisBroker:
         self._mirror = Mirror(self.node, list(settings.rooms))
         self._orders = NodeOrders(self)  # moderators' orders, bans kept, sockets gathered
         self._session = Session(settings, self.node, self.keys, self._outbox, self._mirror, self._orders)
+        self.ledger = RedisLedger(self.prefix, self._ledger_client)
 
     # What the engine's other parts (`orders.NodeOrders`) see of the node.
 
@@ -63,6 +65,12 @@ class RedisBroker:
 
     async def settled_client(self) -> Redis | None:
         """The connection once the first attempt to connect is over (None: Redis is away)."""
+        return await self._session.settled_client()
+
+    async def _ledger_client(self) -> Redis | None:
+        """The connection for the ledger while this node is online (None: answer from memory)."""
+        if not self._session.online:
+            return None
         return await self._session.settled_client()
 
     # --- the Broker interface ---------------------------------------------------------------
