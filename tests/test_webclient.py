@@ -109,6 +109,7 @@ async def test_client_config(server_factory: ServerFactory) -> None:
         "max_frame_size": 16 * 1024 * 1024,
         "reply_threads": False,
         "moderation": False,
+        "matrix_suffix": None,
     }
     async with client_for(custom) as http:
         config = (await http.get("/client-config")).json()
@@ -118,6 +119,7 @@ async def test_client_config(server_factory: ServerFactory) -> None:
         "max_frame_size": 65536,
         "reply_threads": True,
         "moderation": False,
+        "matrix_suffix": None,
     }
 
 

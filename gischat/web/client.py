@@ -18,6 +18,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
+from gischat.matrix.names import MATRIX_SUFFIX
 from gischat.settings import Settings
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -80,6 +81,8 @@ def client_config(settings: Settings, moderation: bool = False) -> dict[str, Any
         "max_frame_size": settings.max_frame_size,
         "reply_threads": settings.reply_threads,
         "moderation": moderation,
+        # The Matrix bridge's nicknames end with this (none without the bridge): the page marks them.
+        "matrix_suffix": MATRIX_SUFFIX if settings.matrix_enabled else None,
     }
 
 

@@ -545,6 +545,7 @@ async function boot() {
     return;
   }
   showRules(state.rules);
+  log.options.matrixSuffix = state.config.matrix_suffix || null;
   if (state.config.moderation) moderation.enable();
   await refreshRooms();
   $("#join-button").disabled = false;

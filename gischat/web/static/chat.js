@@ -111,7 +111,13 @@ export class ChatLog {
     avatar.setAttribute("aria-hidden", "true");
     const name = el("span", { className: "author" }, author);
     name.style.color = colorFor(author);
-    const meta = el("div", { className: "meta" }, name, timeElement(serverDate(message.timestamp)));
+    const meta = el("div", { className: "meta" }, name);
+    // A Matrix user, relayed by the instance's bridge: only the bridge may use its suffix.
+    const suffix = this.options.matrixSuffix;
+    if (suffix && author.toLowerCase().endsWith(suffix)) {
+      meta.append(el("span", { className: "badge matrix", title: "writes from Matrix, through this instance's bridge" }, "Matrix"));
+    }
+    meta.append(timeElement(serverDate(message.timestamp)));
     const item = el("li", { className: mine ? "msg mine" : "msg" }, avatar, meta);
     if (typeof message.in_reply_to_id === "string") {
       item.append(this.replyQuote(message.in_reply_to_id));
