@@ -223,6 +223,10 @@ class Settings(BaseSettings):
     node_timeout: float = Field(default=5.0, ge=0.2, le=60)
     # Longest wait between two attempts to reach Redis.
     redis_reconnect_max_delay: float = Field(default=5.0, gt=0, le=300)
+    # While Redis is away, what a node keeps of its users' messages to publish when it is back:
+    # at most this many, none older than this (0: keep nothing).
+    outage_buffer_messages: int = Field(default=1000, ge=0, le=100_000)
+    outage_buffer_seconds: float = Field(default=60.0, ge=0, le=3600)
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     workers: int = Field(
@@ -232,6 +236,9 @@ class Settings(BaseSettings):
     log_config: str | None = None
     # The built-in logging: readable lines ("text") or one JSON object per line ("json").
     log_format: Literal["text", "json"] = "text"
+    # SIGTERM: longest wait for sockets and requests to finish before the app shuts down anyway
+    # (a container's stop grace period must be longer).
+    shutdown_timeout: float = Field(default=10.0, gt=0, le=300)
 
     @field_validator("rooms", mode="before")
     @classmethod

@@ -137,6 +137,8 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         "forwarded_allow_ips": settings.forwarded_allow_ips,
         "log_config": log_config(settings),
         "server_header": False,
+        # SIGTERM: sockets are closed with 1012 at once; what is left after this is cancelled.
+        "timeout_graceful_shutdown": settings.shutdown_timeout,
     }
 
 
