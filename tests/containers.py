@@ -35,7 +35,7 @@ def run(command: Sequence[str], *, timeout: float = 300, check: bool = True, **k
     result = subprocess.run(
         list(command), capture_output=True, text=True, timeout=timeout, check=False, **kwargs
     )
-    output = result.stdout + result.stderr
+    output = str(result.stdout) + str(result.stderr)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(command)} exited with {result.returncode}:\n{output[-4000:]}")
     return output
@@ -113,7 +113,8 @@ class Engine:
 
     def inspect(self, container: str) -> dict[str, Any]:
         data = json.loads(self("inspect", container))
-        assert isinstance(data, list) and data
+        assert isinstance(data, list)
+        assert data
         result = data[0]
         assert isinstance(result, dict)
         return result

@@ -1,7 +1,8 @@
-"""The Docker image's start and health-check commands, run outside Docker.
+"""The Docker image's start and health-check commands, run outside any container.
 
-No Docker engine runs in CI, so this reads the Dockerfile's ENV, CMD and HEALTHCHECK and
-runs them as the container would (same command, same environment), on a free port.
+This reads the Dockerfile's ENV, CMD and HEALTHCHECK and runs them as the container would (same
+command, same environment), on a free port: quick, and with no engine at all. tests/test_image.py
+builds and runs the image itself in a real engine.
 """
 
 from __future__ import annotations

@@ -15,11 +15,11 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+from containers import Engine, http_status, require_engine, wait_until
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from conftest import TIMEOUT, Client, free_port, text
-from containers import Engine, http_status, require_engine, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -66,7 +66,9 @@ def container(engine: Engine, image: str) -> Iterator[tuple[str, int, float]]:
         engine("rm", "-f", "-t", "0", name, check=False)
 
 
-def test_image_runs_unprivileged_read_only_and_healthy(engine: Engine, container: tuple[str, int, float]) -> None:
+def test_image_runs_unprivileged_read_only_and_healthy(
+    engine: Engine, container: tuple[str, int, float]
+) -> None:
     name, _, ready = container
     assert ready < START_TIMEOUT
     assert engine("exec", name, "id", "-u").strip() == "10001"
