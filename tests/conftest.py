@@ -32,6 +32,9 @@ from gischat.web.app import create_app
 if TYPE_CHECKING:
     from redis_nodes import RedisServer
 
+# A real Synapse for the Matrix bridge's tests (tests/synapse_homeserver.py): its fixtures.
+pytest_plugins = ["synapse_homeserver"]
+
 TEST_ROOMS = ["QGIS", "Field and mobile", "Living room"]
 TIMEOUT = 5.0
 

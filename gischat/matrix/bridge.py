@@ -40,10 +40,10 @@ class Bridge:
         for room in settings.bridged:
             self.outbound.queue(room)
             self.inbound.queue(room)
-        chat.hub.outlets.append(self.outbound.outlet)
-        chat.metrics.watch(self._collect)
         self._opening: asyncio.Task[None] | None = None
         self._unreachable = False  # the portals could not be opened yet: the homeserver is away
+        chat.hub.outlets.append(self.outbound.outlet)
+        chat.metrics.watch(self._collect)
 
     @property
     def queues(self) -> list[WorkQueue[Any]]:
