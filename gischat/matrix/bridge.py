@@ -92,9 +92,9 @@ class Bridge:
     async def alias_queried(self, alias: str) -> bool:
         """The homeserver asks whether one of our aliases exists: a portal's is created now."""
         room = self.portals.room_of_alias(alias)
-        if room is None:
-            return False
-        await self.portals.room_id(room)
+        if room is None or room in self.settings.matrix_room_ids:
+            return False  # a room bridged onto an existing Matrix room has no portal alias
+        await self.portals.create(room)
         return True
 
     @property

@@ -80,9 +80,9 @@ def message_event(kind: str, body: str, style: str | None) -> MatrixMessage | No
     if kind == "crs":
         return _emote(f"shares a CRS: {crs_label(fields)}")
     if kind == "bbox":
+        corners = [_number(fields[key]) for key in ("xmin", "ymin", "xmax", "ymax")]
         return _emote(
-            f"shares an extent: {fields['xmin']}, {fields['ymin']} to {fields['xmax']}, {fields['ymax']} "
-            f"({crs_label(fields)})"
+            f"shares an extent: {corners[0]}, {corners[1]} to {corners[2]}, {corners[3]} ({crs_label(fields)})"
         )
     if kind == "position":
         return position_event(fields)
@@ -122,7 +122,14 @@ def position_event(fields: dict[str, Any]) -> MatrixMessage:
         return MatrixMessage(
             "m.room.message", {"msgtype": "m.location", "body": f"Position {uri}", "geo_uri": uri}
         )
-    return _emote(f"is at {x}, {y} ({crs_label(fields)})")
+    return _emote(f"is at {_number(x)}, {_number(y)} ({crs_label(fields)})")
+
+
+def _number(value: Any) -> str:
+    """A coordinate as people write it: `2` rather than `2.0`, every digit kept otherwise."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    return str(value)
 
 
 def image_event(image_data: str) -> MatrixMessage | None:

@@ -1,8 +1,15 @@
-"""Which Matrix room each bridged gischat room is, found once per process and remembered."""
+"""Which Matrix room each bridged gischat room is, found once per process and remembered.
+
+No lock is held while the homeserver is asked: looking an alias of our namespace up makes the
+homeserver ask gischat about it (the alias query) before it answers, and that query creates the
+portal. Two creations racing for one alias end with one room: the loser looks the alias up.
+"""
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
+
+from mautrix.errors import MRoomInUse
 
 from gischat.matrix.config import MatrixSettings
 from gischat.matrix.homeserver import Homeserver
@@ -16,20 +23,24 @@ class Portals:
         self.homeserver = homeserver
         self._ids: dict[str, str] = {}
         self._rooms: dict[str, str] = {}
-        self._lock = asyncio.Lock()
 
     async def room_id(self, room: str) -> str:
         """The Matrix room of `room`, created on first need (raises what the homeserver raises)."""
         known = self._ids.get(room)
-        if known is not None:
-            return known
-        async with self._lock:  # one creation at a time: two would race for the alias
-            known = self._ids.get(room)
-            if known is None:
-                known = await self.homeserver.portal(room)
-                self._ids[room] = known
-                self._rooms[known] = room
-            return known
+        if known is None:
+            known = await self.homeserver.portal(room)
+            self._found(room, known)
+        return known
+
+    async def create(self, room: str) -> None:
+        """The homeserver asked about a portal's alias: the portal is created now (or was just now)."""
+        # MRoomInUse: created meanwhile (another node, or our own lookup): the alias answers now.
+        with contextlib.suppress(MRoomInUse):
+            self._found(room, await self.homeserver.create_portal(room))
+
+    def _found(self, room: str, room_id: str) -> None:
+        self._ids[room] = room_id
+        self._rooms[room_id] = room
 
     def room_of(self, room_id: str) -> str | None:
         """The gischat room a Matrix room is the portal of (None: not one of ours)."""
