@@ -21,11 +21,11 @@ import orjson
 import pytest
 from PIL import Image
 from redis_nodes import Cluster, GischatNode, RedisServer
-from synapse_homeserver import HS_TOKEN, MatrixUser, MatrixUserFactory, SynapseServer
+from synapse_homeserver import HS_TOKEN, AppServiceRelay, MatrixUser, MatrixUserFactory, SynapseServer
 from test_dialects import CRS, layer, position
 from websockets.asyncio.client import connect
 
-from conftest import TIMEOUT, Client, text, wait_for
+from conftest import TIMEOUT, Client, ServerFactory, channel_client, text, wait_for
 from wire import wait_channel_type, wait_type
 
 pytestmark = pytest.mark.anyio
@@ -459,3 +459,61 @@ async def test_two_matrix_users_of_one_name_get_two_nicknames(
     async with httpx.AsyncClient() as http:
         answer = await http.put(f"{bridged.b.http_url}/room/QGIS/text", json=text("Twin-matrix", "impostor"))
         assert answer.status_code == 409
+
+
+async def test_the_chat_goes_on_while_the_homeserver_is_away(
+    synapse: SynapseServer, matrix_users: MatrixUserFactory, server_factory: ServerFactory
+) -> None:
+    """Homeserver unreachable: the room does not notice; what is said waits in a bounded queue
+    (what overflows is counted) and reaches Matrix in order when the homeserver answers again."""
+    door = AppServiceRelay().start()  # between gischat and the homeserver, to shut at will
+    door.target = int(synapse.url.rsplit(":", 1)[1])
+    try:
+        server = server_factory(
+            matrix_homeserver_url=door.url,
+            matrix_server_name=synapse.server_name,
+            matrix_as_token=synapse.as_token,
+            matrix_hs_token=synapse.hs_token,
+            matrix_rooms=["Living room"],
+            matrix_queue_size=4,
+        )
+        witness = await matrix_users("witness", "Witness")
+        room_id = await witness.join("#gischat_living-room:gischat.test")
+        async with httpx.AsyncClient(base_url=server.http_url) as http:
+
+            async def matrix_status() -> dict[str, Any]:
+                status = (await http.get("/status")).json()["matrix"]
+                assert isinstance(status, dict)
+                return status
+
+            await wait_for(lambda: _is(matrix_status(), homeserver="up"), MATRIX_TIMEOUT)
+            door.target = None
+            async with (
+                channel_client(server, "Living room") as speaker,
+                channel_client(server, "Living room") as listener,
+            ):
+                await speaker.register("offline")
+                for number in range(1, 6):
+                    await speaker.send(text("offline", f"while away {number}"))
+                    # The room hears it at once, whatever the homeserver.
+                    await wait_channel_type(listener, "text", text=f"while away {number}")
+                await wait_for(
+                    lambda: _is(matrix_status(), homeserver="down", queued=4, dropped=2), MATRIX_TIMEOUT
+                )
+                metrics = (await http.get("/metrics")).text
+                assert 'gischat_matrix_dropped_total{cause="overflow",direction="to_matrix"} 2.0' in metrics
+                assert "gischat_matrix_up 0.0" in metrics
+                door.target = int(synapse.url.rsplit(":", 1)[1])
+                await witness.wait_for(room_id, lambda e: _body(e) == "while away 3", MATRIX_TIMEOUT)
+                await wait_for(lambda: _is(matrix_status(), homeserver="up", queued=0), MATRIX_TIMEOUT)
+        bodies = [_body(event) for event in await witness.messages(room_id)]
+        relayed = [body for body in bodies if body is not None and body.startswith("while away")]
+        assert sorted(relayed) == ["while away 1", "while away 2", "while away 3"]
+        assert relayed in (sorted(relayed), sorted(relayed, reverse=True)), "in the order they were said"
+    finally:
+        door.close()
+
+
+async def _is(status: Any, **expected: Any) -> bool:
+    got = await status
+    return all(got.get(key) == value for key, value in expected.items())
