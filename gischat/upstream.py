@@ -12,7 +12,10 @@ from pathlib import Path
 from dotenv import dotenv_values
 
 # Upstream 3.x settings an operator swapping images may still have, and why they do nothing here.
-MATRIX_REASON = "the Matrix bridge is not built: it keeps users' Matrix passwords in Redis in clear"
+MATRIX_REASON = (
+    "replaced by the Matrix application service bridge (MATRIX_HOMESERVER_URL, MATRIX_SERVER_NAME, "
+    "MATRIX_AS_TOKEN, MATRIX_HS_TOKEN; see docs/matrix.md): no password relay, no ping forwarding"
+)
 SENTRY_REASON = "no Sentry reporting: errors go to the log and /metrics"
 IGNORED_UPSTREAM: dict[str, str] = {
     "MATRIX_CHAT_ENABLED": MATRIX_REASON,

@@ -457,7 +457,8 @@ def test_ignored_upstream_settings_are_named_with_their_reason(tmp_path: Any) ->
     )
     assert line is not None
     assert "MATRIX_CHAT_ENABLED, MATRIX_PING_TOKEN" in line
-    assert "passwords in Redis in clear" in line
+    assert "replaced by the Matrix application service bridge" in line
+    assert "docs/matrix.md" in line
     assert "SENTRY_DSN" in line
     assert "s3cret" not in line
     assert "sentry.example.org" not in line
