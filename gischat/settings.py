@@ -204,6 +204,9 @@ class Settings(BaseSettings):
     matrix_rooms: Annotated[list[str], NoDecode] = Field(default_factory=list)
     matrix_room_ids: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
     matrix_queue_size: int = Field(default=1000, ge=1, le=1_000_000)
+    # How often one node checks each portal's virtual users against who is in the room (a node
+    # killed without a goodbye leaves its users' virtual users behind until then).
+    matrix_sweep_interval: float = Field(default=60.0, ge=0.5, le=86_400)
 
     # Process.
     # Fan-out and presence shared by several processes: memory:// (one process) or

@@ -517,3 +517,57 @@ async def test_the_chat_goes_on_while_the_homeserver_is_away(
 async def _is(status: Any, **expected: Any) -> bool:
     got = await status
     return all(got.get(key) == value for key, value in expected.items())
+
+
+async def test_a_moderators_delete_redacts_the_message_in_matrix(
+    bridged: Bridged, matrix_users: MatrixUserFactory
+) -> None:
+    reader = await matrix_users("moderated", "Moderated")
+    room_id = await join_portal(reader, bridged)
+    async with channel(bridged.b, "oops") as oops, httpx.AsyncClient() as http:
+        await oops.send(text("oops", "should not have said that"))
+        said = await wait_channel_type(oops, "text", text="should not have said that")
+        event = await reader.wait_for(
+            room_id, lambda e: _body(e) == "should not have said that", MATRIX_TIMEOUT
+        )
+        answer = await http.delete(
+            f"{bridged.a.http_url}/admin/rooms/QGIS/messages/{said['id']}",
+            headers={"Authorization": "Bearer " + "s" * 40},
+        )
+        assert answer.status_code == 200, answer.text
+        redaction = await reader.wait_for(
+            room_id, lambda e: e.get("type") == "m.room.redaction", MATRIX_TIMEOUT
+        )
+        assert redaction["sender"] == bridged.synapse.bot_user_id
+        assert event["event_id"] in (redaction.get("redacts"), redaction["content"].get("redacts"))
+
+
+async def test_a_killed_nodes_users_leave_the_portal(
+    synapse: SynapseServer,
+    redis_server: RedisServer,
+    tmp_path_factory: pytest.TempPathFactory,
+    matrix_users: MatrixUserFactory,
+    bridged: Bridged,
+) -> None:
+    """kill -9: nobody hears its users go; a sweep of the portal's members against the room's
+    nicknames makes their virtual users leave. (A prefix of its own, inside the registration's
+    namespace, keeps this instance's portal apart from the module's.)"""
+    cluster = Cluster(redis_server, tmp_path_factory.mktemp("sweep"), f"s{uuid.uuid4().hex[:8]}")
+    env = {
+        **bridge_env(synapse),
+        "MATRIX_PREFIX": "gischat_sw_",
+        "MATRIX_SWEEP_INTERVAL": "1",
+        "MATRIX_ROOMS": "QGIS",
+    }
+    try:
+        survivor, doomed = cluster.node(**env), cluster.node(**env)
+        watcher = await matrix_users("sweepwatch", "Sweep Watch")
+        room_id = await watcher.join("#gischat_sw_qgis:gischat.test")
+        ghost = "@gischat_sw_ghost:gischat.test"
+        async with channel(doomed, "ghost"):
+            await watcher.wait_for(room_id, lambda e: _member(e, ghost, "join"), MATRIX_TIMEOUT)
+            doomed.kill()
+            await watcher.wait_for(room_id, lambda e: _member(e, ghost, "leave"), MATRIX_TIMEOUT)
+        assert survivor.status() is not None
+    finally:
+        cluster.stop()

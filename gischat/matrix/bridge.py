@@ -13,13 +13,14 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
+from mautrix.types import RoomID
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from gischat.chat.service import ChatService
 from gischat.matrix.config import MatrixSettings
 from gischat.matrix.homeserver import Homeserver
 from gischat.matrix.inbound import Inbound
-from gischat.matrix.outbound import Outbound
+from gischat.matrix.outbound import Action, Job, Outbound
 from gischat.matrix.portals import Portals
 from gischat.matrix.queue import FIRST_PAUSE, LONGEST_PAUSE, Link, WorkQueue, describe, transient
 from gischat.protocol.messages import Limits
@@ -42,7 +43,10 @@ class Bridge:
             self.inbound.queue(room)
         self._opening: asyncio.Task[None] | None = None
         self._unreachable = False  # the portals could not be opened yet: the homeserver is away
+        self.chat = chat
+        self._sweeping: asyncio.Task[None] | None = None
         chat.hub.outlets.append(self.outbound.outlet)
+        chat.hub.order_outlets.append(self.outbound.order)
         chat.metrics.watch(self._collect)
 
     @property
@@ -53,7 +57,9 @@ class Bridge:
         await self.homeserver.start()
         for queue in self.queues:
             queue.start()
-        self._opening = asyncio.get_running_loop().create_task(self._open_portals(), name="matrix portals")
+        loop = asyncio.get_running_loop()
+        self._opening = loop.create_task(self._open_portals(), name="matrix portals")
+        self._sweeping = loop.create_task(self._sweep(), name="matrix sweep")
         logger.info(
             "matrix: bridging %s to %s as %s",
             ", ".join(repr(room) for room in self.settings.bridged),
@@ -62,10 +68,11 @@ class Bridge:
         )
 
     async def stop(self) -> None:
-        if self._opening is not None:
-            self._opening.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._opening
+        for task in (self._opening, self._sweeping):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         for queue in self.queues:
             await queue.stop()
         await self.homeserver.stop()
@@ -88,6 +95,28 @@ class Bridge:
                     self._unreachable = True
                     await asyncio.sleep(pause)
                     pause = min(pause * 2, LONGEST_PAUSE)
+
+    async def _sweep(self) -> None:
+        """Every MATRIX_SWEEP_INTERVAL, one node (the first to claim the round) makes the virtual
+        users of nicknames nobody holds any more leave each portal: a node killed without a goodbye
+        leaves its users' virtual users behind, and nobody else heard them go."""
+        interval = self.settings.matrix_sweep_interval
+        while True:
+            await asyncio.sleep(interval)
+            for room in self.settings.bridged:
+                try:
+                    if await self.outbound.ledger.first(f"sweep:{room}", interval * 0.9):
+                        await self._sweep_room(room)
+                except Exception as exc:  # the homeserver away: the next round tries again
+                    logger.info("matrix: the sweep of %r waits for the next round: %s", room, describe(exc))
+
+    async def _sweep_room(self, room: str) -> None:
+        room_id = await self.portals.room_id(room)
+        members = await self.homeserver.bot.get_joined_members(RoomID(room_id))
+        held = {self.settings.puppet(nickname) for nickname in self.chat.hub.users(room)}
+        for mxid in members:
+            if self.settings.ours(mxid) and mxid != self.settings.bot and mxid not in held:
+                self.outbound.queue(room).put(Job(Action.LEAVE, room, "", target=mxid))
 
     async def alias_queried(self, alias: str) -> bool:
         """The homeserver asks whether one of our aliases exists: a portal's is created now."""

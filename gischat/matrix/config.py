@@ -24,6 +24,7 @@ class MatrixSettings:
     matrix_rooms: list[str]
     matrix_room_ids: dict[str, str]
     matrix_queue_size: int
+    matrix_sweep_interval: float
     rooms: list[str]
     rules: str
     max_author_length: int

@@ -107,8 +107,9 @@ class Homeserver:
             await intent.ensure_joined(RoomID(room_id), ignore_cache=True, bot=self.bot)
             return await act(intent)
 
-    async def leave(self, nickname: str, room_id: str) -> None:
-        intent = self.intent(self.settings.puppet(nickname))
+    async def leave(self, mxid: str, room_id: str) -> None:
+        """A virtual user leaves a room (if it is there: maybe it joined through another node)."""
+        intent = self.intent(mxid)
         if await self.store.is_joined(RoomID(room_id), intent.mxid):
             await intent.leave_room(RoomID(room_id))
             return

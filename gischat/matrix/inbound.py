@@ -25,7 +25,7 @@ from gischat.limits import ConnectionLimits
 from gischat.matrix import names
 from gischat.matrix.config import MatrixSettings
 from gischat.matrix.homeserver import DownloadRefused, Homeserver
-from gischat.matrix.outbound import Outbound
+from gischat.matrix.outbound import EVENT_MEMORY, Outbound
 from gischat.matrix.portals import Portals
 from gischat.matrix.queue import WorkQueue
 from gischat.protocol import dialects
@@ -242,7 +242,9 @@ class Inbound:
         record = await self._record(redacts)
         if record is None or record.get("room") != room:
             return
-        self.chat.hub.broker.order(Order(OrderKind.DELETE, room, {"id": str(record["post"])}))
+        post_id = str(record["post"])
+        await self.ledger.put(f"redacted:{post_id}", "1", EVENT_MEMORY)  # already gone from Matrix
+        self.chat.hub.broker.order(Order(OrderKind.DELETE, room, {"id": post_id}))
         logger.info("matrix: a redaction removed a message from %r's history", room)
 
     async def nickname(self, room: str, room_id: str, mxid: str) -> str:

@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from mautrix.appservice import IntentAPI
+from mautrix.types import EventID, RoomID
 
+from gischat.broker.base import Order, OrderKind
 from gischat.broker.ledger import Ledger
 from gischat.matrix import convert
 from gischat.matrix.homeserver import Homeserver
@@ -35,6 +37,7 @@ class Action(StrEnum):
     JOIN = "join"
     LEAVE = "leave"
     NOTICE = "notice"  # the bot tells a Matrix user their message was not relayed
+    REDACT = "redact"  # a moderator deleted a message: the bot redacts what showed it in Matrix
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +46,8 @@ class Job:
     room: str
     nickname: str  # whose virtual user acts (the bot for a notice)
     post: Post | None = None
-    target: str | None = None  # a like: the liked author; a notice: the event it answers
+    # A like: the liked author; a notice: the event it answers; a leave: the virtual user (the sweep's).
+    target: str | None = None
     text: str | None = None  # a like: the liked text; a notice: what it says
 
 
@@ -122,7 +126,9 @@ class Outbound:
         elif job.action is Action.JOIN:
             await self.homeserver.as_puppet(job.nickname, room_id, _nothing)
         elif job.action is Action.LEAVE:
-            await self.homeserver.leave(job.nickname, room_id)
+            await self.homeserver.leave(job.target or self.homeserver.settings.puppet(job.nickname), room_id)
+        elif job.action is Action.REDACT:
+            await self._redact(job, room_id)
         elif job.action is Action.NOTICE:
             content = {
                 "msgtype": "m.notice",
@@ -159,8 +165,24 @@ class Outbound:
         """Which Matrix event shows which gischat message, both ways, for likes and redactions."""
         record = json.dumps({"room": room, "post": post_id, "author": author, "text": text})
         await self.ledger.put(f"event:{event_id}", record, EVENT_MEMORY)
+        await self.ledger.put(f"post:{post_id}", event_id, EVENT_MEMORY)
         if text is not None:
             await self.ledger.put(convert.said_key(room, author, text), event_id, EVENT_MEMORY)
+
+    def order(self, order: Order) -> None:
+        """What the hub calls for each moderator's order this node carries out (every node does):
+        a deleted message is redacted in Matrix by one node, the first to claim it."""
+        if order.kind is OrderKind.DELETE and order.room in self.queues:
+            self.queues[order.room].put(Job(Action.REDACT, order.room, "", target=str(order.args.get("id"))))
+
+    async def _redact(self, job: Job, room_id: str) -> None:
+        event_id = await self.ledger.get(f"post:{job.target}")
+        if event_id is None or not await self.ledger.first(f"redacted:{job.target}", EVENT_MEMORY):
+            return  # it never went through Matrix, or another node redacts it
+        await self.homeserver.bot.redact(
+            RoomID(room_id), EventID(event_id), reason="deleted by a gischat moderator"
+        )
+        logger.info("matrix: a message deleted by a moderator was redacted in %r's portal", job.room)
 
     async def _like(self, job: Job, room_id: str) -> None:
         if job.post is None or job.target is None or job.text is None:

@@ -85,6 +85,8 @@ class Hub:
         # Told of what this node's people put into a room (said, liked, arrived, left), as posted:
         # the Matrix bridge relays it from the node that heard it, so once across the nodes.
         self.outlets: list[Callable[[str, Post, str | None], None]] = []
+        # Told of every moderator's order this node carries out (the bridge redacts deleted messages).
+        self.order_outlets: list[Callable[[Order], None]] = []
         self.bans = BanList()
         announcer = settings.announcer_name
         self.reserved = nickname_key(announcer) if announcer is not None else None
@@ -180,6 +182,9 @@ class Hub:
                 self.rooms[order.room].history.remove(str(order.args["id"]))
         except (KeyError, ValueError) as exc:  # another node's order this one cannot read
             logger.warning("moderator's %s order ignored: %r", order.kind, exc)
+            return
+        for outlet in self.order_outlets:
+            outlet(order)
 
     def _kick(self, room: str, nickname: str, reason: str) -> None:
         key = nickname_key(nickname)
