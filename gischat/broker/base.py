@@ -106,6 +106,14 @@ class Broker(Protocol):
     """Where a room's messages go to reach every node that serves the room."""
 
     @property
+    def shared(self) -> bool:
+        """Whether other nodes may serve the same rooms (counts, nicknames and history then add theirs)."""
+
+    @property
+    def node_name(self) -> str:
+        """This node's name in a moderator's listing (`local` for a single process)."""
+
+    @property
     def ledger(self) -> Ledger:
         """What must happen once across the nodes (see `gischat.broker.ledger`)."""
 

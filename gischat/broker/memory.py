@@ -13,6 +13,8 @@ class MemoryBroker:
     """Single-process broker: publishing is delivering, and there are no other nodes."""
 
     healthy = True
+    shared = False
+    node_name = "local"
 
     def __init__(self) -> None:
         self._node: Node | None = None

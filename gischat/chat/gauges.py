@@ -32,9 +32,9 @@ def live_state(hub: Hub, processor: Processor) -> Callable[[], Iterable[Metric]]
             labels=["room"],
         )
         for room in hub.rooms.values():
-            depths = [conn.pending for conn in room.connections]
-            sockets.add_metric([room.name], len(room.connections))
-            users.add_metric([room.name], len(room.nicknames))
+            depths = [conn.pending for conn in room.members]
+            sockets.add_metric([room.name], len(room))
+            users.add_metric([room.name], len(room.nicknames()))
             queued.add_metric([room.name], sum(depths))
             deepest.add_metric([room.name], max(depths, default=0))
         yield from (sockets, users, queued, deepest)

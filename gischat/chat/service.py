@@ -18,7 +18,6 @@ from typing import Any
 from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket
 
-from gischat.broker import MemoryBroker
 from gischat.chat.gauges import broker_state, live_state
 from gischat.chat.origins import origin_allowed
 from gischat.limits import AddressBook, ConnectionLimits, Rates, RateSettings
@@ -111,7 +110,7 @@ class ChatService:
         self.processor = processor
         self.metrics = hub.metrics
         self.metrics.watch(live_state(hub, self.processor))
-        if not isinstance(hub.broker, MemoryBroker):
+        if hub.broker.shared:
             self.metrics.watch(broker_state(hub.broker))
         # A socket whose nickname another node won (after a split) no longer holds one.
         hub.on_nickname_lost = lambda conn: self.addresses.drop_nickname(conn.address)
@@ -310,7 +309,7 @@ class ChatService:
         elif isinstance(message, Prepared):
             # The world moved on while a worker prepared it: the socket may have been dropped, or
             # its author's nickname registered by another.
-            if conn.closing or conn not in self.hub.rooms[conn.room].connections:
+            if conn.closing or conn not in self.hub.rooms[conn.room]:
                 return
             self.hub.check_author(conn, conn.room, message.author)
             reply = self._reply_target(conn.room, message.reply)

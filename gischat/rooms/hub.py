@@ -17,7 +17,7 @@ from typing import Any
 
 from starlette.websockets import WebSocket
 
-from gischat.broker import Broker, Envelope, MemoryBroker
+from gischat.broker import Broker, Envelope
 from gischat.broker.base import Order, OrderKind
 from gischat.observability.logs import ChurnLog
 from gischat.observability.metrics import Metrics
@@ -31,8 +31,6 @@ from gischat.rooms.history import History
 from gischat.rooms.room import Room
 
 logger = logging.getLogger("gischat.rooms")
-# The `node` of this process's sockets in a moderator's listing, when the broker names none.
-LOCAL_NODE = "local"
 
 
 class Reserved(Uncompliant):
@@ -67,7 +65,7 @@ class Hub:
         self.broker = broker
         self.metrics = metrics if metrics is not None else Metrics()
         self.churn = ChurnLog(logger, settings.log_rate)
-        remote = None if isinstance(broker, MemoryBroker) else broker.remote_count
+        remote = broker.remote_count if broker.shared else None
         self.rooms = {
             name: Room(
                 name,
@@ -92,9 +90,7 @@ class Hub:
         self.reserved = nickname_key(announcer) if announcer is not None else None
         suffix = settings.reserved_suffix
         self.reserved_suffix = nickname_key(suffix) if suffix else None
-        # A shared broker names its node (RedisBroker.node); one process is simply "local".
-        node = getattr(broker, "node", None)
-        self.node_name = node if isinstance(node, str) else LOCAL_NODE
+        self.node_name = broker.node_name
 
     async def start(self) -> None:
         await self.broker.start(self)
@@ -123,10 +119,7 @@ class Hub:
         target = self.rooms.get(room)
         if target is None:
             return
-        conn = target.pending.get(key)
-        if conn is not None and conn.nickname is None and conn in target.connections:
-            conn.nickname = nickname
-            target.nicknames[key] = conn
+        target.grant(key, nickname)
 
     def remote_changed(self, room: str) -> None:
         target = self.rooms.get(room)
@@ -135,23 +128,20 @@ class Hub:
 
     def local_count(self, room: str) -> int:
         target = self.rooms.get(room)
-        return len(target.connections) if target is not None else 0
+        return len(target) if target is not None else 0
 
     def local_nicknames(self) -> list[tuple[str, str, str]]:
         return [
-            (room.name, key, conn.nickname)
-            for room in self.rooms.values()
-            for key, conn in room.nicknames.items()
-            if conn.nickname is not None
+            (room.name, key, nickname) for room in self.rooms.values() for key, nickname in room.nicknames()
         ]
 
     def revoke(self, room: str, key: str, reason: str) -> None:
         target = self.rooms.get(room)
-        conn = target.nicknames.pop(key, None) if target is not None else None
-        if conn is None:
+        conn = target.holder(key) if target is not None else None
+        if target is None or conn is None:
             return
         logger.warning("%s in %r: nickname %r lost to another node", conn.peer, room, conn.nickname)
-        conn.nickname = None
+        target.revoke(key)
         if self.on_nickname_lost is not None:
             self.on_nickname_lost(conn)
         conn.refuse(reason)
@@ -188,7 +178,7 @@ class Hub:
 
     def _kick(self, room: str, nickname: str, reason: str) -> None:
         key = nickname_key(nickname)
-        conn = self.rooms[room].nicknames.get(key)
+        conn = self.rooms[room].holder(key)
         if conn is not None:
             self._close([self.rooms[room]], lambda other: other is conn, self.kicked(reason))
 
@@ -205,7 +195,7 @@ class Hub:
     def _close(self, rooms: Iterable[Room], chosen: Callable[[Connection], bool], reason: str) -> None:
         """Close the chosen sockets with 1008: each leaves its room as any departing socket does."""
         for room in rooms:
-            for conn in [conn for conn in room.connections if chosen(conn)]:
+            for conn in [conn for conn in room.members if chosen(conn)]:
                 logger.info("%s in %r: closed by a moderator", conn.peer, room.name)
                 conn.drop(CLOSE_POLICY_VIOLATION, close_reason(reason), "moderator")
 
@@ -222,7 +212,7 @@ class Hub:
                 "messages_sent": conn.messages_sent,
                 "node": self.node_name,
             }
-            for conn in sorted(target.connections, key=lambda conn: conn.connected_since)
+            for conn in sorted(target.members, key=lambda conn: conn.connected_since)
         ]
 
     # What the chat service calls.
@@ -260,7 +250,7 @@ class Hub:
     def users(self, room: str) -> list[str]:
         """Registered nicknames of a room on every node, sorted case-insensitively."""
         target = self.rooms[room]
-        names = [conn.nickname for conn in target.nicknames.values() if conn.nickname is not None]
+        names = [nickname for _, nickname in target.nicknames()]
         names.extend(self.broker.remote_users(room))
         return sorted(names, key=lambda name: (name.casefold(), name))
 
@@ -268,11 +258,7 @@ class Hub:
         """Whether a socket (of any node) registered this nickname in the room, or is registering it."""
         key = nickname_key(nickname)
         target = self.rooms[room]
-        return (
-            key in target.nicknames
-            or key in target.pending
-            or self.broker.remote_owner(room, key) is not None
-        )
+        return target.taken(key) or self.broker.remote_owner(room, key) is not None
 
     def join(self, websocket: WebSocket, room: str, dialect: Dialect) -> Connection:
         conn = Connection(
@@ -284,7 +270,7 @@ class Hub:
             on_overflow=self._dropped,
         )
         target = self.rooms[room]
-        target.welcome(conn)
+        target.join(conn)
         self.broker.count_changed(room)
         if self.churn.allows("joins"):
             logger.info(
@@ -292,7 +278,7 @@ class Hub:
                 conn.peer,
                 room,
                 dialect,
-                len(target.connections),
+                len(target),
             )
         return conn
 
@@ -303,20 +289,14 @@ class Hub:
     def evict(self, conn: Connection) -> None:
         """Take a socket out of its room now; tell the room if it had a nickname."""
         room = self.rooms[conn.room]
-        if conn not in room.connections:
+        departure = room.leave(conn)
+        if departure is None:
             return
-        room.connections.discard(conn)
-        room.sockets[conn.dialect].discard(conn)
-        room.count_changed()
         self.broker.count_changed(room.name)
-        nickname = conn.nickname
-        if nickname is not None:
-            key = nickname_key(nickname)
-            if room.nicknames.get(key) is conn:
-                del room.nicknames[key]
-                self._release(room.name, key, nickname)
+        if departure.nickname is not None:
+            self._release(room.name, nickname_key(departure.nickname), departure.nickname)
         if self.churn.allows("leaves"):
-            logger.info("%s left %r (%d connected)", conn.peer, room.name, len(room.connections))
+            logger.info("%s left %r (%d connected)", conn.peer, room.name, len(room))
 
     async def register(self, conn: Connection, nickname: str, payload: Post) -> None:
         """Give a socket its nickname in its room, first come first served, and announce it.
@@ -331,22 +311,20 @@ class Hub:
         if self.taken(room.name, nickname):
             raise Uncompliant(f"newcomer: '{nickname}' is already taken in this room")
         key = nickname_key(nickname)
-        room.pending[key] = conn
+        room.claim(key, conn)
         try:
             won = await self.broker.claim(room.name, key, nickname, payload)
         finally:
-            room.pending.pop(key, None)
+            room.release_claim(key)
         if not won:
             raise Uncompliant(f"newcomer: '{nickname}' is already taken in this room")
         self._tell(room.name, payload)
         if conn.nickname == nickname:
             return  # settled already by the broker's event (`claim_settled`)
-        if conn not in room.connections:
+        if not room.grant(key, nickname, conn):
             # It went while the claim was on its way: give the nickname back at once.
             self._release(room.name, key, nickname)
             return
-        conn.nickname = nickname
-        room.nicknames[key] = conn
         if self.churn.allows("nicknames"):
             logger.info("%s registered as %r in %r", conn.peer, nickname, room.name)
 

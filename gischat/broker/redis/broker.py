@@ -75,6 +75,12 @@ class RedisBroker:
 
     # --- the Broker interface ---------------------------------------------------------------
 
+    shared = True
+
+    @property
+    def node_name(self) -> str:
+        return self.node
+
     @property
     def healthy(self) -> bool:
         return self._session.state is NodeState.UP
