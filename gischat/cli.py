@@ -56,11 +56,25 @@ def print_registration(settings: Settings, url: str) -> int:
             file=sys.stderr,
         )
         return 2
-    parsed = urlsplit(url)
-    if parsed.scheme not in ("http", "https") or not parsed.hostname or parsed.query or parsed.fragment:
+    if not base_url(url):
         print(
             f"gischat: invalid --url {url!r}: gischat's base URL, e.g. http://gischat:8000", file=sys.stderr
         )
         return 2
     sys.stdout.write(registration_yaml(project(MatrixSettings, settings), url))
     return 0
+
+
+def base_url(url: str) -> bool:
+    """Whether `url` is an http(s) base URL a homeserver can call: a host, a valid port, no
+    credentials, query or fragment."""
+    try:
+        parsed = urlsplit(url)
+        parsed.port  # noqa: B018 (raises on a port that is not a number, or out of range)
+    except ValueError:
+        return False
+    return (
+        parsed.scheme in ("http", "https")
+        and bool(parsed.hostname)
+        and not (parsed.username or parsed.password or parsed.query or parsed.fragment)
+    )

@@ -19,6 +19,8 @@ from urllib.parse import urlsplit
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from gischat.naming import MATRIX_SUFFIX, slug
+
 DEFAULT_ROOMS = ("QGIS", "Field and mobile", "GIS tribe", "Living room", "Kitchen", "Garden")
 MAX_ROOM_NAME_LENGTH = 100
 # Loopback and private ranges: where a Prometheus server sits, not the public.
@@ -494,9 +496,34 @@ class Settings(BaseSettings):
                 if name.casefold() not in known:
                     raise ValueError(f"{variable} names {name!r}, which is not one of ROOMS")
         self.matrix_rooms = [known[name.casefold()] for name in self.matrix_rooms]
-        self.matrix_room_ids = {
-            known[name.casefold()]: room_id for name, room_id in self.matrix_room_ids.items()
-        }
+        room_ids: dict[str, str] = {}
+        for name, room_id in self.matrix_room_ids.items():
+            if known[name.casefold()] in room_ids or room_id in room_ids.values():
+                raise ValueError(f"MATRIX_ROOM_IDS names {name!r} or {room_id!r} twice")
+            room_ids[known[name.casefold()]] = room_id
+        self.matrix_room_ids = room_ids
+        if self.matrix_enabled:
+            self._check_matrix_names()
+
+    def _check_matrix_names(self) -> None:
+        """Every portal has an alias of its own, and every Matrix participant can get a nickname."""
+        portals: dict[str, str] = {}
+        bridged = self.matrix_rooms or self.rooms
+        for room in (room for room in bridged if room not in self.matrix_room_ids):
+            alias = slug(room)
+            if not alias:
+                raise ValueError(f"MATRIX_ROOMS: room {room!r} has no letter or digit for its Matrix alias")
+            if alias in portals:
+                raise ValueError(
+                    f"MATRIX_ROOMS: rooms {portals[alias]!r} and {room!r} would share one Matrix alias"
+                )
+            portals[alias] = room
+        shortest = len(MATRIX_SUFFIX) + 2
+        if self.max_author_length < shortest:
+            raise ValueError(
+                f"MAX_AUTHOR_LENGTH ({self.max_author_length}) leaves no room for Matrix nicknames "
+                f"(at least {shortest})"
+            )
 
 
 ConfigT = TypeVar("ConfigT")

@@ -30,6 +30,7 @@ import orjson
 import pytest
 from PIL import Image
 from playwright.async_api import Browser, Locator, Page, Route, WebSocket, async_playwright, expect
+from synapse_homeserver import MatrixUserFactory, SynapseServer
 from websockets.asyncio.client import connect
 
 from conftest import TIMEOUT, Client, LiveServer, ServerFactory, start_server, text, ws_client
@@ -1066,3 +1067,36 @@ async def test_the_about_page_loads_its_files_under_its_policy(
         assert errors == []
     finally:
         await context.close()
+
+
+# --- The Matrix bridge ------------------------------------------------------------------------
+
+
+async def test_a_matrix_users_messages_carry_a_matrix_badge(
+    server_factory: ServerFactory, pages: Pages, synapse: SynapseServer, matrix_users: MatrixUserFactory
+) -> None:
+    """A Matrix user's message, relayed by the bridge of a real Synapse, is marked as from Matrix;
+    a gischat user's is not."""
+    server = quiet_server(
+        server_factory,
+        matrix_homeserver_url=synapse.url,
+        matrix_server_name=synapse.server_name,
+        matrix_as_token=synapse.as_token,
+        matrix_hs_token=synapse.hs_token,
+        matrix_rooms=["QGIS"],
+    )
+    previous = synapse.relay.target
+    synapse.relay.target = server.port
+    try:
+        page = await pages.open(server)
+        await join(page, "webber")
+        matrix = await matrix_users("badge", "Badge Holder")
+        room_id = await matrix.join(f"#gischat_qgis:{synapse.server_name}")
+        await matrix.send_text(room_id, "hello from Matrix")
+        from_matrix = message_item(page, "Badge_Holder-matrix", "hello from Matrix")
+        await expect(from_matrix.locator(".badge.matrix")).to_have_text("Matrix")
+        await say(page, "hello from the web")
+        await expect(message_item(page, "webber", "hello from the web")).to_be_visible()
+        await expect(message_item(page, "webber", "hello from the web").locator(".badge")).to_have_count(0)
+    finally:
+        synapse.relay.target = previous

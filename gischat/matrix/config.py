@@ -44,8 +44,11 @@ class MatrixSettings:
         return names.user_id(names.bot_localpart(self.matrix_prefix), self.matrix_server_name)
 
     def puppet(self, nickname: str) -> str:
-        """The virtual user who speaks for a gischat nickname."""
-        return names.user_id(names.puppet_localpart(self.matrix_prefix, nickname), self.matrix_server_name)
+        """The virtual user who speaks for a gischat nickname (an id of at most 255 characters)."""
+        room = names.MAX_USER_ID_LENGTH - len(self.matrix_server_name) - 2  # `@` and `:`
+        return names.user_id(
+            names.puppet_localpart(self.matrix_prefix, nickname, room), self.matrix_server_name
+        )
 
     def ours(self, mxid: str) -> bool:
         return names.in_namespace(self.matrix_prefix, self.matrix_server_name, mxid)

@@ -8,21 +8,18 @@ client may register or write under while the bridge runs: the two sets can never
 
 from __future__ import annotations
 
-import re
+import hashlib
 import unicodedata
 
-# The end of every Matrix participant's nickname in gischat (and the mark the web client shows).
-MATRIX_SUFFIX = "-matrix"
-# Characters a room alias's localpart keeps; the rest of a room's name is dropped.
-SLUG_DROPPED = re.compile(r"[^a-z0-9._=-]")
+from gischat.naming import MATRIX_SUFFIX, slug
+
 # Characters a virtual user's localpart keeps as they are (historical user ids allow more).
 LOCALPART_KEPT = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-.")
 BOT_NAME = "bot"
+# The longest Matrix user id (the spec's bound, `@localpart:server` included).
+MAX_USER_ID_LENGTH = 255
 
-
-def slug(room: str) -> str:
-    """`Field and mobile` -> `field-and-mobile`: lowercase, spaces to `-`, the rest dropped."""
-    return SLUG_DROPPED.sub("", room.lower().replace(" ", "-"))
+__all__ = ["MATRIX_SUFFIX", "slug"]
 
 
 def portal_alias(prefix: str, room: str, server_name: str) -> str:
@@ -33,12 +30,14 @@ def bot_localpart(prefix: str) -> str:
     return f"{prefix}{BOT_NAME}"
 
 
-def puppet_localpart(prefix: str, nickname: str) -> str:
+def puppet_localpart(prefix: str, nickname: str, room: int = MAX_USER_ID_LENGTH) -> str:
     """The localpart of the virtual user who speaks for a gischat nickname in Matrix.
 
     Reversible and case-preserving, as Matrix localparts are lowercase: `_x` is an uppercase X,
     `__` an underscore, `=hh` a byte of any other character's UTF-8. A nickname that would take
-    the bot's name is escaped (`=` never starts an escape of a letter otherwise)."""
+    the bot's name is escaped (`=` never starts an escape of a letter otherwise). One whose
+    encoding would not fit in `room` characters (32 CJK characters take 288) is `==` and a digest
+    of the nickname instead: still one virtual user per nickname, and `==` starts no escape."""
     out: list[str] = []
     for char in nickname:
         if char in LOCALPART_KEPT:
@@ -52,6 +51,8 @@ def puppet_localpart(prefix: str, nickname: str) -> str:
     encoded = "".join(out)
     if encoded == BOT_NAME:
         encoded = "=" + encoded
+    if len(prefix) + len(encoded) > room:
+        encoded = "==" + hashlib.sha256(nickname.encode()).hexdigest()[:40]
     return prefix + encoded
 
 

@@ -54,8 +54,9 @@ def build_appservice_router(bridge: Bridge) -> APIRouter:
         try:
             body = await read_json_body(request, MAX_TRANSACTION_BYTES)
         except HTTPException as exc:
-            code = "M_BAD_JSON" if exc.status_code == 422 else "M_TOO_LARGE"
-            return matrix_error(exc.status_code, code, str(exc.detail))
+            if exc.status_code == 422:  # not JSON at all: the spec's 400 M_NOT_JSON
+                return matrix_error(400, "M_NOT_JSON", str(exc.detail))
+            return matrix_error(exc.status_code, "M_TOO_LARGE", str(exc.detail))
         events = body.get("events") if isinstance(body, dict) else None
         if not isinstance(events, list):
             return matrix_error(400, "M_BAD_JSON", 'a transaction is {"events": [...]}')

@@ -38,7 +38,8 @@ class RedisLedger:
             except (RedisError, OSError, TimeoutError) as exc:
                 logger.warning("broker: ledger answered from this node's memory: %s", type(exc).__name__)
             else:
-                await self._local.put(key, value, ttl)
+                if won:  # the loser does not know the winner's value: it remembers nothing
+                    await self._local.put(key, value, ttl)
                 return bool(won)
         return await self._local.first(key, ttl, value)
 
