@@ -196,7 +196,7 @@ class Settings(BaseSettings):
 
     # The Matrix bridge (docs/matrix.md), an application service of the homeserver at
     # MATRIX_HOMESERVER_URL; nothing set, no bridge. MATRIX_ROOMS: the bridged rooms (empty: all),
-    # MATRIX_ROOM_IDS: `Room=!id:server,...`, rooms bridged onto existing Matrix rooms instead of
+    # MATRIX_ROOM_IDS: `Room=!id,...`, rooms bridged onto existing Matrix rooms instead of
     # portals; MATRIX_QUEUE_SIZE: events per portal waiting for a slow or absent homeserver.
     matrix_homeserver_url: str | None = None
     matrix_server_name: str | None = None
@@ -334,7 +334,7 @@ class Settings(BaseSettings):
     @field_validator("matrix_room_ids", mode="before")
     @classmethod
     def _split_matrix_room_ids(cls, value: Any) -> Any:
-        """`Room=!id:server,Room=!id:server`: gischat rooms bridged onto existing Matrix rooms."""
+        """`Room=!id,Room=!id`: gischat rooms bridged onto existing Matrix rooms."""
         if not isinstance(value, str):
             return value
         pairs: dict[str, str] = {}
@@ -342,8 +342,9 @@ class Settings(BaseSettings):
             if not entry:
                 continue
             name, _, room_id = entry.rpartition("=")
-            if not name.strip() or not re.fullmatch(r"![^\s:]+:\S+", room_id.strip()):
-                raise ValueError(f"entry {number} is not Room=!id:server")
+            # Room ids are opaque: `!id:server` before room version 12, `!id` since.
+            if not name.strip() or not re.fullmatch(r"![^\s,]{1,254}", room_id.strip()):
+                raise ValueError(f"entry {number} is not Room=!id")
             pairs[name.strip()] = room_id.strip()
         return pairs
 

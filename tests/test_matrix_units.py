@@ -547,6 +547,7 @@ def test_bridged_rooms_must_be_rooms(variable: str, value: str) -> None:
         ),
         (" qgis = !abc:example.org , , ", {"QGIS": "!abc:example.org"}),  # names as ROOMS has them
         ("QGIS=!abc:matrix.example.org:8448", {"QGIS": "!abc:matrix.example.org:8448"}),
+        ("QGIS=!Xj4Ff9mRkqLwZoA0", {"QGIS": "!Xj4Ff9mRkqLwZoA0"}),  # room version 12: no server part
         ("", {}),
     ],
 )
@@ -559,7 +560,7 @@ def test_matrix_room_ids(value: str, expected: dict[str, str]) -> None:
     [
         ("QGIS", 1),  # no `=`
         ("QGIS=abc:example.org", 1),  # not a room id
-        ("QGIS=!abc", 1),  # no server
+        ("QGIS=!", 1),  # an empty id
         ("=!abc:example.org", 1),  # no room
         ("QGIS=!a b:example.org", 1),
         ("QGIS=!abc:example.org,Living room", 2),
