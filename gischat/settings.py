@@ -228,6 +228,10 @@ class Settings(BaseSettings):
     node_timeout: float = Field(default=5.0, ge=0.2, le=60)
     # Longest wait between two attempts to reach Redis.
     redis_reconnect_max_delay: float = Field(default=5.0, gt=0, le=300)
+    # While Redis is away, what a node keeps of its users' messages to publish when it is back:
+    # at most this many, none older than this (0: keep nothing).
+    outage_buffer_messages: int = Field(default=1000, ge=0, le=100_000)
+    outage_buffer_seconds: float = Field(default=60.0, ge=0, le=3600)
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     workers: int = Field(

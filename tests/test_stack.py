@@ -184,3 +184,24 @@ async def test_rolling_restart_loses_nothing(stack: Stack, chatters: list[Chatte
     assert set(result.closes) == {1012}
     assert all(chatter.nb_users == len(chatters) for chatter in chatters)
     assert final_count(stack) == len(chatters)
+
+
+async def test_redis_restart_under_traffic_loses_nothing(stack: Stack, chatters: list[Chatter]) -> None:
+    await traffic_for(chatters, 5)
+    url = f"http://127.0.0.1:{stack.variables['HTTP_PORT']}"
+    await asyncio.to_thread(stack.compose, "restart", "redis")
+    await asyncio.to_thread(
+        wait_until, lambda: (http_status(url) or {}).get("healthy"), 60, "the replicas back on Redis"
+    )
+    for name in stack.containers("gischat"):
+        await asyncio.to_thread(
+            wait_until, lambda name=name: '"state":"up"' in stack.replica_get(name, "/status"), 60, name
+        )
+    await traffic_for(chatters, 5)
+    await settle(chatters)
+    result = tally(chatters)
+    print(f"\ncompose restart redis, {len(chatters)} clients on 2 replicas: {result.summary()}")
+    assert not result.lost, f"{len(result.lost)} lost: {result.lost[:10]}"
+    assert not result.closes, "nobody's socket was closed"
+    assert all(chatter.nb_users == len(chatters) for chatter in chatters)
+    assert final_count(stack) == len(chatters)

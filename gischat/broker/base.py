@@ -35,6 +35,9 @@ class BrokerSettings:
     rooms: list[str]
     max_stored_messages: int
     max_stored_bytes: int
+    # While Redis is away: what a node keeps of its users' messages for when it is back.
+    outage_buffer_messages: int = 1000
+    outage_buffer_seconds: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)

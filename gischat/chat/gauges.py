@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from gischat.broker import Broker
 from gischat.rooms.hub import Hub
@@ -62,6 +62,17 @@ def broker_state(broker: Broker) -> Callable[[], Iterable[Metric]]:
             "gischat_broker_nodes",
             "Nodes this node sees in the shared service, itself included",
             value=int(status.get("nodes", 1)),
+        )
+        # Redis away: this node's users' messages kept for its return, and those the bounds dropped.
+        yield GaugeMetricFamily(
+            "gischat_broker_outage_kept",
+            "Messages kept while Redis is away, to publish when it is back",
+            value=int(status.get("kept", 0)),
+        )
+        yield CounterMetricFamily(
+            "gischat_broker_outage_dropped",
+            "Messages sent while Redis was away that OUTAGE_BUFFER_MESSAGES or OUTAGE_BUFFER_SECONDS dropped",
+            value=int(status.get("dropped", 0)),
         )
 
     return collect

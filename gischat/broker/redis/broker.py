@@ -21,7 +21,7 @@ from gischat.broker.redis.ledger import RedisLedger
 from gischat.broker.redis.mirror import Mirror
 from gischat.broker.redis.orders import NodeOrders
 from gischat.broker.redis.outbox import Command, Outbox
-from gischat.broker.redis.scripts import EventKind, NodeKeys, exiter_wire
+from gischat.broker.redis.scripts import EventKind, NodeKeys, emit_command, exiter_wire
 from gischat.broker.redis.session import NodeReaped, NodeState, Session
 from gischat.protocol.dialects import Post
 
@@ -87,11 +87,15 @@ class RedisBroker:
 
     def status(self) -> dict[str, Any] | None:
         state = self._session.state
+        outage = self._session.outage
         return {
             "url": self._session.where,
             "state": state,
             "node": self.node,
             "nodes": self._mirror.nodes() + 1 if state is NodeState.UP else 1,
+            # Messages kept while Redis is away (`outage.py`), and those its bounds dropped.
+            "kept": len(outage),
+            "dropped": outage.dropped,
         }
 
     async def start(self, node: Node) -> None:
@@ -103,22 +107,11 @@ class RedisBroker:
     def publish(self, room: str, envelope: Envelope) -> None:
         if not self._session.online:
             self._session.deliver_local(room, envelope)
+            self._session.outage.keep(room, envelope)  # for the other nodes, once Redis is back
             return
-        n = self._outbox.number()
-        header = orjson.dumps([EventKind.MESSAGE, room, self.node, n, envelope.to, envelope.keep])
+        history = (self.history_size, self.history_bytes)
         self._outbox.send(
-            Command(
-                "emit",
-                [self.keys.seq, self.keys.channel, self.keys.history(room)],
-                [
-                    header,
-                    envelope.post.encode(),
-                    self.history_size if envelope.keep else 0,
-                    self.history_bytes,
-                ],
-                local=(room, envelope),
-                n=n,
-            )
+            emit_command(self.keys, self.node, self._outbox.number(), room, envelope, history, False)
         )
 
     async def claim(self, room: str, key: str, nickname: str, payload: Post) -> bool:

@@ -14,11 +14,12 @@ from typing import Any
 
 import orjson
 
+from gischat.broker.base import Envelope
 from gischat.broker.redis.outbox import Command
 from gischat.protocol import dialects
 
 # Events are "<seq> <header JSON>\n<payload>"; the header is a JSON array:
-#   ["m", room, node, n, to, keep]          a message (payload: the post, `Post.encode()`)
+#   ["m", room, node, n, to, keep[, q]]     a message (payload: the post, `Post.encode()`)
 #   ["c", room, node, n, key, nickname, q]  a nickname claimed (payload: the newcomer post)
 #   ["r", room, node, n, key, nickname, q[, t]]  a nickname freed (payload: the exiter post;
 #                                            `t`: Redis's clock when a script freed it for a dead
@@ -29,7 +30,8 @@ from gischat.protocol import dialects
 #   ["w", room, node, n, ask]               who is in `room`? (ask: the question's id)
 #   ["s", room, node, n, ask]               a node's answer (payload: its sockets, JSON)
 # `n` numbers a node's own commands (0: written by a script on another node's behalf); `q`
-# (quiet) marks what the node's own sockets were already told while Redis was away.
+# (quiet) marks what the node's own sockets were already told while Redis was away (a message:
+# kept during the outage and published on return, `outage.py`).
 
 EMIT = """
 local keep = tonumber(ARGV[3])
@@ -260,7 +262,7 @@ class Header:
 
     @property
     def quiet(self) -> bool:
-        return bool(self.rest[2])
+        return len(self.rest) > 2 and bool(self.rest[2])
 
     @property
     def freed_at(self) -> int | None:
@@ -303,6 +305,24 @@ class NodeKeys:
 
 
 # --- commands -------------------------------------------------------------------------------------
+
+
+def emit_command(
+    keys: NodeKeys, node: str, n: int, room: str, envelope: Envelope, history: tuple[int, int], quiet: bool
+) -> Command:
+    """EMIT: a message to every node (and the room's history when it is kept: `history` is the
+    most messages and bytes it holds); `quiet` when this node's sockets have it already."""
+    head: list[Any] = [EventKind.MESSAGE, room, node, n, envelope.to, envelope.keep]
+    if quiet:
+        head.append(1)
+    size, max_bytes = history
+    return Command(
+        "emit",
+        [keys.seq, keys.channel, keys.history(room)],
+        [orjson.dumps(head), envelope.post.encode(), size if envelope.keep else 0, max_bytes],
+        local=None if quiet else (room, envelope),
+        n=n,
+    )
 
 
 def counts_command(node: str, n: int, keys: list[str], counts: dict[str, int]) -> Command:

@@ -25,8 +25,16 @@ from gischat.broker.base import BrokerSettings, Envelope, Node
 from gischat.broker.redis.connection import describe, redis_client, redis_location, redis_secrets
 from gischat.broker.redis.mirror import Buffered, Mirror, readable
 from gischat.broker.redis.orders import NodeOrders
+from gischat.broker.redis.outage import SEEN_IDS, OutageBuffer, Seen, kept_commands, unconfirmed_messages
 from gischat.broker.redis.outbox import Command, Outbox
-from gischat.broker.redis.scripts import SCRIPTS, EventKind, Header, NodeKeys, counts_command, sync_command
+from gischat.broker.redis.scripts import (
+    SCRIPTS,
+    EventKind,
+    Header,
+    NodeKeys,
+    counts_command,
+    sync_command,
+)
 from gischat.protocol.refusals import SPLIT_REASON
 
 logger = logging.getLogger("gischat.broker")
@@ -88,6 +96,12 @@ class Session:
         self._buffer: list[Buffered] | None = None
         self._stopping = False
         self._down_since_logged = False
+        # What this node's users said while Redis was away, published on return (`outage.py`).
+        self.outage = OutageBuffer(settings.outage_buffer_messages, settings.outage_buffer_seconds)
+        self._history = (settings.max_stored_messages, settings.max_stored_bytes)
+        # Enough to hold every room's whole history, so a return delivers only what is new.
+        self._seen = Seen(max(SEEN_IDS, 2 * len(self.rooms) * settings.max_stored_messages))
+        self._flushed: asyncio.Future[Any] | None = None  # the kept messages are in Redis
 
     # --- what the broker sees -------------------------------------------------------------------
 
@@ -140,6 +154,7 @@ class Session:
 
     def deliver_local(self, room: str, envelope: Envelope) -> None:
         if self._hub is not None:
+            self._seen.first(envelope.post.id)  # delivered here: not again when Redis is back
             self._hub.deliver(room, envelope)
 
     # --- the connection's life ------------------------------------------------------------------
@@ -224,7 +239,13 @@ class Session:
         self._buffer = []
         self._online = True
         self._state = NodeState.SYNCING
-        self._outbox.send_first(self._sync_command())
+        # Registered first, then what was said here while Redis was away, then anything newer.
+        self._flushed = loop.create_future()
+        kept = kept_commands(self.outage, self.keys, self.node, self._outbox.number, self._history)
+        commands = [self._sync_command(), *kept]
+        commands[-1].future = self._flushed
+        for command in reversed(commands):
+            self._outbox.send_first(command)
         return [
             loop.create_task(self._read(pubsub)),
             loop.create_task(self._outbox.drain(client, self._sha, self._counts_command, self._describe)),
@@ -243,8 +264,21 @@ class Session:
                     task.result()
                 raise ConnectionError("lost during the snapshot")
         assert self._hub is not None
-        self._base = self._mirror.load(snapshot_task.result(), self._buffer or [], self._hub)
+        snapshot = snapshot_task.result()
+        self._catch_up(snapshot[4])
+        self._base = self._mirror.load(snapshot, self._buffer or [], self._hub)
         self._buffer = None
+
+    def _catch_up(self, history: list[list[bytes]]) -> None:
+        """Back on Redis: what the shared history holds that this node's sockets never got (said on
+        nodes that were back before this one) is delivered now, oldest first. The first time, it
+        is only noted: sockets get the history when they join."""
+        hub = self._hub
+        assert hub is not None
+        for room, items in zip(self.rooms, history, strict=True):
+            for post in map(readable, items):
+                if post is not None and self._seen.first(post.id) and self._sessions > 0:
+                    hub.deliver(room, Envelope(post))
 
     def _come_up(self) -> None:
         self._state = NodeState.UP
@@ -267,6 +301,9 @@ class Session:
                 await client.aclose()
 
     async def _snapshot(self, client: Redis) -> list[Any]:
+        if self._flushed is not None:
+            # After the kept messages: the snapshot's history and sequence number include them.
+            await self._flushed
         keys = self.keys
         result = await client.evalsha(
             self._sha["snapshot"], 2, keys.seq, keys.nodes, keys.prefix, *self.rooms
@@ -319,8 +356,13 @@ class Session:
         self._state = NodeState.DOWN
         self._settled.set()
         self._buffer = None
+        # Messages whose event never came back are kept for the return too (a node that got
+        # one already skips the repeat by its id).
+        unsure = unconfirmed_messages(self._outbox)
         for room, envelope in self._outbox.abandon():
             self.deliver_local(room, envelope)
+        for room, envelope in unsure:
+            self.outage.keep(room, envelope)
         self._mirror.clear()
         if self._hub is not None:
             for room in self.rooms:
@@ -359,13 +401,16 @@ class Session:
             self._orders.on_event(header, mine, payload)
             return
         if kind is EventKind.MESSAGE:
+            if mine and header.quiet:
+                return  # kept during an outage: its sockets had it then, the snapshot has it now
+            post = readable(payload)
+            if post is None or not self._seen.first(post.id):
+                return  # sent again after an outage, and delivered already
             keep = header.keep
             if keep and self._buffer is not None:
                 self._buffer.append((seq, header, payload))
                 keep = False
-            post = readable(payload)
-            if post is not None:
-                hub.deliver(room, Envelope(post, header.to, keep and seq > self._base))
+            hub.deliver(room, Envelope(post, header.to, keep and seq > self._base))
             return
         if kind in (EventKind.CLAIMED, EventKind.FREED) and not (mine and header.quiet):
             if kind is EventKind.CLAIMED and mine:

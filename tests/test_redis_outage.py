@@ -1,0 +1,151 @@
+"""Redis away and back, with nothing lost: what a node's users say meanwhile reaches the others.
+
+Real gischat processes on a real Redis that is killed and started again. While it is away each
+node keeps its own sockets chatting and keeps what its users send (OUTAGE_BUFFER_MESSAGES,
+OUTAGE_BUFFER_SECONDS); back, those messages reach the other nodes' sockets once, in each sender's
+order, with their ids and timestamps, and the shared history. What the bound drops is counted
+(`/status`, `/metrics`) and logged once.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from redis_nodes import Cluster, GischatNode, RedisServer
+from websockets.asyncio.client import connect
+
+from conftest import TIMEOUT, Client, text, wait_for
+from wire import next_channel_frame, next_frame
+
+pytestmark = pytest.mark.anyio
+
+ROOM = "QGIS"
+
+
+@pytest.fixture
+def cluster(redis_server: RedisServer, tmp_path: Path) -> Iterator[Cluster]:
+    started = Cluster(redis_server, tmp_path, f"o{uuid.uuid4().hex[:8]}")
+    yield started
+    started.stop()
+
+
+@asynccontextmanager
+async def socket(node: GischatNode, dialect: str) -> AsyncIterator[Client]:
+    url = node.ws_url(ROOM) if dialect == "room" else node.channel_url(ROOM)
+    async with connect(url, open_timeout=TIMEOUT, max_size=None) as ws:
+        yield Client(ws)
+
+
+async def broker(node: GischatNode) -> dict[str, Any]:
+    async with httpx.AsyncClient(base_url=node.http_url, timeout=TIMEOUT) as http:
+        body = (await http.get("/status")).json()
+    assert isinstance(body["broker"], dict)
+    return body["broker"]
+
+
+async def states_are(nodes: list[GischatNode], state: str) -> None:
+    async def check() -> bool:
+        return all([(await broker(node))["state"] == state for node in nodes])
+
+    await wait_for(check, 15)
+
+
+async def history(node: GischatNode) -> list[dict[str, Any]]:
+    async with httpx.AsyncClient(base_url=node.http_url, timeout=TIMEOUT) as http:
+        data = (await http.get(f"/channel/{ROOM}/last")).json()
+    assert isinstance(data, list)
+    return data
+
+
+async def texts(client: Client, count: int, channel: bool) -> list[dict[str, Any]]:
+    skip = ("nb_users", "newcomer", "exiter")
+    read = [
+        await (next_channel_frame(client, skip) if channel else next_frame(client, skip))
+        for _ in range(count)
+    ]
+    assert all(message["type"] == "text" for message in read), read
+    return read
+
+
+async def test_messages_said_while_redis_was_away_reach_the_other_node_once_in_order(
+    cluster: Cluster,
+) -> None:
+    a_node = cluster.node(MAX_STORED_MESSAGES="50")
+    b_node = cluster.node(MAX_STORED_MESSAGES="50")
+    async with (
+        socket(a_node, "room") as alice,
+        socket(a_node, "channel") as a_watch,
+        socket(b_node, "channel") as bob,
+        socket(b_node, "room") as b_watch,
+    ):
+        await alice.register("alice")
+        await bob.register("bob")
+        await alice.expect("newcomer", newcomer="bob")
+        await b_watch.expect("newcomer", newcomer="bob")
+        await a_watch.expect("newcomer", newcomer="bob")
+        cluster.redis.kill()
+        try:
+            await states_are([a_node, b_node], "down")
+            for i in range(5):
+                await alice.send(text("alice", f"a{i}"))
+                await bob.send(text("bob", f"b{i}"))
+            # Each node's own sockets chat on: a_watch sees alice's (with their ids), not bob's.
+            seen_on_a = await texts(a_watch, 5, channel=True)
+            assert [m["text"] for m in seen_on_a] == [f"a{i}" for i in range(5)]
+            seen_on_b = await texts(b_watch, 5, channel=False)
+            assert [m["text"] for m in seen_on_b] == [f"b{i}" for i in range(5)]
+            assert [m["text"] for m in await texts(bob, 5, channel=True)] == [f"b{i}" for i in range(5)]
+            assert (await broker(a_node))["kept"] == 5
+        finally:
+            cluster.redis.start()
+        await states_are([a_node, b_node], "up")
+        # Back: each node's messages reach the other's sockets, in order, with their ids and
+        # timestamps; then one more message from each, and nothing in between (no repeats).
+        await alice.send(text("alice", "a-after"))
+        await bob.send(text("bob", "b-after"))
+        on_b = await texts(bob, 7, channel=True)
+        from_alice = [m for m in on_b if m["author"] == "alice"]
+        assert from_alice[:5] == seen_on_a, "the same posts, ids and timestamps, in order"
+        assert [m["text"] for m in from_alice] == [*(f"a{i}" for i in range(5)), "a-after"]
+        assert [m["text"] for m in on_b if m["author"] == "bob"] == ["b-after"]
+        on_a = await texts(a_watch, 7, channel=True)
+        assert [m["text"] for m in on_a if m["author"] == "bob"] == [*(f"b{i}" for i in range(5)), "b-after"]
+        assert [m["text"] for m in on_a if m["author"] == "alice"] == ["a-after"]
+        assert (await broker(a_node))["kept"] == 0
+        # And the shared history, on both nodes and for whoever joins next.
+        for node in (a_node, b_node):
+            said = [m["text"] for m in await history(node)]
+            assert [t for t in said if t.startswith("a")] == [*(f"a{i}" for i in range(5)), "a-after"]
+            assert [t for t in said if t.startswith("b")] == [*(f"b{i}" for i in range(5)), "b-after"]
+        assert (await broker(a_node))["dropped"] == 0
+
+
+async def test_what_the_bound_drops_is_counted_and_logged_once(cluster: Cluster) -> None:
+    a_node = cluster.node(OUTAGE_BUFFER_MESSAGES="3", MAX_STORED_MESSAGES="50")
+    b_node = cluster.node(MAX_STORED_MESSAGES="50")
+    async with socket(a_node, "room") as alice, socket(b_node, "channel") as bob:
+        await alice.register("alice")
+        await bob.expect("newcomer", newcomer="alice")
+        cluster.redis.kill()
+        try:
+            await states_are([a_node, b_node], "down")
+            for i in range(5):
+                await alice.send(text("alice", f"a{i}"))
+            await texts(alice, 5, channel=False)
+            status = await broker(a_node)
+            assert (status["kept"], status["dropped"]) == (3, 2)
+        finally:
+            cluster.redis.start()
+        await states_are([a_node, b_node], "up")
+        await alice.send(text("alice", "a-after"))
+        assert [m["text"] for m in await texts(bob, 4, channel=True)] == ["a2", "a3", "a4", "a-after"]
+    async with httpx.AsyncClient(base_url=a_node.http_url, timeout=TIMEOUT) as http:
+        metrics = (await http.get("/metrics")).text
+    assert "gischat_broker_outage_dropped_total 2.0" in metrics
+    assert a_node.output().count("OUTAGE_BUFFER_MESSAGES=3") == 1
