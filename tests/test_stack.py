@@ -193,10 +193,13 @@ async def test_redis_restart_under_traffic_loses_nothing(stack: Stack, chatters:
     await asyncio.to_thread(
         wait_until, lambda: (http_status(url) or {}).get("healthy"), 60, "the replicas back on Redis"
     )
-    for name in stack.containers("gischat"):
-        await asyncio.to_thread(
-            wait_until, lambda name=name: '"state":"up"' in stack.replica_get(name, "/status"), 60, name
+
+    def all_up() -> bool:
+        return all(
+            '"state":"up"' in stack.replica_get(name, "/status") for name in stack.containers("gischat")
         )
+
+    await asyncio.to_thread(wait_until, all_up, 60, "every replica back on Redis")
     await traffic_for(chatters, 5)
     await settle(chatters)
     result = tally(chatters)
