@@ -571,3 +571,37 @@ async def test_a_killed_nodes_users_leave_the_portal(
         assert survivor.status() is not None
     finally:
         cluster.stop()
+
+
+async def test_a_room_bridged_onto_an_existing_matrix_room(
+    synapse: SynapseServer, matrix_users: MatrixUserFactory, server_factory: ServerFactory, bridged: Bridged
+) -> None:
+    """MATRIX_ROOM_IDS: the community's own (private) room; the bot joins when invited, and the
+    virtual users join through it."""
+    owner = await matrix_users("owner", "Owner")
+    room_id = await owner.create_room(name="Community room", public=False)
+    server = server_factory(
+        matrix_homeserver_url=synapse.url,
+        matrix_server_name=synapse.server_name,
+        matrix_as_token=synapse.as_token,
+        matrix_hs_token=synapse.hs_token,
+        matrix_rooms=["Field and mobile"],
+        matrix_room_ids={"Field and mobile": room_id},
+        matrix_prefix="gischat_ex_",
+    )
+    synapse.relay.target = server.port
+    try:
+        await owner.invite(room_id, "@gischat_ex_bot:gischat.test")
+        await owner.wait_for(
+            room_id, lambda e: _member(e, "@gischat_ex_bot:gischat.test", "join"), MATRIX_TIMEOUT
+        )
+        async with channel_client(server, "Field and mobile") as field:
+            await field.register("surveyor")
+            await field.send(text("surveyor", "from the field"))
+            said = await owner.wait_for(room_id, lambda e: _body(e) == "from the field", MATRIX_TIMEOUT)
+            assert said["sender"] == "@gischat_ex_surveyor:gischat.test"
+            await owner.send_text(room_id, "from the community")
+            heard = await wait_channel_type(field, "text", text="from the community")
+            assert heard["author"] == "Owner-matrix"
+    finally:
+        synapse.relay.target = bridged.a.port
