@@ -823,6 +823,24 @@ class SynapseServer:
     def bot_user_id(self) -> str:
         return self.user_id(f"{USER_PREFIX}bot")
 
+    def serve_appservice_at(self, port: int | None) -> None:
+        """Point the homeserver's application service at a gischat on `port` (None: nobody).
+
+        With somebody there, the homeserver is pinged through it, so that transactions it held
+        while the AS was away (an earlier test's server gone, say) go now, not after its backoff
+        of up to 512 s."""
+        self.relay.target = port
+        if port is None:
+            return
+        response = httpx.post(
+            f"{self.url}/_matrix/client/v1/appservice/{APPSERVICE_ID}/ping",
+            json={},
+            headers={"Authorization": f"Bearer {self.as_token}"},
+            timeout=TIMEOUT,
+            trust_env=False,
+        )
+        _json_or_raise(response)
+
     async def ping_appservice(self, transaction_id: str | None = None) -> JsonDict:
         """`POST /_matrix/client/v1/appservice/gischat/ping` as the AS (spec v1.7).
 

@@ -1086,17 +1086,17 @@ async def test_a_matrix_users_messages_carry_a_matrix_badge(
         matrix_rooms=["QGIS"],
     )
     previous = synapse.relay.target
-    synapse.relay.target = server.port
+    synapse.serve_appservice_at(server.port)
     try:
         page = await pages.open(server)
         await join(page, "webber")
         matrix = await matrix_users("badge", "Badge Holder")
         room_id = await matrix.join(f"#gischat_qgis:{synapse.server_name}")
-        await matrix.send_text(room_id, "hello from Matrix")
-        from_matrix = message_item(page, "Badge_Holder-matrix", "hello from Matrix")
+        await matrix.send_text(room_id, "a badge for Matrix")
+        from_matrix = message_item(page, "Badge_Holder-matrix", "a badge for Matrix")
         await expect(from_matrix.locator(".badge.matrix")).to_have_text("Matrix")
         await say(page, "hello from the web")
         await expect(message_item(page, "webber", "hello from the web")).to_be_visible()
         await expect(message_item(page, "webber", "hello from the web").locator(".badge")).to_have_count(0)
     finally:
-        synapse.relay.target = previous
+        synapse.serve_appservice_at(previous)

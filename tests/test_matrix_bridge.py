@@ -71,10 +71,10 @@ def bridged(
     env = bridge_env(synapse)
     try:
         a, b = cluster.node(**env), cluster.node(**env)
-        synapse.relay.target = a.port
+        synapse.serve_appservice_at(a.port)
         yield Bridged(a, b, synapse)
     finally:
-        synapse.relay.target = None
+        synapse.serve_appservice_at(None)
         cluster.stop()
 
 
@@ -120,15 +120,19 @@ async def test_a_portal_per_room_named_with_the_rules(
 async def test_text_both_ways_across_nodes_and_dialects(
     bridged: Bridged, matrix_users: MatrixUserFactory
 ) -> None:
+    tag = uuid.uuid4().hex[:8]  # the session's homeserver keeps every test's messages
     jane = await matrix_users("jane", "Jane Doe")
     room_id = await join_portal(jane, bridged)
     async with channel(bridged.a, "alice") as alice, qtribu(bridged.b, "bob") as bob:
         # The virtual users join the portal as their sockets register.
         await jane.wait_for(room_id, lambda e: _member(e, "@gischat_alice:gischat.test", "join"))
         await jane.wait_for(room_id, lambda e: _member(e, "@gischat_bob:gischat.test", "join"))
-        await alice.send(text("alice", "hello from QChat"))
-        await bob.send(text("bob", "hello from QTribu"))
-        wanted = {"hello from QChat": "alice", "hello from QTribu": "bob"}  # two nodes: either first
+        await alice.send(text("alice", f"hello from QChat {tag}"))
+        await bob.send(text("bob", f"hello from QTribu {tag}"))
+        wanted = {
+            f"hello from QChat {tag}": "alice",
+            f"hello from QTribu {tag}": "bob",
+        }  # two nodes: either first
         while wanted:
             event = await jane.wait_for(room_id, lambda e: _body(e) in wanted, MATRIX_TIMEOUT)
             body = event["content"]["body"]
@@ -137,21 +141,21 @@ async def test_text_both_ways_across_nodes_and_dialects(
         members = await jane.members(room_id)
         assert members["@gischat_alice:gischat.test"] == "alice"
 
-        await jane.send_text(room_id, "hello from Matrix")
-        on_a = await wait_channel_type(alice, "text", text="hello from Matrix")
-        on_b = await wait_type(bob, "text", text="hello from Matrix")
+        await jane.send_text(room_id, f"hello from Matrix {tag}")
+        on_a = await wait_channel_type(alice, "text", text=f"hello from Matrix {tag}")
+        on_b = await wait_type(bob, "text", text=f"hello from Matrix {tag}")
         assert on_a["author"] == on_b["author"] == "Jane_Doe-matrix"
         assert on_a["avatar"] is None
         # Exactly once, everywhere: a marker behind, and nothing twice before it.
-        await jane.send_text(room_id, "marker one")
+        await jane.send_text(room_id, f"marker one {tag}")
         for client in (alice, bob):
-            seen = await _texts_until(client, "marker one")
-            assert "hello from Matrix" not in seen
+            seen = await _texts_until(client, f"marker one {tag}")
+            assert f"hello from Matrix {tag}" not in seen
         events = await jane.messages(room_id)
         bodies = [_body(e) for e in events]
-        assert bodies.count("hello from QChat") == 1
-        assert bodies.count("hello from QTribu") == 1
-        assert bodies.count("hello from Matrix") == 1
+        assert bodies.count(f"hello from QChat {tag}") == 1
+        assert bodies.count(f"hello from QTribu {tag}") == 1
+        assert bodies.count(f"hello from Matrix {tag}") == 1
 
 
 async def _texts_until(client: Client, marker: str) -> list[str]:
@@ -589,7 +593,7 @@ async def test_a_room_bridged_onto_an_existing_matrix_room(
         matrix_room_ids={"Field and mobile": room_id},
         matrix_prefix="gischat_ex_",
     )
-    synapse.relay.target = server.port
+    synapse.serve_appservice_at(server.port)
     try:
         await owner.invite(room_id, "@gischat_ex_bot:gischat.test")
         await owner.wait_for(
@@ -604,4 +608,4 @@ async def test_a_room_bridged_onto_an_existing_matrix_room(
             heard = await wait_channel_type(field, "text", text="from the community")
             assert heard["author"] == "Owner-matrix"
     finally:
-        synapse.relay.target = bridged.a.port
+        synapse.serve_appservice_at(bridged.a.port)
