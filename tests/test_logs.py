@@ -202,3 +202,36 @@ def test_comings_and_goings_beyond_the_log_rate_are_counted_not_made(
     assert [record.getMessage() for record in caplog.records] == [
         "not logged in the last 10 s: 4 joins, 1 leaves (LOG_RATE)"
     ]
+
+
+def test_a_flooded_access_log_says_what_it_dropped_through_gischat_logs() -> None:
+    """uvicorn's access lines take five fields: the summary of those dropped goes to gischat's own
+    handler instead of failing in the access formatter (and being lost)."""
+    from uvicorn.logging import AccessFormatter
+
+    from gischat.observability.logs import FloodFilter
+
+    access_lines, gischat_lines = LineList(), LineList()
+    access = logging.Handler()
+    access.setFormatter(AccessFormatter('%(client_addr)s - "%(request_line)s" %(status_code)s'))
+    access.emit = lambda record: access_lines.append(access.format(record))  # type: ignore[method-assign]
+    mine = logging.Handler()
+    mine.emit = lambda record: gischat_lines.append(record.getMessage())  # type: ignore[method-assign]
+    flood = FloodFilter(0.01)
+    flood.attach(access)
+    access.addFilter(flood)
+    summaries = logging.getLogger("gischat.logs")
+    summaries.addHandler(mine)
+    try:
+        for _ in range(5):
+            access.handle(logging.LogRecord("uvicorn.access", logging.INFO, "", 0, '%s - "%s %s HTTP/%s" %d',
+                                            ("192.0.2.1:5", "PUT", "/x", "1.1", 200), None))  # fmt: skip
+        flood.flush()
+    finally:
+        summaries.removeHandler(mine)
+    assert len(access_lines) == 1
+    assert gischat_lines == ["4 log lines dropped in the last 10 s (LOG_RATE)"]
+
+
+class LineList(list[str]):
+    """Lines a test handler wrote."""

@@ -128,6 +128,16 @@ class ChurnLog:
         self.logger.info("not logged in the last %.0f s: %s (LOG_RATE)", SUMMARY_INTERVAL, held)
 
 
+def summary_record(dropped: int) -> logging.LogRecord:
+    """The line that says how many lines a flood filter dropped; it passes every filter."""
+    record = logging.LogRecord(
+        "gischat.logs", logging.WARNING, __file__, 0,
+        "%d log lines dropped in the last %.0f s (LOG_RATE)", (dropped, SUMMARY_INTERVAL), None,
+    )  # fmt: skip
+    record.flood_summary = True
+    return record
+
+
 class FloodFilter(logging.Filter):
     """A handler filter letting at most `rate` lines per second through (bursts of 5 s worth).
 
@@ -154,15 +164,19 @@ class FloodFilter(logging.Filter):
         self._handlers.add(handler)
 
     def flush(self) -> None:
+        """One summary line of what was dropped, through the handler when it writes plain records;
+        a handler with a format of its own (uvicorn's access lines take five fields, not a
+        sentence) gets it through `gischat.logs` instead, so that the summary is never lost."""
         if not self._dropped:
             return
-        record = logging.LogRecord(
-            "gischat.logs", logging.WARNING, __file__, 0,
-            "%d log lines dropped in the last %.0f s (LOG_RATE)", (self._dropped, SUMMARY_INTERVAL), None,
-        )  # fmt: skip
-        record.flood_summary = True
-        self._dropped = 0
+        dropped, self._dropped = self._dropped, 0
         for handler in list(self._handlers):
+            record = summary_record(dropped)
+            try:
+                handler.format(record)
+            except (TypeError, ValueError):  # not a sentence this handler can write
+                logging.getLogger("gischat.logs").handle(summary_record(dropped))
+                continue
             handler.handle(record)
 
     @classmethod
