@@ -191,3 +191,12 @@ class Stack:
 
     def down(self) -> None:
         self.compose("down", "-v", "-t", "5", check=False, timeout=300)
+        # podman-compose's `down` leaves the replicas `--scale` added (and then their network).
+        label = f"label=com.docker.compose.project={self.project}"
+        for _ in range(3):  # the dependent ones first: Redis goes once the replicas are gone
+            left = self.engine("ps", "-a", "-q", "--filter", label, check=False).split()
+            if not left:
+                break
+            for container in left:
+                self.engine("rm", "-f", "-t", "0", container, check=False, timeout=120)
+        self.engine("network", "rm", f"{self.project}_default", check=False)
