@@ -38,7 +38,13 @@ pytestmark = pytest.mark.anyio
 
 ProcessorFactory = Callable[..., Processor]
 WIRE_KEYS = ["type", "author", "avatar", "layer_name", "crs_wkt", "crs_authid", "geojson", "style"]
-HELPER_PROCESSES = ("multiprocessing.forkserver", "multiprocessing.resource_tracker")
+# Processes that live as long as the test session: multiprocessing's own, and the Matrix bridge's
+# homeserver (tests/synapse_homeserver.py), started once for the session by the first test needing it.
+HELPER_PROCESSES = (
+    "multiprocessing.forkserver",
+    "multiprocessing.resource_tracker",
+    "synapse.app.homeserver",
+)
 
 
 @pytest.fixture

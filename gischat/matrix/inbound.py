@@ -86,37 +86,44 @@ class Inbound:
         return queue
 
     async def transaction(self, txn_id: str, events: list[Any]) -> None:
-        """A transaction the homeserver pushed: its events queued, once across the nodes."""
-        if not await self.ledger.first(f"txn:{txn_id}", TXN_MEMORY):
-            return  # retried after we answered, or handed to another node already
-        for event in events:
-            if isinstance(event, dict):
-                self.accept(event)
+        """A transaction the homeserver pushed: its events queued, once across the nodes.
 
-    def accept(self, event: dict[str, Any]) -> None:
+        Most transactions hold only the bridge's own events coming back: those are sorted out
+        first, and cost no claim in the ledger."""
+        wanted = [(room, event) for event in events if (room := self.room_for(event)) is not None]
+        if not wanted or not await self.ledger.first(f"txn:{txn_id}", TXN_MEMORY):
+            return  # nothing for us, or retried after we answered, or handed to another node already
+        for room, event in wanted:
+            self.queue(room).put(event, _size(event))
+
+    def room_for(self, event: Any) -> str | None:
+        """The bridged room an event is for, None for what the bridge leaves alone: its own
+        events (never echoed), other rooms' and other types."""
+        if not isinstance(event, dict):
+            return None
         room_id, sender, kind = event.get("room_id"), event.get("sender"), event.get("type")
         if not (isinstance(room_id, str) and isinstance(sender, str) and isinstance(kind, str)):
-            return
+            return None
         if kind == "m.room.member" and event.get("state_key") == self.settings.bot:
-            self._invited(room_id, event)
-            return
+            return self._invited(room_id, event)
         if self.settings.ours(sender):
-            return  # what the bridge itself did: never echoed
+            return None
         room = self.portals.room_of(room_id)
         if room is None or kind not in ("m.room.message", "m.reaction", "m.room.redaction"):
-            return
+            return None
         if not isinstance(event.get("content"), dict) or not isinstance(event.get("event_id"), str):
-            return
-        self.queue(room).put(event, _size(event))
+            return None
+        return room
 
-    def _invited(self, room_id: str, event: dict[str, Any]) -> None:
-        """The bot is invited into a room MATRIX_ROOM_IDS names: it joins (others stay uninvited)."""
+    def _invited(self, room_id: str, event: dict[str, Any]) -> str | None:
+        """The bot invited into a room MATRIX_ROOM_IDS names: that room (its queue makes the bot
+        join); other invitations are left alone."""
         content = event.get("content")
         if not isinstance(content, dict) or content.get("membership") != "invite":
-            return
-        for room, mapped in self.settings.matrix_room_ids.items():
-            if mapped == room_id:
-                self.queue(room).put({"type": "gischat.join", "room_id": room_id})
+            return None
+        return next(
+            (room for room, mapped in self.settings.matrix_room_ids.items() if mapped == room_id), None
+        )
 
     async def perform(self, event: dict[str, Any]) -> None:
         kind = event["type"]
@@ -124,7 +131,7 @@ class Inbound:
         room = self.portals.room_of(room_id)
         if room is None:
             return
-        if kind == "gischat.join":
+        if kind == "m.room.member":  # the bot's invitation (`_invited`): it joins
             await self.portals.room_id(room)
             return
         if kind == "m.room.redaction":

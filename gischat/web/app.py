@@ -40,7 +40,7 @@ from gischat.upstream import ignored_upstream_settings
 from gischat.web import about as page
 from gischat.web import client as webclient
 from gischat.web.conversations import add_conversation_routes
-from gischat.web.matrix import build_appservice_router
+from gischat.web.matrix import Transactions, build_appservice_router
 from gischat.web.moderation import build_moderation_router
 from gischat.web.schemas import RoomStatus, RulesResponse, StatusResponse, VersionResponse
 from gischat.work.pool import PoolSettings, Processor
@@ -75,8 +75,14 @@ class ChatApp(FastAPI):
     """
 
     chat_sockets: tuple[WebSocketRoute, ...] = ()
+    # The Matrix bridge's transactions, served the same way (see gischat.web.matrix).
+    transactions: Transactions | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        transactions = self.transactions
+        if transactions is not None and transactions.serves(scope):
+            await transactions(scope, receive, send)
+            return
         if scope["type"] == "websocket":
             for route in self.chat_sockets:
                 match, child = route.matches(scope)
@@ -152,6 +158,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     router, app.chat_sockets = build_router(settings, chat, bridge)
     app.include_router(router)
     if bridge is not None:
+        app.transactions = Transactions(bridge)
         app.include_router(build_appservice_router(bridge))
     if settings.admin_tokens:  # no tokens: /admin/... answers 404 like any unknown route
         moderation = ModerationService(chat, project(ModerationSettings, settings))
