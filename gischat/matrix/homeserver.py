@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, cast
 
@@ -31,9 +32,12 @@ from gischat.matrix.config import MatrixSettings
 from gischat.matrix.names import slug
 
 logger = logging.getLogger("gischat.matrix")
+EVENT_TYPES = {kind: EventType.find(kind) for kind in ("m.room.message", "m.reaction")}
 T = TypeVar("T")
 # The longest one request to the homeserver may take (an upload of a large layer included).
 REQUEST_TIMEOUT = 60.0
+# Virtual users whose intents a process keeps (the least recent go first).
+MAX_INTENTS = 10_000
 
 
 class DownloadRefused(Exception):
@@ -56,6 +60,8 @@ class Homeserver:
         self._session: aiohttp.ClientSession | None = None
         self._api: AppServiceAPI | None = None
         self._names: dict[str, str] = {}  # virtual user -> the display name it was given
+        # mautrix builds an intent anew on each ask (wrapping a dozen methods): one per user, kept.
+        self._intents: OrderedDict[str, IntentAPI] = OrderedDict()
         self.store = MemoryStore()
 
     async def start(self) -> None:
@@ -84,7 +90,13 @@ class Homeserver:
         return cast(IntentAPI, self.api.bot_intent())
 
     def intent(self, mxid: str) -> IntentAPI:
-        return cast(IntentAPI, self.api.intent(UserID(mxid)))
+        intent = self._intents.get(mxid)
+        if intent is None:
+            intent = self._intents[mxid] = cast(IntentAPI, self.api.intent(UserID(mxid)))
+            if len(self._intents) > MAX_INTENTS:
+                self._intents.popitem(last=False)
+        self._intents.move_to_end(mxid)
+        return intent
 
     async def puppet(self, nickname: str) -> IntentAPI:
         """The virtual user of a nickname, with the nickname as its display name."""
@@ -178,8 +190,5 @@ class Homeserver:
     async def send(
         self, intent: IntentAPI, room_id: str, event_type: str, content: dict[str, Any], txn: str
     ) -> str:
-        return str(
-            await intent.send_message_event(
-                RoomID(room_id), EventType.find(event_type), cast(Any, content), txn_id=txn
-            )
-        )
+        kind = EVENT_TYPES.get(event_type) or EventType.find(event_type)
+        return str(await intent.send_message_event(RoomID(room_id), kind, cast(Any, content), txn_id=txn))
