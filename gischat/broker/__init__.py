@@ -6,10 +6,34 @@ the URL scheme of `BROKER_URL`; the Redis engine is imported only when asked for
 
 from __future__ import annotations
 
-from gischat.broker.base import Broker, BrokerSettings, Envelope, Node
+from gischat.broker.base import (
+    Broker,
+    BrokerSettings,
+    Control,
+    Envelope,
+    Fanout,
+    Membership,
+    Nicknames,
+    Node,
+    Presence,
+)
+from gischat.broker.ledger import Ledger
 from gischat.broker.memory import MemoryBroker
 
-__all__ = ["Broker", "BrokerSettings", "Envelope", "MemoryBroker", "Node", "create_broker"]
+__all__ = [
+    "Broker",
+    "BrokerSettings",
+    "Control",
+    "Envelope",
+    "Fanout",
+    "Ledger",
+    "Membership",
+    "MemoryBroker",
+    "Nicknames",
+    "Node",
+    "Presence",
+    "create_broker",
+]
 
 
 def create_broker(settings: BrokerSettings) -> Broker:

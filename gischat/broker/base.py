@@ -105,8 +105,8 @@ class Node(Protocol):
         """This node's sockets of `room`, for a moderator (JSON values only)."""
 
 
-class Broker(Protocol):
-    """Where a room's messages go to reach every node that serves the room."""
+class Membership(Protocol):
+    """The node in the shared service: joining and leaving it, and how it stands there."""
 
     @property
     def shared(self) -> bool:
@@ -117,8 +117,8 @@ class Broker(Protocol):
         """This node's name in a moderator's listing (`local` for a single process)."""
 
     @property
-    def ledger(self) -> Ledger:
-        """What must happen once across the nodes (see `gischat.broker.ledger`)."""
+    def healthy(self) -> bool:
+        """Whether this node is part of the shared service right now."""
 
     async def start(self, node: Node) -> None:
         """Begin handing published envelopes to `node.deliver(room, envelope)`."""
@@ -126,8 +126,29 @@ class Broker(Protocol):
     async def stop(self) -> None:
         """Leave the service (others see this node's users go) and release connections."""
 
+    def status(self) -> dict[str, Any] | None:
+        """The broker's state for `/status` (None: a single process, nothing to say)."""
+
+
+class Fanout(Protocol):
+    """A room's messages to every node that serves the room."""
+
     def publish(self, room: str, envelope: Envelope) -> None:
         """Send an envelope to every node that serves `room`, this one included, in call order."""
+
+
+class Presence(Protocol):
+    """How many sockets each room has on the other nodes."""
+
+    def count_changed(self, room: str) -> None:
+        """The number of this node's sockets in `room` changed."""
+
+    def remote_count(self, room: str) -> int:
+        """Sockets of `room` on the other nodes."""
+
+
+class Nicknames(Protocol):
+    """The nickname registry of every room, first come first served across the nodes."""
 
     async def claim(self, room: str, key: str, nickname: str, payload: Post) -> bool:
         """Register `nickname` for this node, first come first served across nodes; on success
@@ -136,20 +157,15 @@ class Broker(Protocol):
     def release(self, room: str, key: str, nickname: str, payload: Post) -> None:
         """This node's socket registered as `nickname` left: free it and publish `payload` (`exiter`)."""
 
-    def count_changed(self, room: str) -> None:
-        """The number of this node's sockets in `room` changed."""
-
-    def remote_count(self, room: str) -> int:
-        """Sockets of `room` on the other nodes."""
-
     def remote_owner(self, room: str, key: str) -> str | None:
         """The nickname registered under `key` in `room` on another node, if any."""
 
     def remote_users(self, room: str) -> list[str]:
         """Nicknames registered in `room` on the other nodes."""
 
-    def status(self) -> dict[str, Any] | None:
-        """The broker's state for `/status` (None: a single process, nothing to say)."""
+
+class Control(Protocol):
+    """Moderators' orders, carried out by every node: the control channel between nodes."""
 
     def order(self, order: Order) -> None:
         """Have every node, this one included, carry out `order` (`Node.obey`), in call order
@@ -161,6 +177,12 @@ class Broker(Protocol):
     async def gather(self, room: str) -> list[dict[str, Any]]:
         """The other nodes' sockets of `room` (`Node.describe` on each), as far as they answer."""
 
+
+class Broker(Membership, Fanout, Presence, Nicknames, Control, Protocol):
+    """Every role of an engine, over its one connection: each part of the server is handed the
+    roles it uses (the hub most of them, moderation `Control`, the Matrix bridge `Ledger` and
+    `Control`), and asks; none tests which engine it got."""
+
     @property
-    def healthy(self) -> bool:
-        """Whether this node is part of the shared service right now."""
+    def ledger(self) -> Ledger:
+        """What must happen once across the nodes (see `gischat.broker.ledger`)."""

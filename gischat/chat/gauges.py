@@ -6,11 +6,12 @@ parts are put together, and the metrics registry itself knows none of them.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterable
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from gischat.broker import Broker
+from gischat.broker.base import Membership
 from gischat.rooms.hub import Hub
 from gischat.work.pool import Processor
 
@@ -46,11 +47,22 @@ def live_state(hub: Hub, processor: Processor) -> Callable[[], Iterable[Metric]]
             "Characters of images and layers queued or in work",
             value=processor.bytes_in_flight,
         )
+        yield GaugeMetricFamily(
+            "gischat_loop_tasks", "Tasks of the event loop, running or waiting", value=_tasks()
+        )
 
     return collect
 
 
-def broker_state(broker: Broker) -> Callable[[], Iterable[Metric]]:
+def _tasks() -> int:
+    """The loop's tasks (a soak watches them come back to where they were); 0 off the loop."""
+    try:
+        return len(asyncio.all_tasks())
+    except RuntimeError:  # scraped from a thread with no running loop
+        return 0
+
+
+def broker_state(broker: Membership) -> Callable[[], Iterable[Metric]]:
     """Gauges of a shared broker (BROKER_URL=redis://...), read when Prometheus scrapes."""
 
     def collect() -> Iterable[Metric]:

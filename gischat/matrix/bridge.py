@@ -16,6 +16,8 @@ from typing import Any
 from mautrix.types import RoomID
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from gischat.broker.base import Control
+from gischat.broker.ledger import Ledger
 from gischat.chat.service import ChatService
 from gischat.matrix.config import MatrixSettings
 from gischat.matrix.homeserver import Homeserver
@@ -31,13 +33,18 @@ logger = logging.getLogger("gischat.matrix")
 class Bridge:
     """gischat's rooms and their Matrix portals as one conversation."""
 
-    def __init__(self, settings: MatrixSettings, chat: ChatService, limits: Limits) -> None:
+    def __init__(
+        self, settings: MatrixSettings, chat: ChatService, limits: Limits, ledger: Ledger, control: Control
+    ) -> None:
+        """`ledger` and `control` are the broker's roles the bridge uses: what must happen once across
+        the nodes, and the orders every node carries out (a redaction's delete)."""
         self.settings = settings
         self.homeserver = Homeserver(settings)
         self.portals = Portals(settings, self.homeserver)
-        ledger = chat.hub.broker.ledger
         self.outbound = Outbound(self.homeserver, ledger, self.portals, settings.matrix_queue_size)
-        self.inbound = Inbound(settings, self.homeserver, self.portals, ledger, chat, limits, self.outbound)
+        self.inbound = Inbound(
+            settings, self.homeserver, self.portals, ledger, control, chat, limits, self.outbound
+        )
         for room in settings.bridged:
             self.outbound.queue(room)
             self.inbound.queue(room)

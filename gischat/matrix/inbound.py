@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from gischat.broker.base import Order, OrderKind
+from gischat.broker.base import Control, Order, OrderKind
 from gischat.broker.ledger import Ledger
 from gischat.chat.service import ChatService
 from gischat.limits import ConnectionLimits
@@ -62,6 +62,7 @@ class Inbound:
         homeserver: Homeserver,
         portals: Portals,
         ledger: Ledger,
+        control: Control,
         chat: ChatService,
         limits: Limits,
         outbound: Outbound,
@@ -70,6 +71,7 @@ class Inbound:
         self.homeserver = homeserver
         self.portals = portals
         self.ledger = ledger
+        self.control = control
         self.chat = chat
         self.limits = limits
         self.outbound = outbound
@@ -251,7 +253,7 @@ class Inbound:
             return
         post_id = str(record["post"])
         await self.ledger.put(f"redacted:{post_id}", "1", EVENT_MEMORY)  # already gone from Matrix
-        self.chat.hub.broker.order(Order(OrderKind.DELETE, room, {"id": post_id}))
+        self.control.order(Order(OrderKind.DELETE, room, {"id": post_id}))
         logger.info("matrix: a redaction removed a message from %r's history", room)
 
     async def nickname(self, room: str, room_id: str, mxid: str) -> str:

@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from gischat.broker.base import Order, OrderKind
+from gischat.broker.base import Control, Order, OrderKind
 from gischat.chat.service import ChatService
 from gischat.moderation.audit import Action, AuditTrail
 from gischat.moderation.tokens import Gate, ModerationSettings
@@ -54,9 +54,10 @@ def ban_json(ban: Ban) -> dict[str, Any]:
 class ModerationService:
     """The moderators' actions on one instance, over the chat service's hub and broker."""
 
-    def __init__(self, chat: ChatService, settings: ModerationSettings) -> None:
+    def __init__(self, chat: ChatService, settings: ModerationSettings, control: Control) -> None:
         self.chat = chat
         self.hub = chat.hub
+        self.control = control  # the broker's control channel: orders for every node
         self.settings = settings
         self.gate = Gate(settings)
         self.trail = AuditTrail(chat.metrics.moderation)
@@ -66,12 +67,12 @@ class ModerationService:
             raise NotFound(f"room {room!r} not found")
 
     def _order(self, kind: OrderKind, room: str | None, args: dict[str, Any]) -> None:
-        self.hub.broker.order(Order(kind, room, args))
+        self.control.order(Order(kind, room, args))
 
     async def connections(self, room: str) -> list[dict[str, Any]]:
         """Every socket of the room: this node's, then the other nodes' that answered."""
         self._room(room)
-        return self.hub.describe(room) + await self.hub.broker.gather(room)
+        return self.hub.describe(room) + await self.control.gather(room)
 
     def kick(self, moderator: str, room: str, nickname: str, reason: str) -> None:
         self._room(room)

@@ -119,7 +119,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     chat = assemble(settings)
     bridge = None
     if settings.matrix_enabled:  # nothing set: no bridge, no /_matrix routes
-        bridge = Bridge(project(MatrixSettings, settings), chat, project(Limits, settings))
+        broker = chat.hub.broker
+        bridge = Bridge(
+            project(MatrixSettings, settings), chat, project(Limits, settings), broker.ledger, broker
+        )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
@@ -161,7 +164,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.transactions = Transactions(bridge)
         app.include_router(build_appservice_router(bridge))
     if settings.admin_tokens:  # no tokens: /admin/... answers 404 like any unknown route
-        moderation = ModerationService(chat, project(ModerationSettings, settings))
+        moderation = ModerationService(chat, project(ModerationSettings, settings), chat.hub.broker)
         app.state.moderation = moderation
         app.include_router(build_moderation_router(moderation))
     webclient.install(app, settings, moderation=bool(settings.admin_tokens))
