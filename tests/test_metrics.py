@@ -70,6 +70,7 @@ async def test_metrics_count_what_happens(server_factory: ServerFactory) -> None
     assert value(samples, "gischat_received_bytes_total") > 0
     assert value(samples, "gischat_sent_bytes_total") > 0
     assert ("gischat_processing_jobs", ()) in samples
+    assert value(samples, "gischat_loop_tasks") >= 2  # at least the two readers' receive loops
 
 
 async def test_slow_clients_dropped_are_counted(server_factory: ServerFactory) -> None:
