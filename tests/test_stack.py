@@ -24,7 +24,9 @@ from containers import ROLLING_RESTART, ROOT, Engine, Stack, http_status, requir
 
 from conftest import free_port
 
-pytestmark = pytest.mark.anyio
+# Restarting containers under traffic waits on the engine: up to a minute each on a busy 2-core CI
+# machine (the default 60 s per test is too tight for a restart and its recovery together).
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(300)]
 
 ADMIN_SECRET = "s" * 40
 UP_TIMEOUT = 240.0
