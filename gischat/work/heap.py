@@ -15,6 +15,8 @@ from functools import cache
 
 logger = logging.getLogger("gischat.processing")
 
+# Glibc serves larger blocks with mmap, returned to the system as soon as they are freed.
+# Left alone, glibc raises this threshold after every large free (up to 32 MB), and the
 # next layers' buffers then stay in the heap after use.
 MMAP_THRESHOLD = 1024 * 1024
 # In the server process: buffers below glibc's own ceiling for the threshold come from the heap,
@@ -23,6 +25,7 @@ SERVER_MMAP_THRESHOLD = 32 * 1024 * 1024
 SERVER_TRIM_THRESHOLD = 256 * 1024 * 1024
 _M_TRIM_THRESHOLD = -1  # mallopt parameter numbers, from glibc's malloc.h
 _M_MMAP_THRESHOLD = -3
+# After a large job, the main process trims its heap once big jobs have been quiet this long
 # (seconds): by then the frame, the result and the copies sent to sockets are freed.
 TRIM_DELAY = 1.0
 

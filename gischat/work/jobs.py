@@ -26,8 +26,10 @@ from gischat.work.heap import release_memory, tune_allocator
 
 # After a job on an input longer than this, a worker hands its freed memory back at once.
 LARGE_INPUT = 2 * 1024 * 1024
-# of pushing the machine into swap. Two workers on 15 MB layers peaked at 512 MB together.
+# Address space a worker may map: a pathological input gets MemoryError (a refusal) instead
+# of pushing the machine into swap.
 WORKER_ADDRESS_SPACE = 3 * 1024**3
+# Workers run at a lower CPU priority than the server: when every core is busy validating
 # layers, the event loop (which every room waits on) still gets a core the moment it needs it.
 WORKER_NICENESS = 10
 

@@ -54,8 +54,11 @@ __all__ = ["OFFLOAD_THRESHOLD", "Prepared", "Processor"]
 
 logger = logging.getLogger("gischat.processing")
 
+# Frames longer than this (characters) are parsed in a worker: below it orjson and pydantic
 # take well under a millisecond on the loop, above it the cost grows with the frame.
 OFFLOAD_THRESHOLD = 64 * 1024
+# Workers are stopped once no job came for this long, handing back everything they hold
+# (two idle workers still hold tens of MB); the next job starts new ones, a fork of the
 # forkserver each, in a thread.
 POOL_IDLE = 5.0
 
