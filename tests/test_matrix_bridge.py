@@ -12,7 +12,7 @@ import base64
 import io
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,19 +79,21 @@ def bridged(
 
 
 @asynccontextmanager
-async def channel(node: GischatNode, nickname: str, room: str = "QGIS") -> AsyncIterator[Client]:
-    async with connect(node.channel_url(room), open_timeout=TIMEOUT, max_size=None) as ws:
+async def registered(url: str, nickname: str) -> AsyncIterator[Client]:
+    async with connect(url, open_timeout=TIMEOUT, max_size=None) as ws:
         client = Client(ws)
         await client.register(nickname)
         yield client
 
 
-@asynccontextmanager
-async def qtribu(node: GischatNode, nickname: str, room: str = "QGIS") -> AsyncIterator[Client]:
-    async with connect(node.ws_url(room), open_timeout=TIMEOUT, max_size=None) as ws:
-        client = Client(ws)
-        await client.register(nickname)
-        yield client
+def channel(node: GischatNode, nickname: str, room: str = "QGIS") -> AbstractAsyncContextManager[Client]:
+    """A 3.x socket (QChat, QField) registered as `nickname`."""
+    return registered(node.channel_url(room), nickname)
+
+
+def qtribu(node: GischatNode, nickname: str, room: str = "QGIS") -> AbstractAsyncContextManager[Client]:
+    """A 2.x socket (QTribu) registered as `nickname`."""
+    return registered(node.ws_url(room), nickname)
 
 
 async def join_portal(user: MatrixUser, bridged: Bridged, room: str = "QGIS") -> str:
