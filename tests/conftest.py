@@ -24,7 +24,7 @@ import uvicorn
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from gischat.server.guard import GuardSpec, forget_guard
+from gischat.server.registry import GuardSpec, forget_guard
 from gischat.server.runner import guarded, listening_socket, prepare_process, uvicorn_options
 from gischat.settings import Settings
 from gischat.web.app import create_app
@@ -81,7 +81,7 @@ class LiveServer:
     port: int
     server: uvicorn.Server
     thread: threading.Thread
-    guard_spec: GuardSpec  # names the server's transport guard (see gischat.server.guard)
+    guard_spec: GuardSpec  # names the server's transport guard (see gischat.server.registry)
 
     @property
     def http_url(self) -> str:

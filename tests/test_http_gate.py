@@ -24,16 +24,10 @@ import pytest
 import uvicorn
 from websockets.asyncio.client import connect
 
-from gischat.server.guard import (
-    GuardSettings,
-    GuardSpec,
-    TransportGuard,
-    forget_guard,
-    guard_for,
-    http_refusal,
-    peer_address,
-)
-from gischat.server.http import GuardedHttpProtocol
+from gischat.server.addresses import peer_address
+from gischat.server.guard import GuardSettings, TransportGuard
+from gischat.server.http import GuardedHttpProtocol, http_refusal
+from gischat.server.registry import GuardSpec, forget_guard, guard_for
 from gischat.server.runner import listening_socket
 from gischat.settings import project
 

@@ -29,14 +29,10 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from gischat.protocol.frames import SINK_EXTENSION, Outgoing
-from gischat.server.guard import (
-    RESERVED_FDS,
-    TransportGuard,
-    effective_max_connections,
-    guard_for,
-    raise_nofile_limit,
-)
+from gischat.server.descriptors import RESERVED_FDS, effective_max_connections, raise_nofile_limit
+from gischat.server.guard import TransportGuard
 from gischat.server.http import GuardedHttpProtocol
+from gischat.server.registry import guard_for
 from gischat.server.runner import log_connection_ceiling
 from gischat.server.websocket import GuardedWebSocketProtocol
 

@@ -1,13 +1,13 @@
 """Frames offered to many sockets during one loop turn, written once per socket at its end.
 
 Writing to a TCP socket costs a system call (and on loopback the delivery itself), whatever the
-size: about 7 µs for a chat message, more than everything else a delivery costs. When a read
+size: more than everything else a delivery costs (docs/benchmarks.md, batching). When a read
 brings several messages at once (a client sending a burst, several clients in one turn), the
 same recipients get several frames in the same turn. So a socket that keeps up does not write
 each frame at once: it collects the frames of the turn (references to the shared frame bytes,
 no copy) and the batch writes them with one `writelines` per socket when the turn ends (one
-`call_soon` for all sockets together). One frame in a turn costs the same as before; four
-cost about a third each. Nothing waits longer than the rest of the current loop turn.
+`call_soon` for all sockets together). One frame in a turn costs what writing it at once would;
+several share one system call. Nothing waits longer than the rest of the current loop turn.
 """
 
 from __future__ import annotations

@@ -1,121 +1,60 @@
 """The transport's shared state: connection caps, deadlines and the unfinished-data budget.
 
 gischat's uvicorn protocols (`server.http`, `server.websocket`) refuse abuse below the ASGI app;
-what they count together lives in one `TransportGuard` per server. The process runner builds
-the protocols bound to a `GuardSpec` (the settings and a token, cheap to pickle for worker
-processes); the first connection of a process creates that spec's guard and starts its sweep.
-Without a guard the protocols behave exactly like uvicorn's own. Deadlines are checked by one
-periodic sweep over ordered maps: no timer, task or object exists for an idle connection.
+what they count together lives in one `TransportGuard` per server and process (`server.registry`
+finds it). The guard sees a protocol only through the small interface its deadlines need
+(`HeadAwaited`, `MessageAwaited`), so it imports neither. Without a guard the protocols behave
+exactly like uvicorn's own. Deadlines are checked by one periodic sweep over ordered maps: no
+timer, task or object exists for an idle connection.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import resource
-import sys
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from enum import IntEnum
-from typing import TYPE_CHECKING, Any
-
-import orjson
+from typing import Protocol
 
 from gischat.networks import Networks
 from gischat.protocol.refusals import CLOSE_POLICY_VIOLATION, CLOSE_TRY_AGAIN_LATER
 from gischat.server.batch import WriteBatch
 from gischat.server.budget import ReadSettings, Shares
-from gischat.server.upgrade import http_answer
-
-if TYPE_CHECKING:
-    from gischat.server.http import GuardedHttpProtocol
-    from gischat.server.reading import WebSocketReading
+from gischat.server.descriptors import effective_max_connections, nofile_limit
 
 logger = logging.getLogger("gischat.transport")
 
 
-# File descriptors kept out of the connection cap for the server's own files, pipes and
-# workers, and for refused connections while their answer goes out.
-RESERVED_FDS = 128
-# Refused connections kept open briefly so the answer arrives before the socket closes
-# (closing with unread input makes the kernel reset the connection); beyond this many at
-# once, refused connections are closed at once.
-MAX_LINGERING = 64
-LINGER_SECONDS = 1.0
 # A connection over the global budget of unfinished data is closed only if it holds more than
 # this (or a quarter of the budget, if smaller): everybody's ordinary frames never are.
 LARGE_SHARE = 1024 * 1024
-# Bookkeeping cost of one received fragment of a fragmented message, counted with its data so
-# that a flood of one-byte fragments cannot hold much more memory than the budget says.
-FRAGMENT_OVERHEAD = 64
 # The largest control frame (125 bytes of payload, masked): a peer growing its unfinished data
 # by no more than this (interleaving pieces of pings, say) is not making progress.
 CONTROL_FRAME_MAX = 131
-# Seconds a client is asked to wait after a 503 or a 429.
-RETRY_AFTER = 5
-# Once we sent a close frame, the peer's reply is awaited this long (uvicorn: 10 s), and the
-# frames it still sends are parsed only up to this many bytes: enough for a polite peer's close
-# reply behind a message in flight, while a flood after our close costs no parsing at all.
-CLOSE_TIMEOUT = 1.0
-# A peer closed while it does not read gets this long to read what is left, our close frame last.
-UNREAD_CLOSE_TIMEOUT = 10.0
-CLOSING_READ_BYTES = 64 * 1024
-# A read at least this large means the peer is streaming a big message: reading from it stops
-# until the loop has served everybody else once. Left alone, the event loop (libuv) reads up to
-# 32 chunks in a row from each ready socket: with a hundred peers uploading at once, one loop
-# iteration copied gigabytes and stalled every room for a quarter of a second.
-BULK_READ = 64 * 1024
-
 
 _PROGRESS = float("-inf")  # a peak that any size beats: progress was just made
 
 
-class HeadState(IntEnum):
-    """`GuardedHttpProtocol._head_bytes` when no request head is being received (else the bytes
-    counted towards it)."""
+class HeadAwaited(Protocol):
+    """An HTTP connection as the guard sees it (`server.http`): a request head on a deadline, or a
+    refused connection lingering until its answer is read."""
 
-    DONE = -1  # the head is complete: a body, or nothing yet of the next request
-    REFUSED = -2  # the connection was refused: nothing more is parsed
+    @property
+    def transport(self) -> asyncio.Transport: ...
 
-
-def nofile_limit() -> int:
-    """The soft limit on open file descriptors of this process (sys.maxsize when unlimited)."""
-    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    return sys.maxsize if soft == resource.RLIM_INFINITY or soft < 0 else int(soft)
+    def head_expired(self, now: float) -> None:
+        """The request head did not arrive in time."""
 
 
-def raise_nofile_limit() -> int:
-    """Raise the soft RLIMIT_NOFILE as far as the hard limit allows; return the soft limit then."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
-    if soft == resource.RLIM_INFINITY or soft >= target:
-        return nofile_limit()
-    for candidate in (target, 1 << 20, 65536):  # the kernel may cap below an infinite hard limit
-        if soft < candidate <= target:
-            try:
-                resource.setrlimit(resource.RLIMIT_NOFILE, (candidate, hard))
-            except (ValueError, OSError):
-                continue
-            break
-    return nofile_limit()
+class MessageAwaited(Protocol):
+    """A websocket as the guard sees it (`server.websocket`): an unfinished message on a deadline."""
 
+    @property
+    def transport(self) -> asyncio.Transport: ...
 
-def effective_max_connections(requested: int, nofile: int) -> int:
-    """`MAX_CONNECTIONS`, lowered to what `nofile` descriptors allow with some kept in reserve."""
-    return max(1, min(requested, nofile - RESERVED_FDS))
-
-
-def http_refusal(status: int, detail: str) -> bytes:
-    """A complete HTTP/1.1 response with a JSON `detail`, closing the connection.
-
-    Written before any request reached the app, so it carries only what a refusal needs: its
-    own `date` (no `server` header, as the runner configures uvicorn).
-    """
-    headers = [(b"content-type", b"application/json")]
-    if status in (429, 503):
-        headers.append((b"retry-after", b"%d" % RETRY_AFTER))
-    return http_answer(status, headers, orjson.dumps({"detail": detail}))
+    def fail(self, code: int, reason: str) -> None:
+        """Refuse the peer with a close frame of `code` and `reason`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,9 +125,9 @@ class TransportGuard:
         # Bytes held by unfinished websocket messages, all connections together.
         self.incomplete_bytes = 0
         # Ordered by deadline: a refreshed deadline moves its entry to the end.
-        self.heads: OrderedDict[GuardedHttpProtocol, float] = OrderedDict()
-        self.lingering: OrderedDict[GuardedHttpProtocol, float] = OrderedDict()
-        self.incomplete: OrderedDict[WebSocketReading, Unfinished] = OrderedDict()
+        self.heads: OrderedDict[HeadAwaited, float] = OrderedDict()
+        self.lingering: OrderedDict[HeadAwaited, float] = OrderedDict()
+        self.incomplete: OrderedDict[MessageAwaited, Unfinished] = OrderedDict()
         # Refusals so far, by kind ("503", "1013", ...), for logs and tests.
         self.refusals: dict[str, int] = {}
 
@@ -291,12 +230,12 @@ class TransportGuard:
 
     # Unfinished websocket messages.
 
-    def _track(self, ws: WebSocketReading, now: float) -> Unfinished:
+    def _track(self, ws: MessageAwaited, now: float) -> Unfinished:
         entry = Unfinished(now + self.frame_timeout)
         self.incomplete[ws] = entry
         return entry
 
-    def update(self, ws: WebSocketReading, held: int) -> None:
+    def update(self, ws: MessageAwaited, held: int) -> None:
         """`ws` holds `held` bytes of an unfinished message after a read: refuse it when over budget.
 
         `held` is what the protocol's frame meter counts: the fed part of the message's frames
@@ -320,14 +259,14 @@ class TransportGuard:
         if grown > 0 and self.incomplete_bytes > self.max_incomplete_bytes and held > self.large_share:
             ws.fail(CLOSE_TRY_AGAIN_LATER, "server busy: too much unfinished data, try again later")
 
-    def touch(self, ws: WebSocketReading) -> None:
+    def touch(self, ws: MessageAwaited) -> None:
         """Reading resumed: the peer gets a whole FRAME_TIMEOUT from now."""
         entry = self.incomplete.get(ws)
         if entry is not None:
             entry.deadline = time.monotonic() + self.frame_timeout
             self.incomplete.move_to_end(ws)
 
-    def forget(self, ws: WebSocketReading) -> None:
+    def forget(self, ws: MessageAwaited) -> None:
         entry = self.incomplete.pop(ws, None)
         if entry is not None:
             self.incomplete_bytes -= entry.held
@@ -344,50 +283,3 @@ class TransportGuard:
         suppressed, self._log_suppressed = self._log_suppressed, 0
         more = f" ({suppressed} more refusals not logged)" if suppressed else ""
         logger.warning("%s refused (%s): %s%s", peer, kind, detail, more)
-
-
-def address_of(transport_info: Any) -> tuple[str, int] | None:
-    """(host, port) of a socket address from `get_extra_info("peername"/"sockname")`; None for a
-    unix socket or none at all."""
-    if isinstance(transport_info, tuple | list) and len(transport_info) >= 2:
-        return str(transport_info[0]), int(transport_info[1])
-    return None
-
-
-def peer_address(transport: asyncio.BaseTransport) -> str:
-    """The peer's IP address, or "" when it has none (a unix socket): whom a connection slot counts."""
-    address = address_of(transport.get_extra_info("peername"))
-    return address[0] if address is not None else ""
-
-
-class GuardSpec:
-    """What a process needs to build a server's guard: its settings and a token naming the server."""
-
-    __slots__ = ("settings", "token")
-
-    def __init__(self, settings: GuardSettings, token: str) -> None:
-        self.settings = settings
-        self.token = token
-
-    def __reduce__(self) -> tuple[type[GuardSpec], tuple[GuardSettings, str]]:
-        return (GuardSpec, (self.settings, self.token))
-
-
-# The guards of this process, by server token: one per server the runner set up.
-_GUARDS: dict[str, TransportGuard] = {}
-
-
-def guard_for(spec: GuardSpec) -> TransportGuard:
-    """This process's guard for the server `spec` names, built on first use; its sweep starts on
-    the loop of the first connection (`attach`)."""
-    guard = _GUARDS.get(spec.token)
-    if guard is None:
-        guard = _GUARDS[spec.token] = TransportGuard(spec.settings)
-    return guard
-
-
-def forget_guard(token: str) -> None:
-    """The server named `token` stopped: stop its guard's sweep and let it go."""
-    guard = _GUARDS.pop(token, None)
-    if guard is not None:
-        guard.stop()

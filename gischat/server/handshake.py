@@ -1,13 +1,16 @@
-"""The opening handshake as ASGI sees it: the scope of a websocket, its real client, its answers."""
+"""The opening handshake as ASGI sees it: the scope of a websocket, the answers, the access lines."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 from urllib.parse import unquote
 
-from gischat.networks import Networks
+from uvicorn.config import Config
+
 from gischat.protocol.frames import SINK_EXTENSION
+from gischat.server.addresses import address_of
 from gischat.server.upgrade import Upgrade
 
 # The ASGI spec version of the websocket scopes we build (2.4: denial responses, `reason`).
@@ -15,19 +18,6 @@ SPEC_VERSION = "2.4"
 
 # Shared with uvicorn's own access lines, so operators see one format whatever serves the socket.
 access_logger = logging.getLogger("uvicorn.error")
-
-
-def real_client(peer: str, scope_headers: list[tuple[bytes, bytes]], trusted: Networks) -> str:
-    """The client's address: the peer's, or behind trusted proxies the nearest untrusted
-    address of X-Forwarded-For (the one uvicorn's proxy-headers middleware shows the app)."""
-    if not peer or peer not in trusted:
-        return peer
-    forwarded = b",".join(value for name, value in scope_headers if name.lower() == b"x-forwarded-for")
-    hops = [hop.strip() for hop in forwarded.decode("latin-1").split(",") if hop.strip()]
-    for hop in reversed(hops):
-        if hop not in trusted:
-            return hop
-    return hops[0] if hops else peer
 
 
 def websocket_scope(
@@ -65,6 +55,22 @@ def websocket_scope(
         "state": state.copy(),
         "extensions": {"websocket.http.response": {}, SINK_EXTENSION: sink},
     }
+
+
+def scope_for(
+    upgrade: Upgrade, transport: asyncio.Transport, config: Config, state: dict[str, Any], sink: object
+) -> dict[str, Any]:
+    """The scope of a websocket handshake on `transport`, for an app served with `config`."""
+    return websocket_scope(
+        upgrade,
+        scheme="wss" if transport.get_extra_info("sslcontext") else "ws",
+        server=address_of(transport.get_extra_info("sockname")),
+        client=address_of(transport.get_extra_info("peername")),
+        root_path=config.root_path,
+        asgi_version=config.asgi_version,
+        state=state,
+        sink=sink,
+    )
 
 
 def accepted_headers(

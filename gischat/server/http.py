@@ -14,10 +14,10 @@ uvicorn's protocol is created when a connection's first request head is complete
 is not a websocket upgrade: a connection that opens with one is handed by the gate itself to the
 websocket protocol uvicorn is configured with (`Config.ws_protocol_class`, built with the same
 arguments uvicorn gives it), so a join costs no uvicorn request cycle, parse and re-serialised
-head (a quarter of its CPU with 10,000 sockets open). An upgrade on a kept-alive connection,
-after other requests, goes through uvicorn as before.
+head (what that cost: docs/benchmarks.md, joins). An upgrade on a kept-alive connection, after
+other requests, goes through uvicorn as before.
 
-What is limited (see `server.guard` and docs/limits.md): connections in all and per peer address
+What is limited (counted in `server.guard`; docs/limits.md): connections in all and per peer address
 (503, 429), the size of each request head (431, and the inner parser never receives more head than
 allowed) and the time to send it (408), kept-alive follow-up requests included. A refused
 connection gets one JSON answer, one rate-limited log line, and a lingering close.
@@ -27,24 +27,47 @@ from __future__ import annotations
 
 import asyncio
 import time
+from enum import IntEnum
 from typing import Any, cast
 
 import httptools
+import orjson
 from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
-from gischat.server.guard import (
-    LINGER_SECONDS,
-    MAX_LINGERING,
-    GuardSpec,
-    HeadState,
-    TransportGuard,
-    guard_for,
-    http_refusal,
-    peer_address,
-)
-from gischat.server.upgrade import wants_websocket
+from gischat.server.addresses import peer_address
+from gischat.server.guard import TransportGuard
+from gischat.server.registry import GuardSpec, guard_for
+from gischat.server.upgrade import http_answer, wants_websocket
+
+# Refused connections kept open briefly so the answer arrives before the socket closes
+# (closing with unread input makes the kernel reset the connection); beyond this many at
+# once, refused connections are closed at once.
+MAX_LINGERING = 64
+LINGER_SECONDS = 1.0
+# Seconds a client is asked to wait after a 503 or a 429.
+RETRY_AFTER = 5
+
+
+class HeadState(IntEnum):
+    """`GuardedHttpProtocol._head_bytes` when no request head is being received (else the bytes
+    counted towards it)."""
+
+    DONE = -1  # the head is complete: a body, or nothing yet of the next request
+    REFUSED = -2  # the connection was refused: nothing more is parsed
+
+
+def http_refusal(status: int, detail: str) -> bytes:
+    """A complete HTTP/1.1 response with a JSON `detail`, closing the connection.
+
+    Written before any request reached the app, so it carries only what a refusal needs: its
+    own `date` (no `server` header, as the runner configures uvicorn).
+    """
+    headers = [(b"content-type", b"application/json")]
+    if status in (429, 503):
+        headers.append((b"retry-after", b"%d" % RETRY_AFTER))
+    return http_answer(status, headers, orjson.dumps({"detail": detail}))
 
 
 def head_tracker(gate: GuardedHttpProtocol) -> httptools.HttpRequestParser:
@@ -80,21 +103,9 @@ class GuardedHttpProtocol(asyncio.Protocol):
     """
 
     __slots__ = (
-        "_app_state",
-        "_began_after",
-        "_completed",
-        "_config",
-        "_early",
-        "_guard",
-        "_head_bytes",
-        "_holding",
-        "_inner",
-        "_ip",
-        "_loop",
-        "_server_state",
-        "_tracker",
-        "transport",
-    )
+        "_app_state", "_began_after", "_completed", "_config", "_early", "_guard", "_head_bytes",
+        "_holding", "_inner", "_ip", "_loop", "_server_state", "_tracker", "transport",
+    )  # fmt: skip
 
     transport: asyncio.Transport
 

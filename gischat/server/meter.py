@@ -54,10 +54,36 @@ def read_head(buf: bytes, pos: int) -> Head | None:
 
 
 class Meter:
-    """Where the stream stands between frames: payload bytes still to skip, a header cut in two."""
+    """Where the stream stands: payload bytes still to skip, a header cut in two, and the sizes of
+    the data message under way (what the unfinished-data budget counts, `fed`)."""
 
-    __slots__ = ("part", "skip")
+    __slots__ = ("before", "frame", "part", "skip", "through")
 
     def __init__(self) -> None:
         self.skip = 0  # payload bytes of the current frame not yet seen
         self.part = b""  # the start of a header whose end has not arrived
+        self.through = 0  # bytes of the data message under way through its last frame read (0: none)
+        self.frame = 0  # the payload length of that frame
+        self.before = 0  # bytes of the message before that frame
+
+    def total(self, head: Head) -> int:
+        """The size of the data message `head` belongs to, through `head`'s frame."""
+        return (self.through if head.opcode == OP_CONT else 0) + head.length
+
+    def enter(self, head: Head) -> None:
+        """`head`'s data frame is read: the message runs through it, or ends with it."""
+        before = self.through if head.opcode == OP_CONT else 0
+        self.through = 0 if head.fin else before + head.length
+        self.frame = head.length
+        self.before = before
+
+    def step(self, head: Head) -> int:
+        """Go past `head` (a header cut in two ends with it): its payload is to be skipped next.
+        The bytes of the header that were not in `part`."""
+        ahead = head.size - len(self.part)
+        self.part, self.skip = b"", head.length
+        return ahead
+
+    def fed(self) -> int:
+        """Bytes of the unfinished data message fed so far: the frame under way up to where it is."""
+        return self.before + self.frame - self.skip if self.skip else self.through

@@ -1,21 +1,26 @@
-"""The opening half of gischat's websocket protocol: the handshake, and the app's answer to it.
+"""The opening handshake of a websocket: the upgrade request read, the app's answer written.
 
 The upgrade request is read by gischat itself (`server.upgrade`), or by `websockets` when
 permessage-deflate is enabled and an extension must be negotiated. The app then gets its scope
 (`server.handshake`) and answers: accept (the 101 goes out), close (403), or an HTTP denial
-response of its own. Reading stays paused (`Pause.HANDSHAKE`) until it has answered.
+response of its own, which the opening writes. The protocol (`server.websocket`) starts the app,
+and keeps reading paused until it has answered (`Pause.HANDSHAKE`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from dataclasses import dataclass, field
 from typing import Any
 
-from uvicorn.server import ServerState
-from websockets.http11 import Request
+from uvicorn.config import Config
+from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
+from websockets.http11 import Request, Response
+from websockets.protocol import State
+from websockets.server import ServerProtocol
 
-from gischat.server.guard import TransportGuard, address_of
-from gischat.server.handshake import accepted_headers, log_access, websocket_scope
-from gischat.server.reading import Pause, Phase, WebSocketReading
+from gischat.server.inbox import Inbox
 from gischat.server.upgrade import (
     HandshakeRefused,
     Upgrade,
@@ -25,145 +30,125 @@ from gischat.server.upgrade import (
     refusal,
     switching_protocols,
 )
+from gischat.server.writing import Writer
+
+# `websockets` reports each closed connection at INFO: its own logger, quiet by default.
+wire_logger = logging.getLogger("gischat.transport.wire")
 
 
-class WebSocketOpening(WebSocketReading):
-    """The handshake of a websocket; `GuardedWebSocketProtocol` is the rest."""
+def sansio_protocol(config: Config) -> ServerProtocol:
+    """The connection's parser and framer, from `websockets`. Without extensions to negotiate
+    gischat answers the handshake itself: the sans-I/O protocol starts open, only parsing frames."""
+    extensions = []
+    if config.ws_per_message_deflate:
+        extensions.append(
+            ServerPerMessageDeflateFactory(
+                server_max_window_bits=12, client_max_window_bits=12, compress_settings={"memLevel": 5}
+            )
+        )
+    state = State.CONNECTING if extensions else State.OPEN
+    return ServerProtocol(extensions=extensions, state=state, max_size=config.ws_max_size, logger=wire_logger)
 
-    __slots__ = ("app_state", "response", "scope", "server_state")
 
-    server_state: ServerState
-    app_state: dict[str, Any]
-    # The 101 answer (the accept value, or `websockets`' response) until the app accepts; then
-    # a denial response under way (status, headers, body parts).
-    response: Any
-    scope: dict[str, Any]
+@dataclass(slots=True)
+class Denial:
+    """The app's own HTTP answer to the handshake, while its body arrives."""
 
-    # What the protocol provides.
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: list[bytes] = field(default_factory=list)
 
-    async def _run(self, scope: dict[str, Any]) -> None:
-        raise NotImplementedError
 
-    def _join_share(self, guard: TransportGuard) -> None:
-        raise NotImplementedError
+class Opening:
+    """One websocket's handshake, from the upgrade request to the app's answer."""
 
-    def queue(self, data: bytes) -> None:
-        raise NotImplementedError
+    __slots__ = ("answer", "conn", "deflate", "inbox", "transport", "writer")
 
-    def _handshake(self, data: bytes) -> None:
-        """The upgrade request (uvicorn hands it over as it parsed it): start the app, or answer.
+    def __init__(
+        self,
+        transport: asyncio.Transport,
+        conn: ServerProtocol,
+        writer: Writer,
+        inbox: Inbox,
+        *,
+        deflate: bool,
+    ) -> None:
+        self.transport, self.writer, self.inbox = transport, writer, inbox
+        self.conn = conn  # the connection's sans-I/O protocol: it negotiates extensions
+        self.deflate = deflate  # permessage-deflate is enabled: `websockets` reads the request
+        # Until the app answers: the accept value of the 101 (gischat read the request), or
+        # `websockets`' response (it negotiated). Then a `Denial` under way, or None.
+        self.answer: bytes | Response | Denial | None = None
 
-        gischat reads it itself (`server.upgrade`); with permessage-deflate enabled `websockets`
-        does, since it negotiates the extension.
-        """
+    def read(self, data: bytes) -> Upgrade | bytes | None:
+        """The upgrade request (uvicorn hands it over as it parsed it): the `Upgrade` to start the
+        app on, the bytes of a refusal to write before closing, or None: more is needed."""
         if self.deflate:
-            self._negotiate(data)
-            return
+            return self._negotiate(data)
         try:
             upgrade = read_upgrade(data)
         except HandshakeRefused as exc:
-            self.transport.write(refusal(exc))
-            self._finish_refused_handshake()
-            return
-        self.response = upgrade.accept
-        self._start(upgrade)
+            return refusal(exc)
+        self.answer = upgrade.accept
+        return upgrade
 
-    def _negotiate(self, data: bytes) -> None:
-        """The handshake by `websockets`, extensions included."""
-        self.conn.receive_data(data)
-        request = next((event for event in self.conn.events_received() if isinstance(event, Request)), None)
+    def _negotiate(self, data: bytes) -> Upgrade | bytes | None:
+        """The request read by `websockets`, extensions negotiated."""
+        conn = self.conn
+        conn.receive_data(data)
+        request = next((event for event in conn.events_received() if isinstance(event, Request)), None)
         if request is None:
-            if self.conn.handshake_exc is not None:
-                self.transport.write(refusal(HandshakeRefused(400, "invalid HTTP request")))
-                self._finish_refused_handshake()
-            return
-        response = self.conn.accept(request)
+            if conn.handshake_exc is not None:
+                return refusal(HandshakeRefused(400, "invalid HTTP request"))
+            return None
+        response = conn.accept(request)
         if response.status_code != 101:
-            self.conn.send_response(response)
-            self._flush()
-            self.phase = Phase.CLOSING
-            self.transport.close()
-            return
-        self.response = response
-        self._start(from_request(request, response.headers["Sec-WebSocket-Accept"]))
+            conn.send_response(response)
+            return b"".join(conn.data_to_send())
+        self.answer = response
+        return from_request(request, response.headers["Sec-WebSocket-Accept"])
 
-    def _start(self, upgrade: Upgrade) -> None:
-        """Start the app on this handshake; reading waits for its answer."""
-        transport = self.transport
-        self.scope = scope = websocket_scope(
-            upgrade,
-            scheme="wss" if transport.get_extra_info("sslcontext") else "ws",
-            server=address_of(transport.get_extra_info("sockname")),
-            client=address_of(transport.get_extra_info("peername")),
-            root_path=self.config.root_path,
-            asgi_version=self.config.asgi_version,
-            state=self.app_state,
-            sink=self,
-        )
-        if self.guard is not None:
-            self._join_share(self.guard)
-        self._pause(Pause.HANDSHAKE)
-        self._put({"type": "websocket.connect"})
-        task = self.loop.create_task(self._run(scope))
-        self.server_state.tasks.add(task)
-        task.add_done_callback(self.server_state.tasks.discard)
-
-    def _answer(self, message: dict[str, Any]) -> None:
-        """The app's answer to the handshake: accept, close (403), or an HTTP response."""
-        kind = message["type"]
-        if kind == "websocket.accept":
-            # No access line: the room logs the join, with the same address and more (one line
-            # per join, not two: at 10,000 joins a second line was 5 % of the server's time).
-            self._switch(accepted_headers(self.server_state.default_headers, message))
-        elif kind == "websocket.close":
-            log_access(self.scope, "403")
-            self._reject(403, "")
-        elif kind == "websocket.http.response.start" and not isinstance(self.response, tuple):
-            log_access(self.scope, str(message["status"]))
-            self.response = (message["status"], list(message.get("headers", [])), [])
-        else:
-            raise RuntimeError(
-                f"expected websocket.accept, websocket.close or a denial response, not {kind!r}"
-            )
-
-    def _switch(self, headers: list[tuple[bytes, bytes]]) -> None:
-        """Send the 101 answer: the connection is open."""
-        response, self.response = self.response, None
+    def accept(self, headers: list[tuple[bytes, bytes]]) -> bool:
+        """Send the 101 answer, with the server's and the app's `headers` after ours; whether it
+        went out (not when the peer is already gone)."""
+        answer, self.answer = self.answer, None
         if self.transport.is_closing():
-            return
-        if isinstance(response, bytes):
-            # With the count and history the app sends the newcomer this turn, in one write.
-            self.queue(switching_protocols(response, headers))
-        else:  # negotiated by `websockets`: its answer, with the server's and the app's headers
-            if any(name.lower() == b"date" for name, _ in headers):
-                del response.headers["Date"]
-            for name, value in headers:
-                response.headers[name.decode("latin-1")] = value.decode("latin-1")
-            self.conn.send_response(response)
-            self._flush()
-        self.phase = Phase.OPEN
-        self._resume(Pause.HANDSHAKE)
-        self._keepalive()
+            return False
+        if isinstance(answer, bytes):
+            # Queued: in one write with the count and history the newcomer gets this loop turn.
+            self.writer.queue(switching_protocols(answer, headers))
+            return True
+        assert isinstance(answer, Response)  # negotiated by `websockets`, which sends it
+        if any(name.lower() == b"date" for name, _ in headers):
+            del answer.headers["Date"]
+        for name, value in headers:
+            answer.headers[name.decode("latin-1")] = value.decode("latin-1")
+        self.conn.send_response(answer)
+        self.writer.flush()
+        return True
 
-    def _deny_body(self, message: dict[str, Any]) -> None:
-        status, headers, body = self.response
-        body.append(message.get("body", b""))
-        if message.get("more_body", False):
-            return
-        self.response = None
-        self.transport.write(http_answer(status, headers, b"".join(body)))
-        self._finish_refused_handshake()
-
-    def _reject(self, status: int, text: str) -> None:
-        self.transport.write(http_answer(status, [], text.encode()))
-        self._finish_refused_handshake()
-
-    def _finish_refused_handshake(self) -> None:
-        self._put({"type": "websocket.disconnect", "code": 1006})
-        self._flush()
-        self.phase = Phase.CLOSING
+    def refuse(self, answer: bytes) -> None:
+        """Write `answer` instead of a 101, tell the app, and close."""
+        self.transport.write(answer)
+        self.inbox.put({"type": "websocket.disconnect", "code": 1006})
+        self.writer.flush()
         self.transport.close()
 
-    def _error_answer(self) -> None:
-        if self.phase is Phase.CONNECTING and not isinstance(self.response, tuple):
-            self._reject(500, "Internal Server Error")
+    @property
+    def denying(self) -> bool:
+        """Whether the app is answering with an HTTP response of its own."""
+        return isinstance(self.answer, Denial)
+
+    def deny(self, message: dict[str, Any]) -> None:
+        """The app's `websocket.http.response.start`: its body follows."""
+        self.answer = Denial(message["status"], list(message.get("headers", [])))
+
+    def denial_body(self, message: dict[str, Any]) -> bytes | None:
+        """A part of the denial's body: the whole answer once the last part arrived, else None."""
+        denial = self.answer
+        assert isinstance(denial, Denial)
+        denial.body.append(message.get("body", b""))
+        if message.get("more_body", False):
+            return None
+        self.answer = None
+        return http_answer(denial.status, denial.headers, b"".join(denial.body))

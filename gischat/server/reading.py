@@ -1,152 +1,183 @@
-"""The reading half of gischat's websocket protocol: frame heads judged before payloads are read.
+"""The read path of an open websocket: frame heads judged, frames parsed, messages for the app.
 
-Data from the peer goes through three steps. The meter (`server.meter`) reads each frame's
-header a step ahead of the parser and judges the frame before any of its payload is fed:
-too large for MAX_FRAME_SIZE is refused at once (1009), a ping over the ping rate is refused
-before it is answered (1008), and a large frame reserves its length in its address's
-held-bytes budget (`server.budget`) or waits, reading paused, until there is room. What passes
-is fed to the public sans-I/O parser of `websockets`, whose frames become ASGI messages. After
-each read, the byte rates (per connection and per address) may pause reading for a while.
+`websockets` parses what it is fed and buffers a frame until it is whole; only then would a limit
+see it. So the meter (`server.meter`) reads each frame's header a step ahead of the parser, and
+the reader judges the frame before one byte of its payload is fed: too large for MAX_FRAME_SIZE
+is refused at once (1009), a ping over the ping rate is refused before it is answered (1008),
+and a large frame reserves its length in its address's held-bytes budget (`server.budget`) or
+waits, with the rest of the read, until there is room (reading paused, `server.flow`). A read of
+256 KiB can hold thousands of small frames: past MAX_MESSAGES_PER_FEED messages the rest waits
+until the app has read them. What passes is fed to the public sans-I/O parser of `websockets`,
+and each whole message goes to the app's inbox (`server.inbox`).
 
-Reading pauses for several reasons at once (`Pause` flags) and resumes only when none is left.
-The protocol (`server.websocket`) supplies the closing and writing steps this half calls.
+What only the protocol (`server.websocket`) may act on, a refusal, a pong, the peer's close
+frame, comes back to it as `Stops`, once the read is parsed.
 """
 
 from __future__ import annotations
 
-import asyncio
-import os
-from enum import IntEnum, IntFlag
+from dataclasses import dataclass, field
 from typing import Any
 
-from uvicorn.config import Config
 from websockets.frames import Frame, Opcode
 from websockets.server import ServerProtocol
 
-from gischat.limits import TokenBucket
 from gischat.protocol.frames import RAW_TEXT_KEY
 from gischat.protocol.refusals import CLOSE_INVALID_DATA, CLOSE_POLICY_VIOLATION, InvalidText
 from gischat.protocol.utf8 import decode_text
-from gischat.server.budget import Share
-from gischat.server.guard import (
-    BULK_READ,
-    CLOSE_TIMEOUT,
-    CLOSING_READ_BYTES,
-    FRAGMENT_OVERHEAD,
-    TransportGuard,
-)
-from gischat.server.meter import DATA_OPCODES, OP_CONT, OP_PING, Head, Meter, read_head
+from gischat.server.budget import ReadBudget
+from gischat.server.flow import Pause, ReadFlow
+from gischat.server.inbox import Inbox
+from gischat.server.meter import DATA_OPCODES, OP_PING, Head, Meter, read_head
+from gischat.server.timers import Timers
 from gischat.work.heap import trim_heap_soon
 
-# Frames at least this large reserve their length in their address's held-bytes budget.
-RESERVE_MIN = 64 * 1024
-# Messages parsed from one read at most: a read of 256 KiB can hold thousands of small frames,
-# and the rest waits (unparsed, reading paused) until the app has read these.
+# Messages parsed from one read at most: the rest waits, unparsed and with reading paused, until
+# the app has read these.
 MAX_MESSAGES_PER_FEED = 64
+# Bookkeeping cost of one received fragment of a fragmented message, counted with its data so
+# that a flood of one-byte fragments cannot hold much more memory than the budget says.
+FRAGMENT_OVERHEAD = 64
+# A read at least this large means the peer is streaming a big message: reading from it stops
+# until the loop has served everybody else once. Left alone, the event loop (libuv) reads up to
+# 32 chunks in a row from each ready socket, and a crowd uploading at once stalls every room
+# (docs/benchmarks.md, hostile clients).
+BULK_READ = 64 * 1024
 CLOSE_TOO_BIG = 1009
-CLOSE_INTERNAL_ERROR = 1011
 
 
-class Phase(IntEnum):
-    """Where the connection is: handshake, open, closing (a close frame went out), closed."""
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """The peer is refused: the code and reason of our close frame."""
 
-    CONNECTING = 0
-    OPEN = 1
-    CLOSING = 2
-    CLOSED = 3
-
-
-class Pause(IntFlag):
-    """Why reading is paused; it resumes when no reason is left."""
-
-    HANDSHAKE = 1  # the app has not answered the handshake yet
-    APP = 2  # the app has an unread message
-    PEER = 4  # the peer does not read what we write
-    BUDGET = 8  # a large frame waits for room in its address's budget
-    PACE = 16  # the byte rate asks to wait
-    TURN = 32  # a big read: every other socket gets its turn first
+    code: int
+    reason: str
 
 
-class WebSocketReading(asyncio.Protocol):
-    """Reading and the ASGI `receive` side of a websocket; `GuardedWebSocketProtocol` is the rest."""
+@dataclass(slots=True)
+class Stops:
+    """What a read brought that the protocol acts on, in this order."""
+
+    invalid: Refusal | None = None  # a text message that is not UTF-8 (later ones were dropped)
+    pongs: list[bytes] = field(default_factory=list)
+    peer_closed: bool = False  # the peer's close frame (nothing comes after it)
+    refused: Refusal | None = None  # the frame the heads were judged up to: nothing of it was fed
+
+
+class PingAllowance:
+    """A connection's ping rate as one number (GCRA): the time at which its allowance would be
+    full again. A ping costs `interval` seconds of credit; `tolerance` seconds of them may be
+    spent at once."""
+
+    __slots__ = ("full_at", "interval", "rate", "tolerance")
+
+    def __init__(self, rate: float, interval: float, tolerance: float) -> None:
+        self.rate = rate
+        self.interval = interval
+        self.tolerance = tolerance
+        self.full_at = 0.0
+
+    def take(self, now: float) -> Refusal | None:
+        """Count a ping received at `now`; a refusal when it is one too many."""
+        full_at = max(self.full_at, now) + self.interval
+        if full_at - now > self.tolerance:
+            return Refusal(CLOSE_POLICY_VIOLATION, f"ping flood: more than {self.rate:g} pings per second")
+        self.full_at = full_at
+        return None
+
+
+class Reader:
+    """What one websocket reads, from the bytes of the transport to the messages of the app."""
 
     __slots__ = (
-        "closing_budget", "config", "conn", "deflate", "frames", "guard", "held", "inbox", "loop",
-        "meter", "msg", "msg_held", "pace", "paused", "pending", "phase", "ping_full_at",
-        "ping_payload", "raw_from", "share", "stash", "text", "timers", "transport", "waiter",
-        "working",
+        "budget", "conn", "flow", "frames", "inbox", "max_size", "meter", "ping", "raw_from",
+        "stash", "text", "timers",
     )  # fmt: skip
 
-    def __init__(self, config: Config, conn: ServerProtocol, loop: asyncio.AbstractEventLoop) -> None:
-        self.config = config
-        self.conn = conn
-        self.loop = loop
-        self.deflate = config.ws_per_message_deflate
-        self.transport: asyncio.Transport = None  # type: ignore[assignment]
-        self.phase = Phase.CONNECTING
-        self.paused = 0  # the `Pause` reasons in force, or-ed together
-        self.guard: TransportGuard | None = None
-        self.share: Share | None = None
-        self.pace: TokenBucket | None = None  # this connection's byte rate
+    def __init__(
+        self,
+        conn: ServerProtocol,
+        budget: ReadBudget,
+        flow: ReadFlow,
+        inbox: Inbox,
+        timers: Timers,
+        *,
+        max_size: int,
+    ) -> None:
+        # The connection's parts, shared with the protocol.
+        self.conn, self.budget, self.flow, self.inbox, self.timers = conn, budget, flow, inbox, timers
+        self.max_size = max_size  # MAX_FRAME_SIZE (0: no limit), for a whole message
         self.meter = Meter()
-        self.stash = b""  # read but held back: a large frame waits for room in the budget
-        self.pending: list[int] = []  # reservations of frames the parser has not delivered yet
-        self.held = 0  # bytes reserved in the share, in all
-        self.msg = [0, 0, 0]  # current message: size of its finished frames, frame length, its start
-        self.msg_held = 0  # bytes reserved by the frames of the message being assembled
-        self.working = 0  # bytes reserved by the large message the app is working on
-        self.ping_full_at = 0.0  # the ping allowance (GCRA): when it would be full again
-        self.closing_budget = CLOSING_READ_BYTES  # what the peer may still send after our close
-        self.ping_payload = b""  # of our keepalive ping awaiting its pong
-        self.frames: list[bytes] = []
-        self.text = False
-        # Text messages of at least this many bytes go to the app undecoded (0: none do).
-        self.raw_from = 0
-        self.inbox: list[tuple[dict[str, Any], int]] = []
-        self.waiter: asyncio.Future[tuple[dict[str, Any], int]] | None = None
-        self.timers: dict[str, asyncio.TimerHandle] = {}
+        self.ping: PingAllowance | None = None  # under a guard with a ping rate
+        self.stash = b""  # read but held back: past a frame that waits, or past enough messages
+        self.frames: list[bytes] = []  # of the data message being assembled
+        self.text = False  # whether that message is text
+        self.raw_from = 0  # text messages of at least this many bytes go to the app undecoded (0: none)
 
-    # What the protocol provides.
+    def read(self, data: bytes, open_: bool) -> Stops | None:
+        """Take `data` as far as its frames may go now; what the protocol must act on, if anything.
+        Messages go to the app only while the connection is `open_`."""
+        feed, stops = self._admit(data)
+        if feed:
+            self.conn.receive_data(feed)
+        for event in self.conn.events_received():
+            if not isinstance(event, Frame):
+                continue
+            opcode = event.opcode
+            if opcode is Opcode.TEXT or opcode is Opcode.BINARY or opcode is Opcode.CONT:
+                if opcode is not Opcode.CONT:
+                    self.text = opcode is Opcode.TEXT
+                payload = bytes(event.data)
+                self.budget.delivered(len(payload))
+                self.frames.append(payload)
+                if event.fin and (invalid := self._message(open_)) is not None:
+                    open_ = False
+                    stops = stops or Stops()
+                    stops.invalid = invalid
+            elif opcode is Opcode.PONG:
+                stops = stops or Stops()
+                stops.pongs.append(bytes(event.data))
+            elif opcode is Opcode.CLOSE:
+                stops = stops or Stops()
+                stops.peer_closed = True
+        return stops
 
-    def fail(self, code: int, reason: str) -> None:
-        raise NotImplementedError
+    def take_stash(self) -> bytes:
+        """What was held back, for the next try; the stash is empty after."""
+        stash, self.stash = self.stash, b""
+        return stash
 
-    def _handshake(self, data: bytes) -> None:
-        raise NotImplementedError
+    def forget(self) -> None:
+        """Nothing more the peer sends will be delivered: let go of what it held."""
+        self.frames, self.stash = [], b""
 
-    def _flush(self) -> None:
-        raise NotImplementedError
+    def unfinished(self) -> int:
+        """Bytes the peer makes us hold for a message it has not finished: what of it was fed
+        (its parsed frames counted with their bookkeeping), a header cut in two, and what waits
+        in the stash."""
+        meter = self.meter
+        return meter.fed() + FRAGMENT_OVERHEAD * len(self.frames) + len(meter.part) + len(self.stash)
 
-    def _closed_by_us(self, code: int, reason: str) -> None:
-        raise NotImplementedError
+    def throttle(self, size: int) -> None:
+        """After a read of `size` bytes, under a guard: the byte rates, and after a big read a
+        turn for every other socket first."""
+        flow, loop = self.flow, self.timers.loop
+        wait = self.budget.spend(loop.time(), size)
+        if wait > 0 and not flow.paused_for(Pause.PACE):
+            flow.pause(Pause.PACE)
+            self.timers.start("pace", wait, flow.resume, Pause.PACE)
+        if size >= BULK_READ:
+            if not flow.paused_for(Pause.TURN):
+                flow.pause(Pause.TURN)
+                loop.call_soon(flow.resume, Pause.TURN)
+            trim_heap_soon()  # big buffers will be let go soon: hand the heap back once they stop
 
-    def _peer_closed(self) -> None:
-        raise NotImplementedError
+    # Frame heads, judged before their payloads are fed.
 
-    def _end(self, grace: float) -> None:
-        raise NotImplementedError
-
-    def data_received(self, data: bytes) -> None:
-        phase = self.phase
-        if phase is Phase.CONNECTING:
-            self._handshake(data)
-            return
-        if phase is Phase.CLOSED:
-            return
-        if phase is Phase.CLOSING:
-            self._after_close(data)
-            return
-        if self.stash:
-            data, self.stash = self.stash + data, b""
-        self._take(data)
-        if self.guard is not None and self.phase is Phase.OPEN:
-            self._account(len(data))
-
-    # Reading: frame heads judged first, then fed to the parser.
-
-    def _take(self, data: bytes) -> None:
-        """Feed `data` to the parser up to the first frame that must wait or be refused."""
-        meter, size, pos, refusal, messages = self.meter, len(data), 0, None, 0
+    def _admit(self, data: bytes) -> tuple[bytes, Stops | None]:
+        """What of `data` the parser may have: up to the first frame that must wait (the rest is
+        stashed, reading paused) or be refused."""
+        meter, size, pos, messages = self.meter, len(data), 0, 0
         while pos < size:
             if meter.skip:
                 step = min(meter.skip, size - pos)
@@ -156,246 +187,67 @@ class WebSocketReading(asyncio.Protocol):
             part = meter.part
             head = read_head(part + data[pos : pos + 14], 0) if part else read_head(data, pos)
             if head is None:
-                meter.part, pos = part + data[pos:], size
+                meter.part = part + data[pos:]
                 break
             if head.fin and head.opcode in DATA_OPCODES:
-                if messages == MAX_MESSAGES_PER_FEED:  # the rest waits until the app has read these
-                    self.stash, size = data[pos:], pos
-                    self._pause(Pause.APP)
-                    break
+                if messages == MAX_MESSAGES_PER_FEED:
+                    return self._hold(data, pos, Pause.APP), None
                 messages += 1
             verdict = self._judge(head)
-            if verdict is not None:
-                if verdict[0] == 0:  # wait for room: keep the rest, header and all, for later
-                    self.stash = data[pos:]
-                    self._pause(Pause.BUDGET)
-                else:
-                    refusal = verdict
-                size = pos
-                break
-            meter.part, meter.skip = b"", head.length
-            pos += head.size - len(part)
-        self._feed(data if size == len(data) else data[:size])
-        if refusal is not None and self.phase is Phase.OPEN:
-            self.fail(*refusal)
+            if isinstance(verdict, Refusal):
+                return data[:pos], Stops(refused=verdict)
+            if verdict is not None:  # the rest, this frame's header included, waits for room
+                return self._hold(data, pos, verdict), None
+            pos += meter.step(head)
+        return data, None
 
-    def _judge(self, head: Head) -> tuple[int, str] | None:
-        """None: read the frame; (0, ""): wait for room; else (close code, reason) to refuse it."""
-        opcode, msg = head.opcode, self.msg
+    def _hold(self, data: bytes, pos: int, wait: Pause) -> bytes:
+        self.stash = data[pos:]
+        self.flow.pause(wait)
+        return data[:pos]
+
+    def _judge(self, head: Head) -> Pause | Refusal | None:
+        """None: read the frame; `Pause.BUDGET`: it waits for room; a `Refusal`: refuse the peer."""
+        opcode = head.opcode
         if opcode == OP_PING:
-            return self._ping_allowed()
+            return self.ping.take(self.timers.loop.time()) if self.ping is not None else None
         if opcode not in DATA_OPCODES:
             return None
-        base = msg[0] if opcode == OP_CONT else 0
-        total = base + head.length
-        limit = self.config.ws_max_size
-        if limit and total > limit:
-            return CLOSE_TOO_BIG, f"message too big: {total} bytes (max {limit})"
-        share = self.share
-        if head.length >= RESERVE_MIN and share is not None and not self.deflate:
-            if not share.reserve(head.length, self._budget_freed):
-                return 0, ""
-            self.held += head.length
-            self.pending.append(head.length)
-        msg[0], msg[1], msg[2] = (0 if head.fin else total), head.length, base
+        total = self.meter.total(head)
+        if self.max_size and total > self.max_size:
+            return Refusal(CLOSE_TOO_BIG, f"message too big: {total} bytes (max {self.max_size})")
+        if not self.budget.reserve(head.length):
+            return Pause.BUDGET
+        self.meter.enter(head)
         return None
 
-    def _ping_allowed(self) -> tuple[int, str] | None:
-        guard = self.guard
-        if guard is None or not guard.ping_interval:
-            return None
-        now = self.loop.time()
-        full_at = max(self.ping_full_at, now) + guard.ping_interval
-        if full_at - now > guard.ping_tolerance:
-            return CLOSE_POLICY_VIOLATION, f"ping flood: more than {guard.ping_rate:g} pings per second"
-        self.ping_full_at = full_at
-        return None
+    # Whole messages, for the app.
 
-    def _feed(self, data: bytes) -> None:
-        if data:
-            self.conn.receive_data(data)
-        for event in self.conn.events_received():
-            if isinstance(event, Frame):
-                self._frame(event)
-        self._flush()
-        sent = self.conn.close_sent
-        if sent is not None and self.phase is Phase.OPEN:
-            # The parser failed the connection (a protocol error): its close frame is out.
-            self._closed_by_us(sent.code, sent.reason or "protocol error")
-
-    def _frame(self, frame: Frame) -> None:
-        opcode = frame.opcode
-        if opcode is Opcode.TEXT or opcode is Opcode.BINARY or opcode is Opcode.CONT:
-            if opcode is not Opcode.CONT:
-                self.text = opcode is Opcode.TEXT
-            data = bytes(frame.data)
-            if self.pending and len(data) >= RESERVE_MIN and not self.deflate:
-                self.msg_held += self.pending.pop(0)
-            self.frames.append(data)
-            if frame.fin:
-                self._message()
-        elif opcode is Opcode.PONG:
-            self._pong(bytes(frame.data))
-        elif opcode is Opcode.CLOSE:
-            self._peer_closed()
-
-    def _message(self) -> None:
-        """A whole message arrived: hand it to the app (it holds its reservation until read)."""
+    def _message(self, open_: bool) -> Refusal | None:
+        """A whole message arrived: to the app (it holds its reservation until read); a refusal
+        when it is text and not UTF-8."""
         frames, self.frames = self.frames, []
-        held, self.msg_held = self.msg_held, 0
+        held = self.budget.take_message()
         data = frames[0] if len(frames) == 1 else b"".join(frames)
-        if self.phase is not Phase.OPEN:
-            self._release(held)
-            return
+        if not open_:
+            self.budget.release(held)
+            return None
         if not self.text:
-            self._put({"type": "websocket.receive", "bytes": data}, held)
-            return
+            self._to_app({"type": "websocket.receive", "bytes": data}, held)
+            return None
         if self.raw_from and len(data) >= self.raw_from:
             # The app asked for it (`receive_raw_text`) and checks the UTF-8 as it goes.
-            self._put({"type": "websocket.receive", "text": None, RAW_TEXT_KEY: data}, held)
-            return
+            self._to_app({"type": "websocket.receive", "text": None, RAW_TEXT_KEY: data}, held)
+            return None
         try:
             text = decode_text(data)
         except InvalidText as exc:
-            self._release(held)
-            self.fail(CLOSE_INVALID_DATA, exc.reason)
-            return
-        self._put({"type": "websocket.receive", "text": text}, held)
+            self.budget.release(held)
+            return Refusal(CLOSE_INVALID_DATA, exc.reason)
+        self._to_app({"type": "websocket.receive", "text": text}, held)
+        return None
 
-    def _after_close(self, data: bytes) -> None:
-        """Our close frame is out: parse a little more (the peer's reply), then nothing."""
-        self.closing_budget -= len(data)
-        if self.closing_budget < 0:
-            self._end(CLOSE_TIMEOUT)  # it keeps sending instead of answering: stop reading it
-            return
-        self.conn.receive_data(data)
-        for event in self.conn.events_received():
-            if isinstance(event, Frame) and event.opcode is Opcode.CLOSE:
-                self._end(CLOSE_TIMEOUT)  # the closing handshake is complete
-        self._flush()
-
-    def _account(self, size: int) -> None:
-        """After a read: the unfinished-data budget, the byte rates, and a turn for the others."""
-        guard, meter, msg = self.guard, self.meter, self.msg
-        assert guard is not None
-        unfinished = msg[2] + msg[1] - meter.skip if meter.skip else msg[0]
-        fragments = FRAGMENT_OVERHEAD * len(self.frames)
-        guard.update(self, unfinished + fragments + len(meter.part) + len(self.stash))
-        now = self.loop.time()
-        wait = self.pace.spend(now, size) if self.pace is not None else 0.0
-        if self.share is not None:
-            wait = max(wait, self.share.pace.spend(now, size))
-        if wait > 0 and not self.paused & int(Pause.PACE):
-            self._pause(Pause.PACE)
-            self._later("pace", wait, self._resume, Pause.PACE)
-        if size >= BULK_READ:
-            if not self.paused & int(Pause.TURN):
-                self._pause(Pause.TURN)
-                self.loop.call_soon(self._resume, Pause.TURN)
-            trim_heap_soon()  # big buffers will be let go soon: hand the heap back once they stop
-
-    def _budget_freed(self) -> None:
-        """Some bytes of our address's budget were given back: try the frame that waited."""
-        if self.phase is not Phase.OPEN or not self.stash:
-            return
-        data, self.stash = self.stash, b""
-        self._take(data)
-        if not self.stash:
-            self._resume(Pause.BUDGET)
-
-    def _release(self, size: int) -> None:
-        if not size or self.share is None:
-            return
-        self.held -= size
-        for waiter in self.share.release(size):
-            self.loop.call_soon(waiter)
-
-    # `paused` holds the reasons as a plain int: the flags' own operators go through the enum
-    # machinery (a microsecond or more each), and these run several times per message.
-
-    def _pause(self, why: Pause) -> None:
-        if not self.paused and not self.transport.is_closing():
-            self.transport.pause_reading()
-        self.paused = self.paused | int(why)
-
-    def _resume(self, why: Pause) -> None:
-        bit = int(why)
-        if not self.paused & bit:
-            return
-        self.paused = self.paused & ~bit
-        if not self.paused and self.phase is not Phase.CLOSED and not self.transport.is_closing():
-            self.transport.resume_reading()
-            if self.guard is not None:
-                self.guard.touch(self)
-
-    def _later(self, name: str, delay: float, callback: Any, *args: Any) -> None:
-        old = self.timers.pop(name, None)
-        if old is not None:
-            old.cancel()
-        self.timers[name] = self.loop.call_later(delay, self._fire, name, callback, args)
-
-    def _fire(self, name: str, callback: Any, args: tuple[Any, ...]) -> None:
-        self.timers.pop(name, None)
-        callback(*args)
-
-    # The app's side: ASGI receive.
-
-    def _put(self, message: dict[str, Any], held: int = 0) -> None:
-        waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            self.waiter = None
-            waiter.set_result((message, held))
-            return
-        self.inbox.append((message, held))
-        if message["type"] == "websocket.receive":
-            self._pause(Pause.APP)
-
-    async def receive(self) -> dict[str, Any]:
-        """The next message. A large one (it reserved budget) stays counted, and reading stays
-        paused, until the app asks for the next: the app works on it meanwhile (a worker parses
-        it, say), so a peer has at most one large message in the server at a time; the next one
-        waits in the kernel's buffers (TCP backpressure), not in ours."""
-        if self.working:
-            done, self.working = self.working, 0
-            self._release(done)
-        if not self.inbox and self.stash and not self.paused & int(Pause.BUDGET):
-            data, self.stash = self.stash, b""
-            self._take(data)  # the messages held back while the app had plenty to read
-        if self.inbox:
-            message, held = self.inbox.pop(0)
-        else:
-            self._resume(Pause.APP)  # nothing unread: the peer may send the next one
-            waiter = self.waiter = self.loop.create_future()
-            message, held = await waiter
-        if held:
-            self.working = held
-            self._pause(Pause.APP)
-        elif not self.inbox:
-            self._resume(Pause.APP)
-        return message
-
-    # Keepalive pings.
-
-    def _keepalive(self) -> None:
-        interval = self.config.ws_ping_interval
-        if interval:
-            self._later("ping", interval, self._ping)
-
-    def _ping(self) -> None:
-        if self.phase is not Phase.OPEN:
-            return
-        payload = os.urandom(4)
-        self.conn.send_ping(payload)
-        self._flush()
-        self.ping_payload = payload
-        timeout = self.config.ws_ping_timeout
-        if timeout:
-            self._later("pong", timeout, self.fail, CLOSE_INTERNAL_ERROR, "keepalive ping timeout")
-        else:
-            self._keepalive()
-
-    def _pong(self, payload: bytes) -> None:
-        if self.timers.get("pong") is None or payload != self.ping_payload:
-            return  # unsolicited, or the answer to an older ping
-        self.timers.pop("pong").cancel()
-        self._keepalive()
+    def _to_app(self, event: dict[str, Any], held: int) -> None:
+        """Reading pauses until the app has taken the message."""
+        if self.inbox.put(event, held):
+            self.flow.pause(Pause.APP)

@@ -23,14 +23,10 @@ import uvicorn
 from uvicorn.supervisors.multiprocess import Multiprocess
 
 from gischat.observability.logs import install_flood_filter
-from gischat.server.guard import (
-    RESERVED_FDS,
-    GuardSettings,
-    GuardSpec,
-    effective_max_connections,
-    raise_nofile_limit,
-)
+from gischat.server.descriptors import RESERVED_FDS, effective_max_connections, raise_nofile_limit
+from gischat.server.guard import GuardSettings
 from gischat.server.http import GuardedHttpProtocol
+from gischat.server.registry import GuardSpec
 from gischat.server.websocket import GuardedWebSocketProtocol
 from gischat.settings import Settings, project
 from gischat.work.heap import keep_heap_warm
@@ -63,8 +59,8 @@ def prepare_process(settings: Settings) -> None:
     gc.collect()
     gc.freeze()
     # A socket's objects live as long as it does, so a full collection mostly walks sockets that
-    # are still open: about 250 ms with 10,000 of them, nine times while they joined (a third of
-    # their CPU). Full collections come after FULL_COLLECTION_EVERY younger ones (CPython: 10)
+    # are still open, and a crowd joining paid for it many times over (docs/benchmarks.md, joins).
+    # Full collections come after FULL_COLLECTION_EVERY younger ones (CPython: 10)
     # and once the old generation grew by a quarter; cyclic garbage that reached it (a closed
     # socket's) waits a little longer to be freed.
     young, middle, _ = gc.get_threshold()
@@ -130,8 +126,8 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         "ws_max_size": settings.max_frame_size,
         "ws_ping_interval": settings.ws_ping_interval or None,
         "ws_ping_timeout": settings.ws_ping_timeout,
-        # Compression is per recipient: it would undo serialise-once fan-out and cost ~40 kB
-        # of zlib state per socket. The QGIS client does not ask for it anyway.
+        # Compression is per recipient: it would undo serialise-once fan-out and cost zlib state
+        # on every socket (docs/settings.md). The QGIS client does not ask for it anyway.
         "ws_per_message_deflate": settings.ws_per_message_deflate,
         "proxy_headers": True,
         "forwarded_allow_ips": settings.forwarded_allow_ips,
