@@ -523,7 +523,10 @@ class Settings(BaseSettings):
                     f"MATRIX_ROOMS: rooms {portals[alias]!r} and {room!r} would share one Matrix alias"
                 )
             portals[alias] = room
-        shortest = len(MATRIX_SUFFIX) + 2
+        # A character, the number that makes a Matrix nickname unique (the bridge tries up to 50:
+        # two digits) and the suffix; one less left the 10th and later Matrix users of a base with a
+        # nickname one character too long, whose every message was refused.
+        shortest = len(MATRIX_SUFFIX) + 3
         if self.max_author_length < shortest:
             raise ValueError(
                 f"MAX_AUTHOR_LENGTH ({self.max_author_length}) leaves no room for Matrix nicknames "

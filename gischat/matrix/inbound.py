@@ -164,6 +164,10 @@ class Inbound:
         msgtype = content.get("msgtype")
         if content.get("m.new_content") is not None or not isinstance(content.get("body"), str):
             return None, None  # edits are not relayed: gischat messages cannot change
+        if not isinstance(msgtype, str):
+            # Any JSON may come from a Matrix client: a list here was a TypeError (unhashable, in
+            # the set lookups below), counted by the portal's queue as a refusal of the homeserver.
+            return None, None
         if msgtype in TEXT_TYPES:
             data = {"type": "text", "author": nickname, "avatar": None, "text": content["body"]}
             return dialects.parse_object(data, self.limits, Dialect.CHANNEL), None
@@ -300,7 +304,8 @@ def _is_geojson(content: dict[str, Any]) -> bool:
     info = content.get("info")
     mimetype = info.get("mimetype") if isinstance(info, dict) else None
     name = str(content.get("filename") or content.get("body") or "").lower()
-    return mimetype in GEOJSON_TYPES or name.endswith(".geojson")
+    # Looked up only when it is a string: a list or an object is unhashable (a TypeError).
+    return (isinstance(mimetype, str) and mimetype in GEOJSON_TYPES) or name.endswith(".geojson")
 
 
 def _size(event: dict[str, Any]) -> int:

@@ -58,11 +58,15 @@ def parse_object(
     kind = data.get("type")
     if kind is None:
         raise Uncompliant("type: missing")
+    # Before any set lookup: a list or an object as the type is unhashable (a TypeError, that
+    # is a traceback and a "server error" answer, for what is only a frame that is no message).
+    if not isinstance(kind, str):
+        raise Uncompliant(f"type: unknown message type {short(kind)}")
     if kind in ignored:
         raise Ignored(kind)
     if kind in SERVER_ONLY_TYPES:
         raise Uncompliant(f"type: '{kind}' messages are sent by the server only")
-    if not isinstance(kind, str) or kind not in types:
+    if kind not in types:
         raise Uncompliant(f"type: unknown message type {short(kind)}")
     model = types[kind]
     try:

@@ -54,14 +54,22 @@ class HandshakeRefused(Exception):
 
 
 class HeadReader:
-    """Callbacks of the `httptools` parser: the request target and the headers, nothing else."""
+    """Callbacks of the `httptools` parser: the request target and the headers, nothing else.
 
-    __slots__ = ("complete", "headers", "target")
+    `requests` counts the requests begun: the gate hands over everything up to the end of the
+    upgrade's head, which holds an earlier request too when a client pipelined one before it
+    in the same read (the target and headers would then be both requests' run together)."""
+
+    __slots__ = ("complete", "headers", "requests", "target")
 
     def __init__(self) -> None:
         self.target = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.complete = False
+        self.requests = 0
+
+    def on_message_begin(self) -> None:
+        self.requests += 1
 
     def on_url(self, url: bytes) -> None:
         self.target += url
@@ -85,6 +93,8 @@ def read_upgrade(data: bytes) -> Upgrade:
         raise HandshakeRefused(400, "invalid HTTP request") from None
     if not reader.complete:
         raise HandshakeRefused(400, "incomplete HTTP request")
+    if reader.requests > 1:
+        raise HandshakeRefused(400, "a request was sent before the upgrade request without waiting")
     if parser.get_method() != b"GET":
         raise HandshakeRefused(405, "the upgrade request must be a GET", ((b"Allow", b"GET"),))
     if parser.get_http_version() != "1.1":
