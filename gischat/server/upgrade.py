@@ -3,9 +3,9 @@
 Why not `websockets`' own handshake: uvicorn has already parsed the upgrade request once, and
 hands it over re-serialised; `websockets` then parsed it again in pure Python, built a `Request`
 and two `Headers` (with a list per header name), and its parser generator kept the request alive
-for the connection's whole life. That was a fifth of each join's CPU and about fifteen objects
-per idle socket for the garbage collector to walk. Here the head is read with `httptools` (C, the
-parser uvicorn uses), checked, and answered from bytes; the sans-I/O protocol is then created
+for the connection's whole life: CPU on every join, and objects on every idle socket for the
+garbage collector to walk (docs/benchmarks.md, joins). Here the head is read with `httptools` (C,
+the parser uvicorn uses), checked, and answered from bytes; the sans-I/O protocol is then created
 already open (its public `state` argument) and only ever parses frames.
 
 With permessage-deflate enabled, the extension negotiation stays with `websockets`
