@@ -12,12 +12,15 @@
 from __future__ import annotations
 
 import base64
+import logging
 import struct
+from urllib.parse import quote_from_bytes, unquote
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from gischat.server.handshake import access_logger, log_access
 from gischat.server.meter import Head, Meter, read_head
 from gischat.server.upgrade import (
     HandshakeRefused,
@@ -169,6 +172,60 @@ def test_a_request_pipelined_before_an_upgrade_is_refused() -> None:
     with pytest.raises(HandshakeRefused) as refused:
         read_upgrade(b"GET /status HTTP/1.1\r\nHost: a\r\nOrigin: https://evil.example\r\n\r\n" + upgrade)
     assert refused.value.status == 400
+
+
+class Lines(logging.Handler):
+    """The access lines written while it is attached, as a log file would hold them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+def access_line(raw_path: bytes, query: bytes) -> str:
+    lines, level = Lines(), access_logger.level
+    access_logger.addHandler(lines)
+    access_logger.setLevel(logging.INFO)
+    try:
+        scope = {
+            "client": ("127.0.0.1", 1),
+            "path": unquote(raw_path.decode("latin-1")),
+            "query_string": query,
+        }
+        log_access(scope, "403")
+    finally:
+        access_logger.removeHandler(lines)
+        access_logger.setLevel(level)
+    assert len(lines.lines) == 1
+    return lines.lines[0]
+
+
+# A request target as httptools lets it through: visible ASCII, anything else percent-encoded.
+ESCAPED = st.binary(max_size=30).map(lambda raw: quote_from_bytes(raw, safe="/%").encode())
+QUERY = st.from_regex(rb"[!-~]{0,12}", fullmatch=True).map(lambda raw: raw.replace(b"#", b""))
+
+
+@examples(300)
+@given(raw_path=ESCAPED.map(lambda escaped: b"/room/" + escaped), query=QUERY)
+def test_a_refused_handshake_is_one_printable_access_line(raw_path: bytes, query: bytes) -> None:
+    """Whatever the path's percent-escapes decode to (the scope's `path` is decoded)."""
+    line = access_line(raw_path, query)
+    assert line.isprintable(), line
+
+
+def test_a_path_cannot_forge_a_log_line() -> None:
+    """Found by bench/fuzz.py: `/room/%ff%00/ws` wrote a NUL into the server's log, and
+    `%0d%0a` a line break, after which a client could write any line it liked."""
+    line = access_line(b"/room/%0d%0a2026-12-07 INFO gischat.rooms: x banned%00/ws", b"a=%0d%0a")
+    assert "\n" not in line
+    assert "\r" not in line
+    assert "\x00" not in line
+    assert line == (
+        '127.0.0.1:1 - "WebSocket /room/%0D%0A2026-12-07%20INFO%20gischat.rooms%3A%20x%20banned%00/ws?a=%0d%0a" 403'
+    )
 
 
 # --------------------------------------------------------------------------- frame heads

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 from uvicorn.config import Config
 
@@ -87,10 +87,14 @@ def accepted_headers(
 def log_access(scope: dict[str, Any], outcome: str) -> None:
     """One access line per refused handshake, as uvicorn writes them: `client - "WebSocket /path" outcome`.
 
-    Accepted ones have none: the room's "joined" line names the same client, room and route."""
+    Accepted ones have none: the room's "joined" line names the same client, room and route.
+
+    The path is percent-encoded again, as uvicorn's own access lines have it: `scope["path"]` is
+    decoded, and `/room/%0d%0a.../ws` would otherwise write a line break (a forged log line) or
+    any control character into the log."""
     client = scope.get("client")
     who = f"{client[0]}:{client[1]}" if client else "-"
     query = scope.get("query_string", b"")
-    path = scope["path"]
-    target = f"{path}?{query.decode('ascii')}" if query else path
+    path = quote(scope["path"])
+    target = f"{path}?{query.decode('ascii', 'backslashreplace')}" if query else path
     access_logger.info('%s - "WebSocket %s" %s', who, target, outcome)
