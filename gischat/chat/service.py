@@ -182,50 +182,63 @@ class ChatService:
             self.addresses.close_websocket(address)
 
     async def _receive_loop(self, conn: Connection) -> None:
-        receive = conn.websocket.receive
         handled = 0
         while True:
             if conn.backlogged:
                 # It talks faster than it listens: stop reading it until it caught up.
                 await conn.drained()
-            event = await receive()
-            if event["type"] == "websocket.disconnect":
+            # One message per call: nothing of it outlives the call, where a local of this loop
+            # would keep the last one (up to MAX_FRAME_SIZE) for as long as the socket idles.
+            if not await self._receive_one(conn):
                 return
-            conn.messages_sent += 1  # what a moderator sees: every frame, refused ones too
-            if conn.closing:
-                continue  # dropped (too slow, abusive): its words no longer count
-            text: str | bytes | None = event.get("text")
-            if text is None:
-                text = event.get(RAW_TEXT_KEY)  # a large text message, undecoded
-            try:
-                self._admit(conn, len(text) if text is not None else len(event.get("bytes") or b""))
-                if text is None:
-                    raise Uncompliant(BINARY_REASON)
-                await self.handle(conn, await self._read(conn, text))
-            except InvalidText as exc:
-                self._invalid_text(conn, exc.reason)
-            except parsing.Ignored:
-                pass  # QField's own `exiter`: the server announces departures itself
-            except SlowDown as exc:
-                self.metrics.rate_limited.labels(exc.limit).inc()
-                self._refuse(conn, exc.reason)
-                self._strike(conn)
-            except Uncompliant as exc:
-                self._refuse(conn, exc.reason)
-            except Exception:
-                # A bug must cost one message, not the socket, and never the room.
-                logger.exception(
-                    "%s in %r: error while handling a message",
-                    conn.peer,
-                    conn.room,
-                    extra=context(conn.peer, conn.room),
-                )
-                conn.refuse(INTERNAL_ERROR_REASON)
             handled += 1
             if handled % YIELD_EVERY == 0:
                 # Frames that arrived together are handled without waiting; yield now and then
                 # so the recipients' writers drain their queues and other sockets get a turn.
                 await asyncio.sleep(0)
+
+    async def _receive_one(self, conn: Connection) -> bool:
+        """The socket's next message, handled; False once it is gone."""
+        event = await conn.websocket.receive()
+        if event["type"] == "websocket.disconnect":
+            return False
+        conn.messages_sent += 1  # what a moderator sees: every frame, refused ones too
+        if conn.closing:
+            return True  # dropped (too slow, abusive): its words no longer count
+        text: str | bytes | None = event.get("text")
+        if text is None:
+            text = event.get(RAW_TEXT_KEY)  # a large text message, undecoded
+        size = len(text) if text is not None else len(event.get("bytes") or b"")
+        del event
+        try:
+            self._admit(conn, size)
+            if text is None:
+                raise Uncompliant(BINARY_REASON)
+            # From here the frame is `_read`'s alone: one handed to a worker as a file is not
+            # also kept by this call while the worker prepares it (up to MAX_FRAME_SIZE each).
+            reading = self._read(conn, text)
+            del text
+            await self.handle(conn, await reading)
+        except InvalidText as exc:
+            self._invalid_text(conn, exc.reason)
+        except parsing.Ignored:
+            pass  # QField's own `exiter`: the server announces departures itself
+        except SlowDown as exc:
+            self.metrics.rate_limited.labels(exc.limit).inc()
+            self._refuse(conn, exc.reason)
+            self._strike(conn)
+        except Uncompliant as exc:
+            self._refuse(conn, exc.reason)
+        except Exception:
+            # A bug must cost one message, not the socket, and never the room.
+            logger.exception(
+                "%s in %r: error while handling a message",
+                conn.peer,
+                conn.room,
+                extra=context(conn.peer, conn.room),
+            )
+            conn.refuse(INTERNAL_ERROR_REASON)
+        return True
 
     def _buckets(self, conn: Connection) -> ConnectionLimits:
         if conn.limits is None:
@@ -287,7 +300,9 @@ class ChatService:
             kind = parsing.sniff_type(text)
             self._charge(conn, kind)
             with self.metrics.processing.labels("image" if kind == "image" else "geojson").time():
-                return await self.processor.process_frame(text, conn.dialect)
+                processing = self.processor.process_frame(text, conn.dialect)
+                del text  # the processor's alone (see `_receive_one`)
+                return await processing
         message = dialects.parse_frame(text, self.limits, conn.dialect)
         if isinstance(message, GeojsonMessage | ImageMessage):
             # Cheap checks first: no worker time for a message that would be refused anyway.

@@ -128,6 +128,9 @@ class Reader:
                 if opcode is not Opcode.CONT:
                     self.text = opcode is Opcode.TEXT
                 payload = bytes(event.data)
+                # The parser keeps its last frame until the next one comes: without its payload,
+                # an idle socket (or a closed one, until a collection finds it) holds no message.
+                event.data = b""
                 self.budget.delivered(len(payload))
                 self.frames.append(payload)
                 if event.fin and (invalid := self._message(open_)) is not None:
@@ -150,6 +153,13 @@ class Reader:
     def forget(self) -> None:
         """Nothing more the peer sends will be delivered: let go of what it held."""
         self.frames, self.stash = [], b""
+
+    def end(self) -> None:
+        """The connection is gone: what the parser held of an unfinished frame goes too (the end
+        of the stream discards it), as does what we held, at once rather than whenever the
+        collector finds the closed connection's cycles (up to MAX_FRAME_SIZE each)."""
+        self.forget()
+        self.conn.receive_eof()
 
     def unfinished(self) -> int:
         """Bytes the peer makes us hold for a message it has not finished: what of it was fed

@@ -139,7 +139,7 @@ class GuardedWebSocketProtocol(asyncio.Protocol):
         self.inbox.put({"type": "websocket.disconnect", "code": 1005 if opened else 1006})
         self.writer.stop()
         self.server_state.connections.discard(self)
-        self.reader.forget()
+        self.reader.end()
         self.inbox.clear()
         guard, self.guard = self.guard, None
         if guard is not None:

@@ -151,6 +151,10 @@ class Processor:
         if parcel is None:
             outcome = await self._run(size, run_frame, text, self.rules, dialect, reserved=True)
         else:
+            # In its file now: the server keeps no copy of it while a worker reads and prepares
+            # it (the callers let go of it too), so a burst of large frames is held once, in
+            # /dev/shm, not also in the server's heap.
+            del text
             outcome = await self._run(
                 size,
                 parcel.job,
