@@ -108,8 +108,8 @@ def _blame(garbage: list[object]) -> None:
     closing = 0
     for transport in transports:
         with __import__("contextlib").suppress(Exception):
-            queued += transport.get_write_buffer_size()  # type: ignore[attr-defined]
-            closing += bool(transport.is_closing())  # type: ignore[attr-defined]
+            queued += transport.get_write_buffer_size()
+            closing += bool(transport.is_closing())
     freed.append((f"transports: {len(transports)}, closing {closing}, write buffers", queued))
     for name, _ in Counter(type(o).__qualname__ for o in garbage).most_common():
         before = in_use()
