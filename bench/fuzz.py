@@ -152,7 +152,7 @@ def mutated_message(rng: random.Random, author: str) -> bytes:
         text = (
             text[:at] if rng.random() < 0.5 else text[:at] + bytes([rng.randrange(32, 127)]) + text[at + 1 :]
         )
-    return text
+    return text or b"{"
 
 
 def large_layer(rng: random.Random, author: str, size: int) -> bytes:

@@ -6,8 +6,10 @@ Imported first by each property module, which registers and loads the profiles h
   failure is reproducible from the log alone; no example database on disk; no deadline (a loaded
   2-core machine must not fail a test for being slow once). The whole property suite stays well
   under a minute.
-- `deep`: for a session of hunting by hand, `HYPOTHESIS_PROFILE=deep pytest tests/test_properties_*.py`:
-  random seeds, fifty times the examples, the database kept in .hypothesis/.
+- `deep`: for a session of hunting by hand, random seeds, fifty times the examples, the database
+  kept in .hypothesis/ (a test then runs for minutes: lift pytest's 60 s timeout)::
+
+      HYPOTHESIS_PROFILE=deep pytest --timeout 0 tests/test_properties_*.py
 
 `examples(count)` is a test's settings: `count` examples under ci, fifty times as many under deep.
 """

@@ -4,24 +4,37 @@
   either an `Upgrade` (of the one request they hold, with the right accept value, and one the HTTP
   gate hands to the websocket protocol) or a `HandshakeRefused` whose answer is a complete HTTP
   response; `wants_websocket` takes any bytes.
+- A refused handshake's access line is one printable line, whatever its path decodes to.
 - Frame heads (`server/meter.py`): `read_head` reads any bytes at any position (nothing, or a head
   that fits in what is there), reads every header a client can write exactly, and a stream of
   frames metered the way the reading half meters it gives the same heads however it is split.
+- The read path (`server/reading.py`, its meter, judge and parser together) gives the app the
+  same messages and ends the same way however a client's bytes arrive.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import struct
+from typing import Any, cast
 from urllib.parse import quote_from_bytes, unquote
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from websockets.protocol import State
+from websockets.server import ServerProtocol
+from websockets.utils import apply_mask
 
+from gischat.server.budget import ReadBudget
+from gischat.server.flow import ReadFlow
 from gischat.server.handshake import access_logger, log_access
+from gischat.server.inbox import Inbox
 from gischat.server.meter import Head, Meter, read_head
+from gischat.server.reading import Reader
+from gischat.server.timers import Timers
 from gischat.server.upgrade import (
     HandshakeRefused,
     Upgrade,
@@ -279,7 +292,7 @@ def test_read_head_reads_every_header_exactly(frame: tuple[bytes, Head], before:
 
 
 def metered(pieces: list[bytes]) -> list[Head]:
-    """The heads the reading half (`server/reading.py`, `_take`) meets in a stream, piece by piece:
+    """The heads a `Meter` meets in a stream, piece by piece, walked as `Reader._admit` walks it:
     payloads skipped by arithmetic, a header cut between reads kept in `Meter.part`."""
     meter, heads = Meter(), []
     for data in pieces:
@@ -293,11 +306,10 @@ def metered(pieces: list[bytes]) -> list[Head]:
             part = meter.part
             head = read_head(part + data[pos : pos + 14], 0) if part else read_head(data, pos)
             if head is None:
-                meter.part, pos = part + data[pos:], size
+                meter.part = part + data[pos:]
                 break
             heads.append(head)
-            meter.part, meter.skip = b"", head.length
-            pos += head.size - len(part)
+            pos += meter.step(head)
     return heads
 
 
@@ -332,3 +344,104 @@ def test_metered_heads_are_the_same_however_the_stream_is_split(
     whole = metered([data])
     assert whole[: len(expected)] == expected
     assert metered(pieces) == whole
+
+
+# --------------------------------------------------------------------------- the read path
+
+
+class Transport:
+    """All a `ReadFlow` asks of its transport."""
+
+    def is_closing(self) -> bool:
+        return False
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+def read_path(pieces: list[bytes], max_size: int) -> tuple[list[Any], Any]:
+    """What the read path (`server/reading.py`: meter, judge, parser) makes of a client's bytes read
+    in `pieces`: the app's events in order, and how it stopped (the close code of a refusal, of
+    text that is not UTF-8 or of a protocol error; the peer's close frame), the app taking every
+    message as it comes.
+
+    The code, not the reason: a frame too big whose header is cut between its length and its
+    masking key is refused by `websockets`' parser (it has the same MAX_FRAME_SIZE, for
+    permessage-deflate) before the meter has the whole header: 1009 all the same, in its words."""
+    loop = asyncio.new_event_loop()
+    try:
+        conn = ServerProtocol(state=State.OPEN, max_size=max_size or None)
+        inbox = Inbox(loop)
+        budget = ReadBudget(loop, lambda: None, reserving=True)
+        reader = Reader(
+            conn,
+            budget,
+            ReadFlow(cast(asyncio.Transport, Transport())),
+            inbox,
+            Timers(loop),
+            max_size=max_size,
+        )
+        events: list[Any] = []
+        for piece in pieces:
+            data = reader.take_stash() + piece
+            while True:
+                stops = reader.read(data, True)
+                events += [received.event for received in inbox.events]
+                inbox.clear()
+                # In the order the protocol acts on them (`GuardedWebSocketProtocol._take`).
+                if stops is not None and stops.invalid is not None:
+                    return events, stops.invalid.code
+                if stops is not None and stops.peer_closed:
+                    return events, "peer closed"
+                if conn.close_sent is not None:  # the parser failed the connection
+                    return events, int(conn.close_sent.code)
+                if stops is not None and stops.refused is not None:
+                    return events, stops.refused.code
+                data = reader.take_stash()  # held back past enough messages: the app read them
+                if not data:
+                    break
+        return events, None
+    finally:
+        loop.close()
+
+
+KEY = b"\x5a\xa5\x0f\xf0"
+
+
+def client_frame(opcode: int, fin: bool, payload: bytes, masked: bool) -> bytes:
+    """A whole frame, masked as a client must (or not, which the parser refuses)."""
+    key = KEY if masked else None
+    return header(opcode, len(payload), fin, key) + (apply_mask(payload, KEY) if masked else payload)
+
+
+CLIENT_FRAMES = st.lists(
+    st.tuples(
+        st.sampled_from([0x1, 0x1, 0x1, 0x0, 0x2, 0x9, 0xA, 0x8, 0x3]),
+        st.booleans() | st.just(True),
+        st.text(max_size=20).map(str.encode)
+        | st.binary(max_size=20)
+        | st.integers(126, 400).map(lambda n: b"x" * n),
+        st.booleans() | st.just(True) | st.just(True),  # masked, mostly
+    ),
+    max_size=80,
+)
+
+
+@examples(300)
+@given(
+    frames=CLIENT_FRAMES,
+    cuts=st.lists(st.integers(0, 1 << 14), max_size=8),
+    max_size=st.sampled_from([0, 64, 1000]),
+)
+def test_the_read_path_is_the_same_however_the_bytes_are_split(
+    frames: list[tuple[int, bool, bytes, bool]], cuts: list[int], max_size: int
+) -> None:
+    """Same messages, in the same order, and the same end, whatever the reads (more than
+    MAX_MESSAGES_PER_FEED messages in one read included)."""
+    stream = b"".join(client_frame(*frame) for frame in frames)
+    points = sorted({cut % (len(stream) + 1) for cut in cuts})
+    pieces = [stream[start:end] for start, end in zip([0, *points], [*points, len(stream)], strict=False)]
+    assert read_path(pieces, max_size) == read_path([stream], max_size)
