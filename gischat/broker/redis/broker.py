@@ -37,15 +37,13 @@ class RedisBroker:
         self.history_bytes = settings.max_stored_bytes
         self._outbox = Outbox()
         self._mirror = Mirror(self.node, list(settings.rooms))
-        self._orders = NodeOrders(self)  # moderators' orders, bans kept, sockets gathered
+        # Moderators' orders, bans kept, sockets gathered: the node's life on Redis reached through
+        # this broker (`orders.Link`), which the session below composes.
+        self._orders = NodeOrders(self.prefix, self.node, self.keys, self._outbox, self._mirror, self)
         self._session = Session(settings, self.node, self.keys, self._outbox, self._mirror, self._orders)
         self.ledger = RedisLedger(self.prefix, self._ledger_client)
 
-    # What the engine's other parts (`orders.NodeOrders`) see of the node.
-
-    @property
-    def state(self) -> NodeState:
-        return self._session.state
+    # The node's life on Redis, as moderators' orders see it (`orders.Link`).
 
     @property
     def online(self) -> bool:
@@ -54,14 +52,6 @@ class RedisBroker:
     @property
     def hub(self) -> Node | None:
         return self._session.hub
-
-    @property
-    def outbox(self) -> Outbox:
-        return self._outbox
-
-    @property
-    def mirror(self) -> Mirror:
-        return self._mirror
 
     async def settled_client(self) -> Redis | None:
         """The connection once the first attempt to connect is over (None: Redis is away)."""

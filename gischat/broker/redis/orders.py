@@ -20,18 +20,16 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import orjson
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from gischat.broker.base import Order, OrderKind
-from gischat.broker.redis.outbox import Command
-from gischat.broker.redis.scripts import EventKind, Header
-
-if TYPE_CHECKING:
-    from gischat.broker.redis.broker import RedisBroker
+from gischat.broker.base import Node, Order, OrderKind
+from gischat.broker.redis.mirror import Mirror
+from gischat.broker.redis.outbox import Command, Outbox
+from gischat.broker.redis.scripts import EventKind, Header, NodeKeys
 
 logger = logging.getLogger("gischat.broker")
 
@@ -130,32 +128,55 @@ def sockets_command(keys: tuple[str, str], node: str, n: int, room: str, ask: st
     return Command("emit", [*keys, ""], [header, orjson.dumps(sockets), 0, 0], n=n)
 
 
-class NodeOrders:
-    """One Redis node's side of moderators' orders: sending them, obeying them, answering."""
+class Link(Protocol):
+    """What orders need to know of the node's life on Redis (its session, through the broker)."""
 
-    def __init__(self, broker: RedisBroker) -> None:
-        self.broker = broker
+    @property
+    def online(self) -> bool:
+        """Commands go to Redis (else this node serves its own sockets alone)."""
+
+    @property
+    def hub(self) -> Node | None:
+        """The rooms of this process, once the broker started."""
+
+    async def settled_client(self) -> Redis | None:
+        """The connection once the first attempt to connect is over (None: Redis is away)."""
+
+
+class NodeOrders:
+    """One Redis node's side of moderators' orders: sending them, obeying them, answering.
+
+    It is given what it uses: the node's names and keys, the ordered outbox it sends through, the
+    mirror that knows how many nodes answer, and the link to the node's life on Redis."""
+
+    def __init__(
+        self, prefix: str, node: str, keys: NodeKeys, outbox: Outbox, mirror: Mirror, link: Link
+    ) -> None:
+        self.prefix = prefix
+        self.node = node
+        self.keys = keys
+        self.outbox = outbox
+        self.mirror = mirror
+        self.link = link
         self.gatherer = Gatherer()
 
     def _send(self, make: Callable[[tuple[str, str], int], Command]) -> None:
-        broker = self.broker
-        outbox = broker.outbox
-        outbox.send(make((broker.keys.seq, broker.keys.channel), outbox.number()))
+        self.outbox.send(make((self.keys.seq, self.keys.channel), self.outbox.number()))
 
     def order(self, order: Order) -> None:
-        broker = self.broker
-        if not broker.online:
-            if broker.hub is not None:
-                broker.hub.obey(order)  # this node alone: Redis keeps nothing while it is away
+        if not self.link.online:
+            hub = self.link.hub
+            if hub is not None:
+                hub.obey(order)  # this node alone: Redis keeps nothing while it is away
             return
-        self._send(lambda keys, n: order_command(broker.prefix, keys, broker.node, n, order))
+        self._send(lambda keys, n: order_command(self.prefix, keys, self.node, n, order))
 
     async def load_bans(self) -> list[dict[str, Any]]:
-        client = await self.broker.settled_client()
+        client = await self.link.settled_client()
         if client is None:
             return []
         try:
-            return await load_bans(client, self.broker.prefix)
+            return await load_bans(client, self.prefix)
         except RedisError as exc:
             logger.warning("broker: loading the bans failed: %s", type(exc).__name__)
             return []
@@ -163,27 +184,26 @@ class NodeOrders:
     async def reload_bans(self) -> None:
         """Back on Redis: the bans it keeps apply on this node (made while it was away, too)."""
         for ban in await self.load_bans():
-            if self.broker.hub is not None:
-                self.broker.hub.obey(Order(OrderKind.BAN, ban.get("room"), ban))
+            hub = self.link.hub
+            if hub is not None:
+                hub.obey(Order(OrderKind.BAN, ban.get("room"), ban))
 
     async def gather(self, room: str) -> list[dict[str, Any]]:
-        broker = self.broker
-        if not broker.online:
+        if not self.link.online:
             return []
-        ask, done = self.gatherer.ask(broker.mirror.nodes())
-        self._send(lambda keys, n: who_command(keys, broker.node, n, room, ask))
+        ask, done = self.gatherer.ask(self.mirror.nodes())
+        self._send(lambda keys, n: who_command(keys, self.node, n, room, ask))
         return await self.gatherer.wait(ask, done)
 
     def on_event(self, header: Header, mine: bool, payload: bytes) -> None:
         """An order (every node obeys), a question about sockets (others answer), an answer."""
-        broker = self.broker
-        hub = broker.hub
+        hub = self.link.hub
         if header.kind is EventKind.ORDER:
             order = read_order(payload)
             if order is not None and hub is not None:
                 hub.obey(order)
-        elif header.kind is EventKind.WHO and not mine and hub is not None and broker.online:
+        elif header.kind is EventKind.WHO and not mine and hub is not None and self.link.online:
             room, ask, sockets = header.room, str(header.rest[0]), hub.describe(header.room)
-            self._send(lambda keys, n: sockets_command(keys, broker.node, n, room, ask, sockets))
+            self._send(lambda keys, n: sockets_command(keys, self.node, n, room, ask, sockets))
         elif header.kind is EventKind.SOCKETS and not mine:
             self.gatherer.answer(str(header.rest[0]), payload)
