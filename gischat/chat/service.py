@@ -18,6 +18,7 @@ from typing import Any
 from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket
 
+from gischat.chat.charges import SlowDown, charge, pay
 from gischat.chat.gauges import broker_state, live_state
 from gischat.chat.origins import origin_allowed
 from gischat.limits import AddressBook, ConnectionLimits, Rates, RateSettings
@@ -60,16 +61,6 @@ logger = logging.getLogger("gischat.chat")
 
 # Frames handled back to back before the receive loop lets other tasks run.
 YIELD_EVERY = 16
-# The type a large frame says it is, looked up in its first bytes only to pick the rate bucket
-# it pays into; the worker that parses it decides what it really is.
-
-
-class SlowDown(Uncompliant):
-    """A rate limit refused the message; enough of these in a row close the connection."""
-
-    def __init__(self, limit: str, reason: str) -> None:
-        super().__init__(reason)
-        self.limit = limit
 
 
 class NicknameTaken(Exception):
@@ -248,25 +239,11 @@ class ChatService:
     def _admit(self, conn: Connection, size: int) -> None:
         """Every frame, valid or not, pays for itself in messages and bytes."""
         self.metrics.bytes_received.inc(size)
-        buckets = self._buckets(conn)
-        now = asyncio.get_running_loop().time()
-        if not buckets.messages.take(now):
-            raise SlowDown("messages", self.rates.messages.reason())
-        if not buckets.bytes.take(now, size):
-            raise SlowDown("bytes", self.rates.bytes.reason())
+        pay(self._buckets(conn), self.rates, size, asyncio.get_running_loop().time())
 
     def _charge(self, conn: Connection, kind: str | None) -> None:
         """Images and layers also pay per item; a large frame of unknown kind pays as a layer."""
-        self._charge_buckets(self._buckets(conn), kind)
-
-    def _charge_buckets(self, buckets: ConnectionLimits, kind: str | None) -> None:
-        limit, bucket, rate = (
-            ("images", buckets.images, self.rates.images)
-            if kind == "image"
-            else ("layers", buckets.layers, self.rates.layers)
-        )
-        if not bucket.take(asyncio.get_running_loop().time()):
-            raise SlowDown(limit, rate.reason())
+        charge(self._buckets(conn), self.rates, kind, asyncio.get_running_loop().time())
 
     def _strike(self, conn: Connection) -> None:
         """Sustained abuse (refusal after refusal for going too fast) ends the connection."""
@@ -297,6 +274,8 @@ class ChatService:
 
         Undecoded ones (bytes) are all large: they go to a worker, their UTF-8 checked on the way."""
         if isinstance(text, bytes) or len(text) > OFFLOAD_THRESHOLD:
+            # The type a large frame says it is, read in its first bytes only to pick the bucket it
+            # pays into; the worker that parses it decides what it really is.
             kind = parsing.sniff_type(text)
             self._charge(conn, kind)
             with self.metrics.processing.labels("image" if kind == "image" else "geojson").time():
@@ -370,51 +349,6 @@ class ChatService:
         if not self.addresses.may_put(address):
             self.metrics.rate_limited.labels("put").inc()
             raise Refused(429, self.rates.puts.reason())
-
-    def participant_limits(self) -> ConnectionLimits:
-        """Buckets for a participant who speaks without a socket of ours (the Matrix bridge's)."""
-        return ConnectionLimits(self.rates, asyncio.get_running_loop().time())
-
-    async def relay(
-        self,
-        room: str,
-        author: str,
-        message: AnyClientMessage | str | bytes,
-        buckets: ConnectionLimits,
-        size: int,
-        to: str | None = None,
-    ) -> Post:
-        """A message from a participant elsewhere (a Matrix user), under everyone's rules: their
-        rates (`buckets`, `size` characters), bans on their nickname, the same worker path for
-        images and layers. A `str` or `bytes` is a layer's frame, parsed by a worker, which must come out a
-        layer by `author`. The bridge chose `author` in its own namespace, so it is not checked
-        against the sockets' registry. Raises Uncompliant (SlowDown, Banned)."""
-        now = asyncio.get_running_loop().time()
-        if not buckets.messages.take(now):
-            raise SlowDown("messages", self.rates.messages.reason())
-        if not buckets.bytes.take(now, size):
-            raise SlowDown("bytes", self.rates.bytes.reason())
-        ban = self.hub.bans.for_nickname(room, author)
-        if ban is not None:
-            raise Banned("author", ban)
-        if isinstance(message, str | bytes):
-            self._charge_buckets(buckets, "geojson")
-            with self.metrics.processing.labels("geojson").time():
-                outcome = await self.processor.process_frame(message, Dialect.CHANNEL)
-            if not isinstance(outcome, Prepared) or outcome.kind != "geojson" or outcome.author != author:
-                raise Uncompliant("geojson: not a GeoJSON layer")
-            post = Post(outcome.kind, outcome.body, outcome.style)
-        elif isinstance(message, GeojsonMessage | ImageMessage):
-            self._charge_buckets(buckets, message.type)
-            with self.metrics.processing.labels(message.type).time():
-                prepared = await self.processor.process_message(message)
-            post = Post(prepared.kind, prepared.body, prepared.style)
-        else:
-            post = Post.of(message)
-        self.metrics.received.labels(post.kind).inc()
-        said = message.text if isinstance(message, TextMessage) else None
-        self.hub.publish(room, post, to=to, keep=to is None and worth_keeping(post.kind, said))
-        return post
 
     async def post_text(self, room: str, body: Any) -> Post:
         """A text message from REST: same rules as a websocket's, author not registered by anyone.

@@ -20,6 +20,7 @@ import orjson
 
 from gischat.broker.base import Control, Order, OrderKind
 from gischat.broker.ledger import Ledger
+from gischat.chat.relay import Relay
 from gischat.chat.service import ChatService
 from gischat.limits import ConnectionLimits
 from gischat.matrix import names
@@ -73,6 +74,7 @@ class Inbound:
         self.ledger = ledger
         self.control = control
         self.chat = chat
+        self.relay = Relay(chat)
         self.limits = limits
         self.outbound = outbound
         self.queues: dict[str, WorkQueue[dict[str, Any]]] = {}
@@ -146,7 +148,7 @@ class Inbound:
             message, to = await self._message(room, nickname, event)
             if message is None:
                 return
-            post = await self.chat.relay(room, nickname, message, self._limits(sender), _size(event), to)
+            post = await self.relay.relay(room, nickname, message, self._limits(sender), _size(event), to)
         except (Uncompliant, DownloadRefused) as exc:
             reason = exc.reason if isinstance(exc, Uncompliant) else str(exc)
             self._refused(room, sender, event["event_id"], reason)
@@ -282,7 +284,7 @@ class Inbound:
     def _limits(self, mxid: str) -> ConnectionLimits:
         buckets = self._buckets.get(mxid)
         if buckets is None:
-            buckets = self._buckets[mxid] = self.chat.participant_limits()
+            buckets = self._buckets[mxid] = self.relay.limits()
             if len(self._buckets) > MAX_PARTICIPANTS:
                 self._buckets.popitem(last=False)
         self._buckets.move_to_end(mxid)
