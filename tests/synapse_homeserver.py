@@ -11,7 +11,7 @@ session and forwards each connection to whichever port the test names (or refuse
 
 Helpers wait on events (the homeserver answering, a `/sync` long poll), never on fixed sleeps.
 
-What Synapse 1.163 sends to an application service, measured by tests/test_synapse_homeserver.py:
+What Synapse 1.163 sends to an application service, measured by tests/matrix/test_synapse_homeserver.py:
 see that module's docstring.
 """
 

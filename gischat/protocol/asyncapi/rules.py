@@ -39,7 +39,7 @@ def field_rules(limits: Limits) -> dict[str, dict[str, Any]]:
     """JSON Schema keywords for the fields whose validators pydantic's schema cannot show.
 
     Keyed by field name, applied to that field in every model that has it. Every field a
-    model guards with a `field_validator` must be here (tests/test_asyncapi.py checks it).
+    model guards with a `field_validator` must be here (tests/protocol/test_asyncapi.py checks it).
     """
     nickname = {
         "minLength": limits.min_author_length,

@@ -5,7 +5,7 @@ as the one way in, on the ports of HTTP_PORT and (with a certificate in TLS_CERT
 Clients of both dialects, some over TLS, chat through nginx, land on both replicas and hold one
 conversation; moderation works from ADMIN_TOKENS; `deploy/rolling-restart` restarts every replica
 under traffic, and `docker compose restart redis` takes Redis away and back under traffic. Each run
-prints what was sent and delivered, and the reconnection times (`pytest -s tests/test_stack.py`).
+prints what was sent and delivered, and the reconnection times (`pytest -s tests/deploy/test_stack.py`).
 """
 
 from __future__ import annotations

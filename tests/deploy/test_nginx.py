@@ -1,7 +1,7 @@
 """The documented nginx setup, run: a real nginx with TLS in front of a real `gischat`.
 
 The nginx configuration is docs/operations.md's own block, the one after the
-`<!-- nginx-config: tests/test_nginx.py runs this block -->` marker, wrapped in a minimal
+`<!-- nginx-config: tests/deploy/test_nginx.py runs this block -->` marker, wrapped in a minimal
 `nginx.conf` (everything in a temporary directory; nothing of /etc/nginx is read). Before it
 runs, exactly these changes are made, each by a regular expression that must match once, so
 that a docs edit the test cannot follow fails here instead of being silently skipped:
@@ -49,8 +49,8 @@ from conftest import TIMEOUT, Client, ServerFactory, closing, free_port, text, w
 
 pytestmark = pytest.mark.anyio
 
-ROOT = Path(__file__).resolve().parent.parent
-MARKER = "<!-- nginx-config: tests/test_nginx.py runs this block -->"
+ROOT = Path(__file__).resolve().parents[2]
+MARKER = "<!-- nginx-config: tests/deploy/test_nginx.py runs this block -->"
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 10.0
 # nginx's proxy timeouts in the test, and gischat's ping interval, well below it.

@@ -6,7 +6,7 @@ events (the posts built by the real wire models, so their bodies are what the se
 jobs the hub's posts become, the bridge's work queue, and the application service routes' token
 and answers (an app whose homeserver is unreachable: the routes answer all the same).
 
-End-to-end behaviour against a real Synapse is tests/test_matrix_bridge.py's.
+End-to-end behaviour against a real Synapse is tests/matrix/test_matrix_bridge.py's.
 """
 
 from __future__ import annotations

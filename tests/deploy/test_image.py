@@ -4,7 +4,7 @@ As an operator runs it: a non-root user, a read-only root file system (a tmpfs o
 healthcheck passing. SIGTERM (what `docker stop` sends) closes every websocket with 1012 after
 what the server had received is delivered, and the process exits well within the stop grace
 period. The size of the image and the time from `run` to a healthy `/status` are printed
-(`pytest -s tests/test_image.py`) for the docs and the closing notes.
+(`pytest -s tests/deploy/test_image.py`) for the docs and the closing notes.
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ from wire import GEOJSON_ORDER
 
 pytestmark = pytest.mark.anyio
 
-ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",

@@ -1,7 +1,7 @@
 """The Docker image's start and health-check commands, run outside any container.
 
 This reads the Dockerfile's ENV, CMD and HEALTHCHECK and runs them as the container would (same
-command, same environment), on a free port: quick, and with no engine at all. tests/test_image.py
+command, same environment), on a free port: quick, and with no engine at all. tests/deploy/test_image.py
 builds and runs the image itself in a real engine.
 """
 
@@ -24,7 +24,7 @@ from gischat.server.runner import DEFAULT_LOG_CONFIG
 
 from conftest import free_port
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
 
 

@@ -54,7 +54,7 @@ from wire import CHANNEL_KEYS, ENVELOPE, check_shape, next_frame, parse_strict
 
 pytestmark = pytest.mark.anyio
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SPECS_PACKAGE = "@asyncapi/specs@6"  # the same as .ci/run's
 SPECS_SCHEMA = Path("schemas") / "3.0.0.json"
 DOCUMENT_URI = "urn:gischat:asyncapi"
