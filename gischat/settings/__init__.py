@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
-import os
 import re
-from collections.abc import Mapping
 from typing import Annotated, Any, Literal, Self, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from gischat.naming import MATRIX_SUFFIX, slug
+from gischat.settings.errors import SettingsError, describe_error, variable_name
+from gischat.settings.matrix import MatrixFields, check_matrix
 
 DEFAULT_ROOMS = ("QGIS", "Field and mobile", "GIS tribe", "Living room", "Kitchen", "Garden")
 MAX_ROOM_NAME_LENGTH = 100
@@ -35,25 +34,13 @@ PRIVATE_NETWORKS = (
 # ADMIN_TOKENS: a moderator's label (shown in the audit trail and logs) and the shortest secret.
 ADMIN_LABEL_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 MIN_ADMIN_SECRET_LENGTH = 32
-# Settings whose values never appear in an error line (a password or a secret may be in them).
-SECRET_SETTINGS = frozenset({"ADMIN_TOKENS", "MATRIX_AS_TOKEN", "MATRIX_HS_TOKEN"})
-# The Matrix bridge: its shortest secrets, the characters of a localpart, and a server name.
-MIN_MATRIX_TOKEN_LENGTH = 32
-MATRIX_PREFIX_PATTERN = re.compile(r"[a-z0-9._=-]{1,32}")
-MATRIX_SERVER_NAME_PATTERN = re.compile(
-    r"[A-Za-z0-9.-]{1,255}(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]{2,45}\](:[0-9]{1,5})?"
-)
 DEFAULT_TILE_URL = "https://tile.openstreetmap.org/{z}/{x}/{y}.png"
 DEFAULT_TILE_ATTRIBUTION = (
     '&copy; <a href="https://www.openstreetmap.org/copyright">OpenStreetMap</a> contributors'
 )
 
 
-class SettingsError(Exception):
-    """A setting is invalid; the message is one line that names the variable."""
-
-
-class Settings(BaseSettings):
+class Settings(MatrixFields, BaseSettings):
     """Everything an operator can tune, with the defaults of a public instance."""
 
     model_config = SettingsConfigDict(
@@ -194,22 +181,6 @@ class Settings(BaseSettings):
     map_tile_url: str = DEFAULT_TILE_URL
     map_tile_attribution: str = DEFAULT_TILE_ATTRIBUTION
 
-    # The Matrix bridge (docs/matrix.md), an application service of the homeserver at
-    # MATRIX_HOMESERVER_URL; nothing set, no bridge. MATRIX_ROOMS: the bridged rooms (empty: all),
-    # MATRIX_ROOM_IDS: `Room=!id,...`, rooms bridged onto existing Matrix rooms instead of
-    # portals; MATRIX_QUEUE_SIZE: events per portal waiting for a slow or absent homeserver.
-    matrix_homeserver_url: str | None = None
-    matrix_server_name: str | None = None
-    matrix_as_token: SecretStr | None = None
-    matrix_hs_token: SecretStr | None = None
-    matrix_prefix: str = "gischat_"
-    matrix_rooms: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    matrix_room_ids: Annotated[dict[str, str], NoDecode] = Field(default_factory=dict)
-    matrix_queue_size: int = Field(default=1000, ge=1, le=1_000_000)
-    # How often one node checks each portal's virtual users against who is in the room (a node
-    # killed without a goodbye leaves its users' virtual users behind until then).
-    matrix_sweep_interval: float = Field(default=60.0, ge=0.5, le=86_400)
-
     # Process.
     # Fan-out and presence shared by several processes: memory:// (one process) or
     # redis://[user:password@]host[:port][/db], rediss:// for TLS.
@@ -245,12 +216,13 @@ class Settings(BaseSettings):
     # (a container's stop grace period must be longer).
     shutdown_timeout: float = Field(default=10.0, gt=0, le=300)
 
-    @field_validator("rooms", mode="before")
+    @field_validator("rooms", "matrix_rooms", "metrics_networks", "admin_networks", mode="before")
     @classmethod
-    def _split_rooms(cls, value: Any) -> Any:
-        """`ROOMS` is a comma-separated list; names keep their inner spaces."""
+    def _split_list(cls, value: Any) -> Any:
+        """Comma-separated lists (`ROOMS=QGIS,Field and mobile`): items trimmed, inner spaces kept,
+        empty ones dropped."""
         if isinstance(value, str):
-            return [name.strip() for name in value.split(",") if name.strip()]
+            return [item.strip() for item in value.split(",") if item.strip()]
         return value
 
     @field_validator("rooms")
@@ -284,13 +256,6 @@ class Settings(BaseSettings):
             if origin != "*" and not re.fullmatch(r"[a-z][a-z0-9+.-]*://[^/\s]+", origin):
                 raise ValueError(f"{origin!r} is not an origin like https://maps.example.org or *")
         return origins
-
-    @field_validator("metrics_networks", "admin_networks", mode="before")
-    @classmethod
-    def _split_networks(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return [network.strip() for network in value.split(",") if network.strip()]
-        return value
 
     @field_validator("admin_tokens", mode="before")
     @classmethod
@@ -327,75 +292,6 @@ class Settings(BaseSettings):
             except ValueError:
                 raise ValueError(f"{network!r} is not a network like 10.0.0.0/8 or 192.0.2.7") from None
         return networks
-
-    @field_validator("matrix_rooms", mode="before")
-    @classmethod
-    def _split_matrix_rooms(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return [name.strip() for name in value.split(",") if name.strip()]
-        return value
-
-    @field_validator("matrix_room_ids", mode="before")
-    @classmethod
-    def _split_matrix_room_ids(cls, value: Any) -> Any:
-        """`Room=!id,Room=!id`: gischat rooms bridged onto existing Matrix rooms."""
-        if not isinstance(value, str):
-            return value
-        pairs: dict[str, str] = {}
-        for number, entry in enumerate((item.strip() for item in value.split(",")), 1):
-            if not entry:
-                continue
-            name, _, room_id = entry.rpartition("=")
-            # Room ids are opaque: `!id:server` before room version 12, `!id` since.
-            if not name.strip() or not re.fullmatch(r"![^\s,]{1,254}", room_id.strip()):
-                raise ValueError(f"entry {number} is not Room=!id")
-            pairs[name.strip()] = room_id.strip()
-        return pairs
-
-    @field_validator("matrix_homeserver_url")
-    @classmethod
-    def _check_homeserver_url(cls, url: str | None) -> str | None:
-        if url is None or not url.strip():
-            return None
-        url = url.strip().rstrip("/")
-        try:
-            parsed = urlsplit(url)
-            parsed.port  # noqa: B018 (raises on a port that is not a number)
-        except ValueError:
-            raise ValueError("not a valid http(s) URL") from None
-        if parsed.scheme not in ("http", "https") or not parsed.hostname:
-            raise ValueError("must be the homeserver's client API base URL: http(s)://host[:port]")
-        if parsed.username or parsed.password or parsed.query or parsed.fragment:
-            raise ValueError("must hold no credentials, query or fragment")
-        return url
-
-    @field_validator("matrix_server_name")
-    @classmethod
-    def _check_server_name(cls, name: str | None) -> str | None:
-        if name is None or not name.strip():
-            return None
-        if not MATRIX_SERVER_NAME_PATTERN.fullmatch(name.strip()):
-            raise ValueError("must be a Matrix server name such as example.org or matrix.example.org:8448")
-        return name.strip()
-
-    @field_validator("matrix_as_token", "matrix_hs_token")
-    @classmethod
-    def _check_matrix_token(cls, token: SecretStr | None) -> SecretStr | None:
-        if token is None or not token.get_secret_value():
-            return None
-        secret = token.get_secret_value()
-        if len(secret) < MIN_MATRIX_TOKEN_LENGTH or any(char.isspace() for char in secret):
-            raise ValueError(f"must be at least {MIN_MATRIX_TOKEN_LENGTH} characters, with no white space")
-        return token
-
-    @field_validator("matrix_prefix")
-    @classmethod
-    def _check_matrix_prefix(cls, prefix: str) -> str:
-        if not MATRIX_PREFIX_PATTERN.fullmatch(prefix):
-            raise ValueError(
-                "must be 1 to 32 of a-z, 0-9, '.', '_', '=', '-' (the start of a Matrix localpart)"
-            )
-        return prefix
 
     @field_validator("log_format", mode="before")
     @classmethod
@@ -461,77 +357,13 @@ class Settings(BaseSettings):
                 f"ANNOUNCER_NAME ({self.announcer_name!r}) is not a valid nickname: "
                 f"{self.min_author_length} to {self.max_author_length} letters, digits, '_' or '-'"
             )
-        self._check_matrix()
+        check_matrix(self, self.rooms, self.max_author_length)
         if self.workers > 1 and self.broker_url.startswith("memory://"):
             raise ValueError(
                 "WORKERS above 1 needs a shared broker: with BROKER_URL=memory:// each worker "
                 "would hold its own copy of every room"
             )
         return self
-
-    @property
-    def matrix_enabled(self) -> bool:
-        """Whether the Matrix bridge runs: its homeserver is set (the rest then must be)."""
-        return self.matrix_homeserver_url is not None
-
-    def _check_matrix(self) -> None:
-        """All of the bridge's settings or none; the rooms it names must be this instance's."""
-        required = {
-            "MATRIX_HOMESERVER_URL": self.matrix_homeserver_url,
-            "MATRIX_SERVER_NAME": self.matrix_server_name,
-            "MATRIX_AS_TOKEN": self.matrix_as_token,
-            "MATRIX_HS_TOKEN": self.matrix_hs_token,
-        }
-        given = [name for name, value in required.items() if value is not None]
-        if given and len(given) < len(required):
-            missing = next(name for name, value in required.items() if value is None)
-            raise ValueError(f"{missing} is required by the Matrix bridge ({given[0]} is set)")
-        if (
-            self.matrix_as_token is not None
-            and self.matrix_hs_token is not None
-            and self.matrix_as_token.get_secret_value() == self.matrix_hs_token.get_secret_value()
-        ):
-            raise ValueError("MATRIX_AS_TOKEN and MATRIX_HS_TOKEN must differ")
-        known = {name.casefold(): name for name in self.rooms}
-        for variable, names in (
-            ("MATRIX_ROOMS", self.matrix_rooms),
-            ("MATRIX_ROOM_IDS", self.matrix_room_ids),
-        ):
-            for name in names:
-                if name.casefold() not in known:
-                    raise ValueError(f"{variable} names {name!r}, which is not one of ROOMS")
-        self.matrix_rooms = [known[name.casefold()] for name in self.matrix_rooms]
-        room_ids: dict[str, str] = {}
-        for name, room_id in self.matrix_room_ids.items():
-            if known[name.casefold()] in room_ids or room_id in room_ids.values():
-                raise ValueError(f"MATRIX_ROOM_IDS names {name!r} or {room_id!r} twice")
-            room_ids[known[name.casefold()]] = room_id
-        self.matrix_room_ids = room_ids
-        if self.matrix_enabled:
-            self._check_matrix_names()
-
-    def _check_matrix_names(self) -> None:
-        """Every portal has an alias of its own, and every Matrix participant can get a nickname."""
-        portals: dict[str, str] = {}
-        bridged = self.matrix_rooms or self.rooms
-        for room in (room for room in bridged if room not in self.matrix_room_ids):
-            alias = slug(room)
-            if not alias:
-                raise ValueError(f"MATRIX_ROOMS: room {room!r} has no letter or digit for its Matrix alias")
-            if alias in portals:
-                raise ValueError(
-                    f"MATRIX_ROOMS: rooms {portals[alias]!r} and {room!r} would share one Matrix alias"
-                )
-            portals[alias] = room
-        # A character, the number that makes a Matrix nickname unique (the bridge tries up to 50:
-        # two digits) and the suffix; one less left the 10th and later Matrix users of a base with a
-        # nickname one character too long, whose every message was refused.
-        shortest = len(MATRIX_SUFFIX) + 3
-        if self.max_author_length < shortest:
-            raise ValueError(
-                f"MAX_AUTHOR_LENGTH ({self.max_author_length}) leaves no room for Matrix nicknames "
-                f"(at least {shortest})"
-            )
 
 
 ConfigT = TypeVar("ConfigT")
@@ -558,32 +390,7 @@ def load_settings(**overrides: Any) -> Settings:
     try:
         return Settings(**overrides)
     except ValidationError as exc:
-        raise SettingsError(describe_error(exc)) from None
+        raise SettingsError(describe_error(exc, Settings)) from None
 
 
-def variable_name(name: str, environ: Mapping[str, str] = os.environ) -> str:
-    """The variable the operator set for a setting known under several names (ROOMS or CHANNELS)."""
-    for field_name, field in Settings.model_fields.items():
-        choices = field.validation_alias.choices if isinstance(field.validation_alias, AliasChoices) else []
-        names = [str(choice).upper() for choice in choices]
-        if name.upper() in names or name == field_name:
-            present = {key.upper() for key in environ}
-            return next(
-                (choice for choice in names if choice in present), names[0] if names else name.upper()
-            )
-    return name.upper()
-
-
-def describe_error(exc: ValidationError) -> str:
-    """Name the environment variable and the problem, in one line."""
-    error = exc.errors(include_url=False)[0]
-    message = str(error["msg"]).removeprefix("Value error, ")
-    if error["loc"]:
-        variable = variable_name(str(error["loc"][0]))
-        value = error.get("input")
-        # Broker URLs may carry a password, ADMIN_TOKENS holds secrets.
-        secret = variable.endswith("_URL") or variable in SECRET_SETTINGS
-        plain = isinstance(value, str | int | float) and not secret and error["type"] != "missing"
-        shown = f" (got {value!r})" if plain else ""
-        return f"invalid setting {variable}: {message}{shown}"
-    return f"invalid settings: {message}"
+__all__ = ["Settings", "SettingsError", "describe_error", "load_settings", "project", "variable_name"]
