@@ -90,11 +90,15 @@ class PositionCount:
 
     A position is a bracket followed by a number: each piece's bytes with every number's first
     character made "0" and white space dropped (one `translate`), then one count of "[0", plus
-    one when a piece ends in "[" and the next starts with a number. That is exact for any GeoJSON
-    (only a property string holding "[" and a digit could add to it), and the same whether the
-    text comes in one piece or many. Fed piece by piece while a large frame is written out
-    (`work.handoff`), it refuses a layer far over the budget as soon as the budget is passed,
-    without the rest of the frame being counted.
+    one when a piece ends in "[" and the next starts with a number. It never misses a position,
+    and it is the same whether the text comes in one piece or many. It is exact unless something
+    outside the coordinates opens a bracket before a number, each adding one: a numeric array (a
+    `bbox` member, a property), a string holding "[" and a digit (a property, a WKT2 `BBOX[...]`
+    in `crs_wkt`, a style): a few per feature in real layers, against a budget of a million (a
+    million numeric arrays hidden in properties are refused like positions, which their parse
+    would cost as much as; the property tests check both sides). Fed piece by piece while a large
+    frame is written out (`work.handoff`), it refuses a layer far over the budget as soon as the
+    budget is passed, without the rest of the frame being counted.
     """
 
     __slots__ = ("_bracket_open", "maximum", "positions")
