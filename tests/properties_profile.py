@@ -1,4 +1,4 @@
-"""Hypothesis settings shared by the property tests (tests/test_properties_*.py), without a conftest.
+"""Hypothesis settings shared by the property tests (test_properties_*.py), without a conftest.
 
 Imported first by each property module, which registers and loads the profiles here:
 
@@ -9,7 +9,7 @@ Imported first by each property module, which registers and loads the profiles h
 - `deep`: for a session of hunting by hand, random seeds, fifty times the examples, the database
   kept in .hypothesis/ (a test then runs for minutes: lift pytest's 60 s timeout)::
 
-      HYPOTHESIS_PROFILE=deep pytest --timeout 0 tests/test_properties_*.py
+      HYPOTHESIS_PROFILE=deep pytest --timeout 0 -k test_properties_ tests
 
 `examples(count)` is a test's settings: `count` examples under ci, fifty times as many under deep.
 """

@@ -1,7 +1,7 @@
 """What `bench/fuzz.py` found against a running server, kept as tests of a real server.
 
-The property tests (tests/test_properties_*.py) keep what they found next to the property that
-found it; these needed the whole server: sockets, the app, the worker pool.
+The property tests (test_properties_*.py) keep what they found next to the property that found
+it; these needed the whole server: sockets, the app, the worker pool.
 """
 
 from __future__ import annotations
