@@ -47,6 +47,7 @@ class Chatter:
     sent: list[str] = field(default_factory=list)
     confirmed: set[str] = field(default_factory=set)
     received: set[str] = field(default_factory=set)
+    repeats: int = 0  # texts received again: the history replayed on reconnecting, else a duplicate
     closes: list[int | None] = field(default_factory=list)
     reconnects: list[float] = field(default_factory=list)
     connects: int = 0
@@ -114,6 +115,7 @@ class Chatter:
             kind = message.get("type")
             if kind == "text":
                 body = message["text"]
+                self.repeats += body in self.received
                 self.received.add(body)
                 if message.get("author") == self.nickname:
                     self.confirmed.add(body)

@@ -64,6 +64,7 @@ class RedisServer:
     binary: str
     port: int = field(default_factory=free_port)
     password: str | None = None
+    args: list[str] = field(default_factory=list)  # more options (a replica's --replicaof, --dir)
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -83,6 +84,7 @@ class RedisServer:
         ]  # fmt: skip
         if self.password:
             command += ["--requirepass", self.password]
+        command += self.args
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while not self.ping():

@@ -1,7 +1,8 @@
 """Fan-out between server processes: a tiny interface (`base`), and its engines as siblings.
 
-`memory://` (one process, `memory`) and `redis://` (any number of nodes, `redis`) are chosen by
-the URL scheme of `BROKER_URL`; the Redis engine is imported only when asked for.
+`memory://` (one process, `memory`) and `redis://` (any number of nodes, `redis`; also
+`rediss://`, and `redis+sentinel://` for a primary Redis Sentinel replaces when it fails) are chosen
+by the URL scheme of `BROKER_URL`; the Redis engine is imported only when asked for.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def create_broker(settings: BrokerSettings) -> Broker:
     scheme = settings.broker_url.split("://", 1)[0]
     if scheme == "memory":
         return MemoryBroker()
-    if scheme in ("redis", "rediss"):
+    if scheme in ("redis", "rediss", "redis+sentinel"):
         from gischat.broker.redis.broker import RedisBroker
 
         return RedisBroker(settings)

@@ -12,11 +12,11 @@ import dataclasses
 import ipaddress
 import re
 from typing import Annotated, Any, Literal, Self, TypeVar
-from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from gischat.settings.broker import check_broker_url
 from gischat.settings.errors import SettingsError, describe_error, variable_name
 from gischat.settings.matrix import MatrixFields, check_matrix
 
@@ -183,7 +183,8 @@ class Settings(MatrixFields, BaseSettings):
 
     # Process.
     # Fan-out and presence shared by several processes: memory:// (one process) or
-    # redis://[user:password@]host[:port][/db], rediss:// for TLS.
+    # redis://[user:password@]host[:port][/db], rediss:// for TLS, or a primary Sentinel replaces when
+    # it fails: redis+sentinel://[[user]:password@]host[:port][,host[:port]...]/service[/db].
     broker_url: str = "memory://"
     # Prefix of every Redis key and channel: several instances may share one Redis.
     redis_key_prefix: str = Field(
@@ -316,21 +317,7 @@ class Settings(MatrixFields, BaseSettings):
     @field_validator("broker_url")
     @classmethod
     def _check_broker_url(cls, url: str) -> str:
-        # Never echo the URL: it may carry a password.
-        scheme = url.split("://", 1)[0] if "://" in url else ""
-        if scheme not in ("memory", "redis", "rediss"):
-            raise ValueError("unsupported broker: use memory://, redis://host:port or rediss://host:port")
-        if scheme != "memory":
-            try:
-                parsed = urlsplit(url)
-                parsed.port  # noqa: B018 (raises on a port that is not a number)
-            except ValueError:
-                raise ValueError("not a valid redis:// URL (port?)") from None
-            if not parsed.hostname:
-                raise ValueError("a redis:// URL needs a host: redis://host:6379")
-            if parsed.path not in ("", "/") and not parsed.path[1:].isdigit():
-                raise ValueError("the path of a redis:// URL is a database number: redis://host:6379/0")
-        return url
+        return check_broker_url(url)  # never echoing the URL: it may carry passwords
 
     @model_validator(mode="after")
     def _check_consistency(self) -> Self:

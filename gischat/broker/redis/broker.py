@@ -78,8 +78,11 @@ class RedisBroker:
     def status(self) -> dict[str, Any] | None:
         state = self._session.state
         outage = self._session.outage
+        target = self._session.where
         return {
-            "url": self._session.where,
+            "url": target.location,
+            # With Sentinel: the primary this node was last connected to (it changes on failover).
+            **({"primary": target.primary} if target.sentinel is not None else {}),
             "state": state,
             "node": self.node,
             "nodes": self._mirror.nodes() + 1 if state is NodeState.UP else 1,

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ReadOnlyError
 
 from gischat.broker.base import Envelope
 
@@ -119,8 +119,10 @@ class Outbox:
             results = await pipe.execute(raise_on_error=False)
             self.inflight = []
             for command, result in zip(batch, results, strict=True):
-                if isinstance(result, NoScriptError):
-                    raise result  # Redis lost its scripts (restarted, flushed): start over
+                if isinstance(result, NoScriptError | ReadOnlyError):
+                    # Redis lost its scripts (restarted, flushed), or is a primary no longer (a
+                    # failover behind one address): start over, wherever the primary now is.
+                    raise result
                 if isinstance(result, Exception):
                     logger.error("broker: %s failed: %s", command.script, describe(result))
                     result = 0

@@ -22,7 +22,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 
 from gischat.broker.base import BrokerSettings, Envelope, Node
-from gischat.broker.redis.connection import describe, redis_client, redis_location, redis_secrets
+from gischat.broker.redis.connection import RedisTarget, describe
 from gischat.broker.redis.mirror import Buffered, Mirror, readable
 from gischat.broker.redis.orders import NodeOrders
 from gischat.broker.redis.outage import SEEN_IDS, OutageBuffer, Seen, kept_commands, unconfirmed_messages
@@ -69,9 +69,9 @@ class Session:
         mirror: Mirror,
         orders: NodeOrders,
     ) -> None:
-        self.url = settings.broker_url
-        self.where = redis_location(self.url)
-        self._secrets = redis_secrets(self.url)
+        # Where Redis is (shown with the primary, with Sentinel): a connection attempt lasts up to 5 s.
+        self.where = RedisTarget(settings.broker_url, node, min(5.0, max(1.0, settings.node_timeout)))
+        self._secrets = self.where.secrets
         self.node = node
         self.keys = keys
         self.rooms = list(settings.rooms)
@@ -169,9 +169,6 @@ class Session:
             self._sha["reap"], 3, keys.nodes, keys.seq, keys.channel, keys.prefix, 0, self.node
         )
 
-    def _client_for(self) -> Redis:
-        return redis_client(self.url, self.node, connect_timeout=min(5.0, max(1.0, self.node_timeout)))
-
     async def _run(self) -> None:
         delay = FIRST_RETRY
         while not self._stopping:
@@ -189,15 +186,15 @@ class Session:
             self._go_down(reason)
             if reached:
                 delay = FIRST_RETRY
-            await asyncio.sleep(delay)
+            await self.where.pause(delay)  # sooner if the sentinels name a new primary
             delay = min(delay * 2, self.max_delay)
 
     async def _serve(self) -> bool:
         """One session: connect, register, load the mirror, then serve until the connection fails."""
-        client = self._client_for()
+        client = self.where.client()
         self._client = client
-        tasks: list[asyncio.Task[Any]] = []
         loop = asyncio.get_running_loop()
+        tasks: list[asyncio.Task[Any]] = [loop.create_task(self.where.watch())]  # the primary moved
         try:
             pubsub = await self._subscribe(client)
             tasks += self._go_online(client, pubsub)
@@ -298,7 +295,7 @@ class Session:
         self._client = None
         with contextlib.suppress(Exception):
             async with asyncio.timeout(1):
-                await client.aclose()
+                await self.where.close(client)
 
     async def _snapshot(self, client: Redis) -> list[Any]:
         if self._flushed is not None:

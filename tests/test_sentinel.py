@@ -1,0 +1,237 @@
+"""Redis that fails over: BROKER_URL=redis+sentinel://..., real sentinels, a primary lost under traffic.
+
+The URL first: the settings and the broker read one grammar (held to the same URLs from both
+sides), and no error, log line or `/status` answer shows a password.
+
+Then real processes (`sentinel_nodes`): a primary, a replica and three sentinels on loopback, two
+gischat nodes on `redis+sentinel://`, and clients of both dialects chatting on both. The primary is
+killed (-9) under traffic: each node serves its own sockets alone and keeps what they say, the
+sentinels promote the replica after DOWN_AFTER_MS, each node finds the new primary through them
+and publishes what it kept. Every message sent reaches every client, once. The failover time (the
+primary killed -> a message said after that crossed between the nodes, both ways) is printed:
+`pytest -s tests/test_sentinel.py`. A planned failover (`SENTINEL FAILOVER`: the old primary lives
+on, as a replica) is followed the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from chatters import Chatter, settle, tally, traffic_for, until
+from redis_nodes import Cluster, GischatNode, require_redis
+from sentinel_nodes import SERVICE, SentinelGroup
+
+from gischat.broker.redis.connection import RedisTarget, SentinelURL, describe
+from gischat.settings import SettingsError, load_settings
+
+PASSWORD = "data-s3cret/pw"  # a '/' to be percent-encoded in the URL
+SENTINEL_PASSWORD = "sentinel-s3cret"
+
+
+# --- the URL ---------------------------------------------------------------------------------
+
+GOOD = [
+    (
+        "redis+sentinel://s1:26379,s2:26379,s3:26379/mymaster/0",
+        [("s1", 26379), ("s2", 26379), ("s3", 26379)],
+        0,
+    ),
+    ("redis+sentinel://s1,s2:26380/mymaster", [("s1", 26379), ("s2", 26380)], 0),
+    ("redis+sentinel://:pw@10.0.0.1:26379/gischat/2", [("10.0.0.1", 26379)], 2),
+    ("redis+sentinel://user:pw@[::1]:26379,[fd00::2]/gischat/", [("::1", 26379), ("fd00::2", 26379)], 0),
+    ("redis+sentinel://:pw@h:1/svc.name-1/5?sentinel_password=x&sentinel_username=y", [("h", 1)], 5),
+]
+BAD = [
+    "redis+sentinel://:secret@s1:26379,s2:26379",  # no service
+    "redis+sentinel://:secret@s1:26379/",  # no service
+    "redis+sentinel://:secret@s1:port/mymaster/0",
+    "redis+sentinel://:secret@s1:70000/mymaster/0",
+    "redis+sentinel://:secret@s1:26379,,s2/mymaster/0",
+    "redis+sentinel://:secret@/mymaster/0",
+    "redis+sentinel://:secret@s1/my master/0",
+    "redis+sentinel://:secret@s1/mymaster/db",
+    "redis+sentinel://:secret@s1/mymaster/0/1",
+    "redis+sentinel://:secret@s1/mymaster/0?password=secret",
+    "rediss+sentinel://:secret@s1/mymaster/0",
+]
+
+
+def settings_accept(url: str) -> bool:
+    try:
+        load_settings(_env_file=None, broker_url=url)
+    except SettingsError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(("url", "sentinels", "db"), GOOD)
+def test_settings_and_broker_read_the_same_good_urls(
+    url: str, sentinels: list[tuple[str, int]], db: int
+) -> None:
+    assert settings_accept(url)
+    parsed = SentinelURL.parse(url)
+    assert (parsed.sentinels, parsed.db) == (sentinels, db)
+
+
+@pytest.mark.parametrize("url", BAD)
+def test_settings_and_broker_refuse_the_same_bad_urls_in_one_line_without_the_password(url: str) -> None:
+    with pytest.raises(SettingsError) as refused:
+        load_settings(_env_file=None, broker_url=url)
+    message = str(refused.value)
+    assert message.startswith("invalid setting BROKER_URL: "), message
+    assert "secret" not in message
+    assert "\n" not in message
+    if url.startswith("redis+sentinel://"):
+        with pytest.raises(ValueError, match="redis") as unread:
+            SentinelURL.parse(url)
+        assert "secret" not in str(unread.value)
+
+
+def test_what_is_shown_of_a_sentinel_url() -> None:
+    url = "redis+sentinel://app:pa%2Fss@s1:26379,[::1]/mymaster/3?sentinel_password=sentinel-pw"
+    target = RedisTarget(url)
+    assert target.sentinel is not None
+    assert (target.sentinel.service, target.sentinel.db) == ("mymaster", 3)
+    assert (target.sentinel.username, target.sentinel.password) == ("app", "pa/ss")
+    assert target.location == "redis+sentinel://s1:26379,[::1]:26379/mymaster/3"
+    assert str(target) == target.location  # the primary is not known before a connection
+    error = ConnectionError(f"AUTH pa/ss failed; sentinel AUTH sentinel-pw; {url}")
+    shown = describe(error, target.secrets)
+    for secret in ("pa/ss", "pa%2Fss", "sentinel-pw"):
+        assert secret not in shown
+
+
+# --- failover with real processes ----------------------------------------------------------------
+
+
+@pytest.fixture
+def sentinels(tmp_path: Path) -> Iterator[SentinelGroup]:
+    group = SentinelGroup(require_redis(), tmp_path, PASSWORD, SENTINEL_PASSWORD)
+    try:
+        group.start()
+        yield group
+    finally:
+        group.stop()
+
+
+@pytest.fixture
+def cluster(sentinels: SentinelGroup, tmp_path: Path) -> Iterator[Cluster]:
+    started = Cluster(sentinels.servers[0], tmp_path, f"s{uuid.uuid4().hex[:8]}")
+    yield started
+    started.stop()
+
+
+async def broker(node: GischatNode) -> dict[str, Any]:
+    async with httpx.AsyncClient(base_url=node.http_url, timeout=5) as http:
+        body = (await http.get("/status")).json()
+    assert isinstance(body["broker"], dict)
+    return body["broker"]
+
+
+@asynccontextmanager
+async def chatting(nodes: list[GischatNode]) -> AsyncIterator[list[Chatter]]:
+    """A room socket and a channel socket on each node, each sending 20 texts a second."""
+    tag = uuid.uuid4().hex[:4]
+    group = [
+        Chatter(f"ws://127.0.0.1:{node.port}", f"{dialect[0]}{tag}-{number}", dialect, interval=0.05)
+        for number, node in enumerate(nodes)
+        for dialect in ("room", "channel")
+    ]
+    tasks = [asyncio.get_running_loop().create_task(chatter.run()) for chatter in group]
+    try:
+        await asyncio.wait_for(asyncio.gather(*(chatter.registered.wait() for chatter in group)), 20)
+        yield group
+    finally:
+        for chatter in group:
+            await chatter.leave()
+        await asyncio.wait(tasks, timeout=10)
+        for task in tasks:
+            task.cancel()
+
+
+def crossed(senders: list[Chatter], readers: list[Chatter], since: dict[str, int]) -> bool:
+    """Something a sender said after `since` (its count of texts then) reached every reader."""
+    return any(
+        all(f"{sender.nickname}:{number}" in reader.received for reader in readers)
+        for sender in senders
+        for number in range(since[sender.nickname], len(sender.sent))
+    )
+
+
+async def failover_under_traffic(
+    sentinels: SentinelGroup, cluster: Cluster, fail: Callable[[int], None], what: str
+) -> None:
+    """Two nodes, four clients chatting; `fail(primary port)`; every node on the new primary,
+    every message everywhere once; the failover time printed."""
+    a_node, b_node = (cluster.node(BROKER_URL=sentinels.url, MAX_STORED_MESSAGES="1000") for _ in range(2))
+    old = sentinels.primary_port()
+    for node in (a_node, b_node):
+        assert (await broker(node))["primary"] == f"127.0.0.1:{old}"
+    async with chatting([a_node, b_node]) as chatters:
+        on_a, on_b = chatters[:2], chatters[2:]
+        await traffic_for(chatters, 10)
+        failed_at = time.monotonic()
+        fail(old)
+        new = await asyncio.to_thread(sentinels.promoted, old)
+        # What is said from now on crosses only through the new primary (a planned failover's old
+        # primary, a replica now, refuses writes).
+        since = {chatter.nickname: len(chatter.sent) for chatter in chatters}
+        both_ways = await until(
+            chatters, lambda: crossed(on_a, on_b, since) and crossed(on_b, on_a, since), 30
+        )
+        failover = time.monotonic() - failed_at
+        assert both_ways, "no message crossed between the nodes after the failover"
+        await traffic_for(chatters, 10)
+        await settle(chatters)
+        result = tally(chatters)
+        print(
+            f"\n{what} under traffic ({len(chatters)} clients of both dialects on 2 nodes): failover "
+            f"{failover * 1000:.0f} ms (the primary lost -> a message crossing between the nodes, both "
+            f"ways; sentinels' down-after-milliseconds 1000); {result.summary()}"
+        )
+        assert not result.lost, f"{len(result.lost)} lost: {result.lost[:10]}"
+        assert result.confirmed == result.sent, "every message came back to its sender"
+        assert not result.closes, "nobody's socket was closed"
+        assert [chatter.repeats for chatter in chatters] == [0] * len(chatters), "delivered once"
+        assert all(chatter.nb_users == len(chatters) for chatter in chatters)
+    for node in (a_node, b_node):
+        status = await broker(node)
+        assert (status["state"], status["primary"], status["kept"], status["dropped"]) == (
+            "up",
+            f"127.0.0.1:{new}",
+            0,
+            0,
+        )
+        assert status["url"] == sentinels.location
+        output = node.output()
+        assert f"connected to {status['url']} (primary 127.0.0.1:{old})" in output
+        assert f"back on {status['url']} (primary 127.0.0.1:{new})" in output
+        assert "s3cret" not in output, "no password in the logs"
+
+
+@pytest.mark.anyio
+async def test_nodes_follow_the_replica_promoted_when_the_primary_is_killed(
+    sentinels: SentinelGroup, cluster: Cluster
+) -> None:
+    await failover_under_traffic(
+        sentinels, cluster, lambda port: sentinels.server_on(port).kill(), "primary killed (-9)"
+    )
+
+
+@pytest.mark.anyio
+async def test_nodes_follow_a_planned_failover(sentinels: SentinelGroup, cluster: Cluster) -> None:
+    """SENTINEL FAILOVER: the old primary lives on as a replica, refusing writes (READONLY)."""
+
+    def failover(_: int) -> None:
+        with sentinels.sentinels[0].client() as client:
+            client.execute_command("SENTINEL", "FAILOVER", SERVICE)
+
+    await failover_under_traffic(sentinels, cluster, failover, "SENTINEL FAILOVER")
