@@ -206,6 +206,20 @@ async def until(chatters: list[Chatter], condition: Callable[[], bool], timeout:
     return True
 
 
+def heard_since(chatters: list[Chatter], since: dict[str, int]) -> bool:
+    """Every chatter received something each other one said after `since` (each one's count of
+    texts sent then): across every node, the conversation goes on again."""
+    return all(
+        any(
+            f"{sender.nickname}:{number}" in reader.received
+            for number in range(since[sender.nickname], len(sender.sent))
+        )
+        for sender in chatters
+        for reader in chatters
+        if reader is not sender
+    )
+
+
 async def traffic_for(chatters: list[Chatter], messages: int, timeout: float = 30) -> None:
     """Wait until every chatter has had `messages` more of its own confirmed."""
     targets = [len(chatter.confirmed) + messages for chatter in chatters]
