@@ -48,6 +48,7 @@ class Chatter:
     confirmed: set[str] = field(default_factory=set)
     received: set[str] = field(default_factory=set)
     repeats: int = 0  # texts received again: the history replayed on reconnecting, else a duplicate
+    exiters: int = 0  # others seen leaving
     closes: list[int | None] = field(default_factory=list)
     reconnects: list[float] = field(default_factory=list)
     connects: int = 0
@@ -123,6 +124,8 @@ class Chatter:
                 self.nb_users = message["nb_users"]
             elif kind == "newcomer" and message.get("newcomer") == self.nickname:
                 self.registered.set()
+            elif kind == "exiter":
+                self.exiters += 1
         raise ConnectionClosed(ws.protocol.close_rcvd, ws.protocol.close_sent)
 
     async def leave(self) -> None:

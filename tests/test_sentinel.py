@@ -189,6 +189,7 @@ async def failover_under_traffic(
         assert result.confirmed == result.sent, "every message came back to its sender"
         assert not result.closes, "nobody's socket was closed"
         assert [chatter.repeats for chatter in chatters] == [0] * len(chatters), "delivered once"
+        assert [chatter.exiters for chatter in chatters] == [0] * len(chatters), "nobody seen leaving"
         assert all(chatter.nb_users == len(chatters) for chatter in chatters)
     for node in (a_node, b_node):
         status = await broker(node)

@@ -151,6 +151,7 @@ async def test_primary_container_killed_under_traffic_loses_nothing(
     assert result.confirmed == result.sent, "every message came back to its sender"
     assert not result.closes, "nobody's socket was closed"
     assert [chatter.repeats for chatter in chatters] == [0] * len(chatters), "delivered once"
+    assert [chatter.exiters for chatter in chatters] == [0] * len(chatters), "nobody seen leaving"
     assert all(chatter.nb_users == len(chatters) for chatter in chatters)
     for name in stack.containers("gischat"):
         assert "redis+sentinel://sentinel-1:26379" in stack.logs(name)

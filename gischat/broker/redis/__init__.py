@@ -37,11 +37,14 @@ Redis going away
     Back, it runs one script that re-registers it, rewrites its counts, frees the nicknames
     its sockets gave up meanwhile and claims again those they took; a nickname another node
     holds by then stays with that node, and the local socket keeps its connection but loses
-    the nickname, with an `uncompliant` saying so.
+    the nickname, with an `uncompliant` saying so. With Sentinel (`redis+sentinel://`), a failover
+    is Redis going away and coming back elsewhere: the node asks the sentinels where the primary
+    is at each connection, and starts over as soon as they announce a new one.
 
 `broker.py` holds the node's side of the `Broker` interface; `session.py` the node's life on Redis
 (connect, register, snapshot, heartbeat, degraded mode, resync) and the events it reads; `outbox.py`
 the ordered command queue; `scripts.py` the Lua scripts, the keys they are given and the events they
 publish; `mirror.py` the other nodes as this one knows them; `orders.py` moderators' orders across
-nodes; `connection.py` the client and what of the URL may be shown.
+nodes; `connection.py` the client (one Redis, or the primary Sentinel names) and what of the URL may
+be shown.
 """
