@@ -234,9 +234,11 @@ async def traffic_for(chatters: list[Chatter], messages: int, timeout: float = 3
     assert reached, "the chatters stopped getting their messages back"
 
 
-async def settle(chatters: list[Chatter], timeout: float = 30) -> None:
+async def settle(chatters: list[Chatter], timeout: float = 30, every_sent: bool = False) -> None:
     """Stop sending, then wait until every client is registered, holds every confirmed message
-    and sees the final count (or the deadline passes: the tally tells what is missing)."""
+    and sees the final count (or the deadline passes: the tally tells what is missing). With
+    `every_sent` (no socket may lose a message), until each sender has all its own back as well:
+    the last ones sent may still be on their way."""
     for chatter in chatters:
         chatter.sending = False
 
@@ -246,6 +248,7 @@ async def settle(chatters: list[Chatter], timeout: float = 30) -> None:
             chatter.registered.is_set()
             and confirmed <= chatter.received
             and chatter.nb_users == len(chatters)
+            and (not every_sent or len(chatter.confirmed) == len(chatter.sent))
             for chatter in chatters
         )
 

@@ -333,11 +333,13 @@ class Session:
         loop = asyncio.get_running_loop()
         timeout_ms = int(self.node_timeout * 1000)
         k = self.keys
+        reap_from = loop.time() + self.node_timeout  # the others had as long to come back (a failover)
         while True:
             await asyncio.sleep(self.beat_interval)
             future: asyncio.Future[Any] = loop.create_future()
             self._outbox.send(Command("heartbeat", [k.nodes], [self.node], future=future))
-            self._outbox.send(Command("reap", [k.nodes, k.seq, k.channel], [k.prefix, timeout_ms, ""]))
+            if loop.time() >= reap_from:
+                self._outbox.send(Command("reap", [k.nodes, k.seq, k.channel], [k.prefix, timeout_ms, ""]))
             try:
                 async with asyncio.timeout(self.node_timeout):
                     alive = await future
