@@ -6,7 +6,7 @@ first primary, `redis-replica` its replica, three sentinels watch them, two gisc
 nginx reach Redis through the sentinels. Clients of both dialects chat through nginx on both replicas;
 the primary's container is killed; the sentinels (SENTINEL_DOWN_AFTER_MS=1000 here) promote the
 replica and both gischat replicas follow it, with nothing lost. The failover time (kill -> every
-client heard something every other one said since) is printed: `pytest -s tests/test_stack_ha.py`.
+client heard something every other one said since) is printed: `pytest -s tests/deploy/test_stack_ha.py`.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ killed (-9) under traffic: each node serves its own sockets alone and keeps what
 sentinels promote the replica after DOWN_AFTER_MS, each node finds the new primary through them
 and publishes what it kept. Every message sent reaches every client, once. The failover time (the
 primary killed -> every client heard something every other one said since, across the nodes) is printed:
-`pytest -s tests/test_sentinel.py`. A planned failover (`SENTINEL FAILOVER`: the old primary lives
+`pytest -s tests/broker/test_sentinel.py`. A planned failover (`SENTINEL FAILOVER`: the old primary lives
 on, as a replica) is followed the same way.
 """
 
