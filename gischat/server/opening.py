@@ -22,6 +22,7 @@ from websockets.server import ServerProtocol
 
 from gischat.server.inbox import Inbox
 from gischat.server.upgrade import (
+    PIPELINED_REASON,
     HandshakeRefused,
     Upgrade,
     from_request,
@@ -101,6 +102,11 @@ class Opening:
             if conn.handshake_exc is not None:
                 return refusal(HandshakeRefused(400, "invalid HTTP request"))
             return None
+        if conn.eof_sent:
+            # The head held more than this request (the upgrade, sent after it without waiting):
+            # `websockets` read the rest as frames and failed the connection, and can no longer
+            # answer (`send_response` asserted: a traceback per such request, found by bench/fuzz.py).
+            return refusal(HandshakeRefused(400, PIPELINED_REASON))
         response = conn.accept(request)
         if response.status_code != 101:
             conn.send_response(response)

@@ -29,6 +29,8 @@ from websockets.http11 import Request
 ACCEPT_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 SUPPORTED_VERSION = b"13"
 REFUSAL_PREFIX = "Failed to open a WebSocket connection: "
+# A head holding another request before the upgrade (sent without waiting for its answer).
+PIPELINED_REASON = "a request was sent before the upgrade request without waiting"
 UPGRADE_WEBSOCKET = re.compile(rb"\r\nupgrade:[^\r\n]*\bwebsocket\b")
 CONNECTION_UPGRADE = re.compile(rb"\r\nconnection:[^\r\n]*\bupgrade\b")
 
@@ -94,7 +96,7 @@ def read_upgrade(data: bytes) -> Upgrade:
     if not reader.complete:
         raise HandshakeRefused(400, "incomplete HTTP request")
     if reader.requests > 1:
-        raise HandshakeRefused(400, "a request was sent before the upgrade request without waiting")
+        raise HandshakeRefused(400, PIPELINED_REASON)
     if parser.get_method() != b"GET":
         raise HandshakeRefused(405, "the upgrade request must be a GET", ((b"Allow", b"GET"),))
     if parser.get_http_version() != "1.1":

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import logging
 import os
 
 import httpx
@@ -68,3 +69,26 @@ async def test_a_client_gone_while_its_photo_is_processed_leaves_the_room(
         await wait_for(alone)
         async with ws_client(server) as again:
             await again.register("leaver")  # the nickname is free again
+
+
+@pytest.mark.parametrize("deflate", [False, True], ids=["gischat's handshake", "permessage-deflate"])
+async def test_a_request_pipelined_before_an_upgrade_is_refused_400(
+    server_factory: ServerFactory, deflate: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`GET /status` and an upgrade in one write. gischat's own handshake read them as one upgrade
+    to both targets run together (found by the property tests); with permessage-deflate,
+    `websockets` read the second as frames, failed the connection, then asserted when asked to
+    answer: a traceback ("Fatal error on transport") per such request (found by bench/fuzz.py)."""
+    server = server_factory(ws_per_message_deflate=deflate)
+    upgrade = (
+        "GET /room/QGIS/ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    with caplog.at_level(logging.WARNING):
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(f"GET /status HTTP/1.1\r\nHost: a\r\n\r\n{upgrade}".encode())
+        answer = await asyncio.wait_for(reader.read(), 5.0)
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 400 "), answer[:80]
+    assert answer.endswith(b"a request was sent before the upgrade request without waiting.\n")
+    assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
