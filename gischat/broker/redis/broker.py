@@ -22,7 +22,8 @@ from gischat.broker.redis.mirror import Mirror
 from gischat.broker.redis.orders import NodeOrders
 from gischat.broker.redis.outbox import Command, Outbox
 from gischat.broker.redis.scripts import EventKind, NodeKeys, emit_command, exiter_wire
-from gischat.broker.redis.session import NodeReaped, NodeState, Session
+from gischat.broker.redis.session import Session
+from gischat.broker.redis.state import NodeReaped, NodeState
 from gischat.protocol.dialects import Post
 
 

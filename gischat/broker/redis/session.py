@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from enum import StrEnum
 from typing import Any
 
 import orjson
@@ -27,33 +26,12 @@ from gischat.broker.redis.mirror import Buffered, Mirror, readable
 from gischat.broker.redis.orders import NodeOrders
 from gischat.broker.redis.outage import SEEN_IDS, OutageBuffer, Seen, kept_commands, unconfirmed_messages
 from gischat.broker.redis.outbox import Command, Outbox
-from gischat.broker.redis.scripts import (
-    SCRIPTS,
-    EventKind,
-    Header,
-    NodeKeys,
-    counts_command,
-    sync_command,
-)
-from gischat.protocol.refusals import SPLIT_REASON
+from gischat.broker.redis.scripts import SCRIPTS, EventKind, Header, NodeKeys
+from gischat.broker.redis.state import NodeCommands, NodeReaped, NodeState
 
 logger = logging.getLogger("gischat.broker")
 
 FIRST_RETRY = 0.1  # seconds before the first reconnection attempt, doubled up to the maximum
-
-
-class NodeState(StrEnum):
-    """Where this node stands with the shared service (shown in `/status`)."""
-
-    CONNECTING = "connecting"  # the first attempt to reach Redis
-    SYNCING = "syncing"  # registered again, loading the others' state
-    UP = "up"  # part of the shared service
-    DOWN = "down"  # Redis is away: serving this node's sockets alone, retrying
-    STOPPED = "stopped"
-
-
-class NodeReaped(Exception):
-    """Redis no longer lists this node (it was taken for dead): it must register again."""
 
 
 class Session:
@@ -310,24 +288,13 @@ class Session:
 
     def _sync_command(self) -> Command:
         """Register (again), rewrite the counts, free what was given up and claim what was taken."""
-        hub = self._hub
-        assert hub is not None
-        counts = {room: hub.local_count(room) for room in self.rooms}
-        held = hub.local_nicknames()
-
-        def lost(room: str, key: str, nickname: str) -> None:
-            hub.revoke(room, key, SPLIT_REASON.format(nickname=nickname))
-
-        k = self.keys
-        command_keys = [k.nodes, k.seq, k.channel, k.counts, k.index]
-        return sync_command(k.prefix, self.node, self._outbox.number(), command_keys, counts, held, lost)
+        assert self._hub is not None
+        return NodeCommands(self._hub, self.keys, self.node, self._outbox.number()).sync(self.rooms)
 
     def _counts_command(self, rooms: set[str]) -> Command:
         """The absolute socket counts of the rooms that changed, as one command."""
         assert self._hub is not None
-        counts = {room: self._hub.local_count(room) for room in sorted(rooms)}
-        k = self.keys
-        return counts_command(self.node, self._outbox.number(), [k.nodes, k.seq, k.channel, k.counts], counts)
+        return NodeCommands(self._hub, self.keys, self.node, self._outbox.number()).counts(rooms)
 
     async def _beat(self) -> None:
         loop = asyncio.get_running_loop()
