@@ -10,8 +10,11 @@ would: real frames of both dialects with members dropped, replaced or retyped, b
 frames cut short, lengths that lie, unmasked, fragmented in order and out of it, huge declared
 lengths, invalid UTF-8 (small and large messages), control frames of every kind, reserved
 opcodes and bits, binary frames, large layers; one connection in eight starts with a garbage
-or damaged upgrade head instead. Each connection ends one way or another (a close frame, a
-reset, a half-close, silence) and how the server ended it is counted.
+or damaged upgrade head instead. Three in ten offer permessage-deflate: where the server takes it
+(`--env WS_PER_MESSAGE_DEFLATE=true`), half their cases are compressed frames, valid, garbage that
+does not inflate, a bomb (20 MB of text in 20 kB) or the compression bit on a ping. Each
+connection ends one way or another (a close frame, a reset, a half-close, silence) and how the
+server ended it is counted.
 
 Beside it, in a process of their own (`--innocents`, so the fuzzer's work never delays them):
 innocent clients of both dialects in the fuzzed room and in another one (`calm`), each sending
@@ -41,6 +44,7 @@ import struct
 import subprocess
 import sys
 import time
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -291,6 +295,32 @@ def fuzz_frames(rng: random.Random, author: str) -> tuple[str, list[bytes]]:
     return case, [frame(TEXT, large_layer(rng, author, size))]
 
 
+DEFLATE_OFFER = "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+_BOMB: list[bytes] = []
+
+
+def deflated(payload: bytes) -> bytes:
+    """`payload` compressed as permessage-deflate wants it (RFC 7692: raw deflate, a window the
+    server allows, the final empty block's 00 00 ff ff taken off)."""
+    compressor = zlib.compressobj(wbits=-12)
+    return (compressor.compress(payload) + compressor.flush(zlib.Z_SYNC_FLUSH))[:-4]
+
+
+def deflate_frames(rng: random.Random, author: str) -> tuple[str, list[bytes]]:
+    """Compressed frames, for a connection that negotiated permessage-deflate: valid ones, data that
+    does not inflate, a bomb (20 MB of text in 20 kB), the compression bit on a control frame."""
+    case = rng.choice(["deflate", "deflate_garbage", "deflate_bomb", "deflate_control"])
+    if case == "deflate":
+        return case, [frame(TEXT, deflated(mutated_message(rng, author)), rsv=4)]
+    if case == "deflate_garbage":
+        return case, [frame(TEXT, os.urandom(rng.randrange(1, 64)), rsv=4)]
+    if case == "deflate_bomb":
+        if not _BOMB:
+            _BOMB.append(deflated(b'{"type":"text","author":"x","text":"' + b"a" * 20_000_000 + b'"}'))
+        return case, [frame(TEXT, _BOMB[0], rsv=4)]
+    return case, [frame(PING, deflated(b"ping"), rsv=4)]
+
+
 def garbage_head(rng: random.Random, path: str) -> bytes:
     """A damaged or hostile upgrade request (or no HTTP at all)."""
     key = base64.b64encode(os.urandom(16)).decode()
@@ -398,9 +428,11 @@ async def fuzz_connection(rng: random.Random, port: int, stats: FuzzStats, numbe
             stats.bytes += len(head)
             stats.cases["upgrade head"] += 1
         else:
+            offer = DEFLATE_OFFER if rng.random() < 0.3 else ""  # taken where the server enables it
             head = (
                 f"GET {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                f"Sec-WebSocket-Key: {base64.b64encode(os.urandom(16)).decode()}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                f"Sec-WebSocket-Key: {base64.b64encode(os.urandom(16)).decode()}\r\nSec-WebSocket-Version: 13\r\n"
+                f"{offer}\r\n"
             ).encode()
             writer.write(head)
         try:
@@ -415,11 +447,14 @@ async def fuzz_connection(rng: random.Random, port: int, stats: FuzzStats, numbe
         stats.handshakes[str(status)] += 1
         if status != 101:
             return
+        deflated = b"permessage-deflate" in answer.lower()
         server = Reader(reader)
         for _ in range(rng.randrange(1, 12)):
             if server.done.is_set() or writer.transport.is_closing():
                 break
-            case, chunks = fuzz_frames(rng, author)
+            case, chunks = (
+                deflate_frames(rng, author) if deflated and rng.random() < 0.5 else fuzz_frames(rng, author)
+            )
             stats.cases[case] += 1
             for chunk in chunks:
                 if writer.transport.is_closing():
