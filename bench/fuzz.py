@@ -25,9 +25,9 @@ innocents' messages sent, delivered and dropped, their round trips, the sockets 
 counts once every client has gone) and whether the server's log holds a traceback ("Traceback",
 "Logging error", "Exception"). The exit status is 1 unless no traceback, no innocent dropped, no
 socket left, and the worst round trips within bench/hostile.py's bars (250 ms in the fuzzed
-room, 100 ms in the other). The server the
-script starts logs every line (LOG_RATE lifted) to bench/results/gischat-fuzz.log, so that no
-traceback hides behind the log's rate limit. Only loopback addresses are used.
+room, 100 ms in the other). The server the script starts logs every line (LOG_RATE lifted) to
+bench/results/gischat-fuzz.log, so that no traceback hides behind the log's rate limit. Only
+loopback addresses are used.
 """
 
 from __future__ import annotations
