@@ -440,8 +440,18 @@ def test_the_read_path_is_the_same_however_the_bytes_are_split(
     frames: list[tuple[int, bool, bytes, bool]], cuts: list[int], max_size: int
 ) -> None:
     """Same messages, in the same order, and the same end, whatever the reads (more than
-    MAX_MESSAGES_PER_FEED messages in one read included)."""
+    MAX_MESSAGES_PER_FEED messages in one read included).
+
+    An unmasked frame too big is two faults at once: the meter refuses its size once it has the
+    whole header (1009), the parser its mask bit from its second byte on (1002), so which one a
+    client hears depends on where its read was cut. Refused either way; the code is compared
+    when every frame is masked."""
     stream = b"".join(client_frame(*frame) for frame in frames)
     points = sorted({cut % (len(stream) + 1) for cut in cuts})
     pieces = [stream[start:end] for start, end in zip([0, *points], [*points, len(stream)], strict=False)]
-    assert read_path(pieces, max_size) == read_path([stream], max_size)
+    split, whole = read_path(pieces, max_size), read_path([stream], max_size)
+    if not all(masked for *_, masked in frames):
+        split, whole = [
+            (events, "refused" if isinstance(end, int) else end) for events, end in (split, whole)
+        ]
+    assert split == whole
