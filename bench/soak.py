@@ -27,8 +27,9 @@ per-address quota is reached (`--pace` scales every rate):
   `PUT .../text` every 15 s.
 
 Timeline: the servers start (a "cold" sample); `--warmup` minutes of life; everyone leaves and
-after `QUIET` seconds the "start" sample is taken; `--minutes` of life, sampled every `--sample`
-seconds; everyone leaves, `QUIET` seconds, the "end" sample. Each sample reads each node's
+after `QUIET` seconds and one page load (see `quiet`) the "start" sample is taken; `--minutes`
+of life, sampled every `--sample` seconds; everyone leaves, `QUIET` seconds and a page load,
+the "end" sample (with py-spy installed, the server's threads by name are noted at both). Each sample reads each node's
 process tree with psutil (RSS of the server process and of the whole tree, open descriptors and
 threads of the tree, its child processes), the loop's task count (`gischat_loop_tasks` from
 /metrics) and the frame files in /dev/shm. The trend is the least-squares slope of RSS over the
@@ -49,6 +50,8 @@ import io
 import itertools
 import os
 import random
+import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -652,6 +655,38 @@ async def nodes(count: int, label: str, env: dict[str, str]) -> AsyncIterator[li
 # --------------------------------------------------------------------------- the run
 
 
+async def quiet(endpoints: list[Endpoint]) -> None:
+    """Nobody connected for QUIET s, then one visitor's page load: thread pools that shrink only
+    on their next use (AnyIO's, which serves static files, lets a thread idle over 10 s go when
+    it is next asked for one) get that use, as they would on any server with visitors."""
+    await asyncio.sleep(QUIET)
+    async with httpx.AsyncClient(timeout=10.0) as http:
+        for node in endpoints:
+            for path in ("/", "/static/app.js", "/static/style.css"):
+                with contextlib.suppress(httpx.HTTPError):
+                    await http.get(node.url + path)
+    await asyncio.sleep(2.0)
+
+
+def thread_names(pid: int) -> str:
+    """The server process's threads by name (`py-spy dump`, when it is installed), e.g.
+    "MainThread 1, uvloop_* 2"; empty without py-spy."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(spy).exists():
+        return ""
+    try:
+        dump = subprocess.run(
+            [spy, "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=30
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    names = Counter(
+        re.sub(r"\d+", "*", match.group(1))
+        for match in re.finditer(r'^Thread \d+ \([^)]*\): "([^"]*)"', dump, re.M)
+    )
+    return ", ".join(f"{name} {n}" for name, n in sorted(names.items()))
+
+
 async def soak(args: argparse.Namespace) -> int:
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     raise_fd_limit(2_000)
@@ -676,8 +711,9 @@ async def soak(args: argparse.Namespace) -> int:
             life.start()
             await sampler.every(args.sample, "warm-up", tally, time.monotonic() + args.warmup * 60)
             await life.stop()
-            await asyncio.sleep(QUIET)
+            await quiet(endpoints)
             start = await sampler.take("start", tally)
+            threads_at = {"start": [thread_names(node.server.proc.pid) for node in endpoints]}
 
             life = Life(endpoints, tally, media, args.pace)
             life.serial = itertools.count(100_000)  # nicknames not reused from the warm-up
@@ -685,14 +721,21 @@ async def soak(args: argparse.Namespace) -> int:
             measured = time.monotonic()
             await sampler.every(args.sample, "life", tally, measured + args.minutes * 60)
             await life.stop()
-            await asyncio.sleep(QUIET)
+            await quiet(endpoints)
             end = await sampler.take("end", tally)
+            threads_at["end"] = [thread_names(node.server.proc.pid) for node in endpoints]
             await sampler.close()
             tracebacks = sum(
                 node.server.log_path.read_text(errors="replace").count("Traceback") for node in endpoints
             )
             logs = ", ".join(str(node.server.log_path) for node in endpoints)
     report = summary(args, name, sampler, cold, start, end, tally, tracebacks, logs, measured - sampler.began)
+    report += "".join(
+        f"\nThreads of {node.name}'s server at the {moment} sample: {names[i]}."
+        for moment, names in threads_at.items()
+        for i, node in enumerate(endpoints)
+        if names[i]
+    )
     print()
     print(report)
     (RESULTS_DIR / f"{name}.md").write_text(report + "\n")
