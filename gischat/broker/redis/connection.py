@@ -13,9 +13,10 @@ Two forms of `BROKER_URL` reach Redis:
   primary's connection arguments): this is the form other redis-py users settled on
   (Redis-Sentinel-Url, redisvl), parsed here into exactly those arguments.
 
-With Sentinel every connection asks the sentinels where the primary is when it is made: when the
-primary dies and they promote a replica, the node's session fails (as when Redis goes away), and
-the next one, a moment later, lands on the new primary. Nothing else in the engine knows.
+With Sentinel every connection asks the sentinels where the primary is when it is made, and each
+session listens to one sentinel for `+switch-master` (`RedisTarget.watch`): when the primary dies, or
+is demoted alive, and they promote a replica, the node's session ends (as when Redis goes away) at
+their announcement, and the next one lands on the new primary. Nothing else in the engine knows.
 
 A broker URL may carry passwords: logs, `/status` and error messages show only where it points
 (and, with Sentinel, which primary the node is on), and every secret part is masked in whatever an
