@@ -418,6 +418,7 @@ class Result:
     whole: tuple[float, float, float]
     pss: tuple[float, float]
     shm_peak: float
+    others: float  # cores other programs used during the flood
     busy: str
     other: str
     answers: str
@@ -458,7 +459,9 @@ async def run_one(
         except TimeoutError:
             target.answers.note("attack still running 30 s past its duration: cancelled")
         end = time.monotonic()
-        notes.append(cpu.summary())
+        used = cpu.summary()
+        notes.append(used)
+        others = float(used.rpartition("other programs ")[2] or "nan")
         target.cleanup()
         if args.diagnose:
             await asyncio.to_thread(diagnose, server, "end", notes)
@@ -493,6 +496,7 @@ async def run_one(
         memory.figures(start, 2),
         pss,
         shm,
+        others,
         busy,
         other,
         target.answers.summary(),
@@ -504,15 +508,15 @@ def table(results: list[Result]) -> str:
     lines = [
         "| tree | attacker | server RSS start / peak / +10 s (MB) | tree RSS start / peak / +10 s (MB) "
         "| tree +10 s - start (MB) | tree PSS start / +10 s (MB) | /dev/shm peak (MB) | busy room p50 / max (ms) "
-        "| other room p50 / max (ms) |",
-        "|---|---|---:|---:|---:|---:|---:|---|---|",
+        "| other room p50 / max (ms) | other programs (cores) |",
+        "|---|---|---:|---:|---:|---:|---:|---|---|---:|",
     ]
     for r in results:
         lines.append(
             f"| {r.tree} | {r.attacker} | {' / '.join(f'{v:.0f}' for v in r.server)} "
             f"| {' / '.join(f'{v:.0f}' for v in r.whole)} | {r.whole[2] - r.whole[0]:+.0f} "
             f"| {r.pss[0]:.0f} / {r.pss[1]:.0f} | {r.shm_peak:.0f} "
-            f"| {r.busy} | {r.other} |"
+            f"| {r.busy} | {r.other} | {r.others:.2f} |"
         )
     return "\n".join(lines)
 
