@@ -19,8 +19,10 @@ from gischat.naming import MATRIX_SUFFIX, slug
 # The Matrix bridge: its shortest secrets, the characters of a localpart, and a server name.
 MIN_MATRIX_TOKEN_LENGTH = 32
 MATRIX_PREFIX_PATTERN = re.compile(r"[a-z0-9._=-]{1,32}")
+# At most 170 characters: a Matrix id holds 255, and a virtual user's localpart takes up to 74 of
+# them (a 32-character prefix and a 42-character digest of a long nickname).
 MATRIX_SERVER_NAME_PATTERN = re.compile(
-    r"[A-Za-z0-9.-]{1,255}(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]{2,45}\](:[0-9]{1,5})?"
+    r"[A-Za-z0-9.-]{1,164}(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]{2,45}\](:[0-9]{1,5})?"
 )
 
 
