@@ -1276,3 +1276,12 @@ def test_no_bridge_no_routes() -> None:
         for method, path, body in CALLS:
             assert client.request(method, path, json=body, headers=BEARER).status_code == 404
         assert "matrix" not in client.get("/status").json()
+
+
+def test_a_server_name_leaves_room_for_every_virtual_user() -> None:
+    """The longest server name accepted still gives the longest localpart an id within 255."""
+    longest = "s" * 164 + ":8448"
+    settings = project(MatrixSettings, load_settings(_env_file=None, rooms=list(ROOMS), **bridge(
+        matrix_server_name=longest, matrix_prefix="p" * 32)))  # fmt: skip
+    assert len(settings.puppet("日" * 32)) <= 255
+    assert "MATRIX_SERVER_NAME" in settings_error(**bridge(matrix_server_name="s" * 165 + ":8448"))
