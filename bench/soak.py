@@ -768,13 +768,16 @@ def summary(
     ]
     life = [s for s in sampler.samples if s.phase == "life"]
     shown: list[Sample] = [*cold, *start]
+    # Every node's sample of each round that is `--table-every` minutes past the last one shown,
+    # and the last round.
+    count = len(sampler.nodes)
+    rounds = [life[i : i + count] for i in range(0, len(life), count)]
     mark = -1.0
-    for sample in life:
-        minute = (sample.t - measured) / 60
-        if minute >= mark + args.table_every - 1e-6 or sample is life[-1]:
-            if sample.node == sampler.nodes[0].name:
-                mark = minute
-            shown.append(sample)
+    for i, taken in enumerate(rounds):
+        minute = (taken[0].t - measured) / 60
+        if minute >= mark + args.table_every - 1e-6 or i == len(rounds) - 1:
+            mark = minute
+            shown += taken
     shown += end
     lines += [row_text(sample) for sample in shown]
     lines += [
