@@ -253,3 +253,23 @@ async def settle(chatters: list[Chatter], timeout: float = 30, every_sent: bool 
         )
 
     await until(chatters, settled, timeout)
+
+
+def assert_delivered_once(result: Tally, chatters: list[Chatter]) -> None:
+    """Across a failover: nothing lost, every message back to its sender and to everyone once, nobody
+    closed nor seen leaving, the count exact."""
+    assert not result.lost, f"{len(result.lost)} lost: {result.lost[:10]}"
+    assert result.confirmed == result.sent, "every message came back to its sender"
+    assert not result.closes, "nobody's socket was closed"
+    assert [chatter.repeats for chatter in chatters] == [0] * len(chatters), "delivered once"
+    assert [chatter.exiters for chatter in chatters] == [0] * len(chatters), "nobody seen leaving"
+    assert all(chatter.nb_users == len(chatters) for chatter in chatters)
+
+
+async def stop(group: list[Chatter], tasks: list[asyncio.Task[None]]) -> None:
+    """Every chatter leaves, then its task is given a moment to end, and cancelled."""
+    for chatter in group:
+        await chatter.leave()
+    await asyncio.wait(tasks, timeout=10)
+    for task in tasks:
+        task.cancel()

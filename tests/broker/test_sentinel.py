@@ -25,7 +25,7 @@ from typing import Any
 
 import httpx
 import pytest
-from chatters import Chatter, heard_since, settle, tally, traffic_for, until
+from chatters import Chatter, assert_delivered_once, heard_since, settle, stop, tally, traffic_for, until
 from redis_nodes import Cluster, GischatNode, require_redis
 from sentinel_nodes import SERVICE, SentinelGroup
 
@@ -150,11 +150,7 @@ async def chatting(nodes: list[GischatNode]) -> AsyncIterator[list[Chatter]]:
         await asyncio.wait_for(asyncio.gather(*(chatter.registered.wait() for chatter in group)), 20)
         yield group
     finally:
-        for chatter in group:
-            await chatter.leave()
-        await asyncio.wait(tasks, timeout=10)
-        for task in tasks:
-            task.cancel()
+        await stop(group, tasks)
 
 
 async def failover_under_traffic(
@@ -188,12 +184,7 @@ async def failover_under_traffic(
             f"{failover * 1000:.0f} ms (the primary lost -> every client hearing every other again, "
             f"across the nodes; sentinels' down-after-milliseconds 1000); {result.summary()}"
         )
-        assert not result.lost, f"{len(result.lost)} lost: {result.lost[:10]}"
-        assert result.confirmed == result.sent, "every message came back to its sender"
-        assert not result.closes, "nobody's socket was closed"
-        assert [chatter.repeats for chatter in chatters] == [0] * len(chatters), "delivered once"
-        assert [chatter.exiters for chatter in chatters] == [0] * len(chatters), "nobody seen leaving"
-        assert all(chatter.nb_users == len(chatters) for chatter in chatters)
+        assert_delivered_once(result, chatters)
     for node in (a_node, b_node):
         status = await broker(node)
         assert (status["state"], status["primary"], status["kept"], status["dropped"]) == (

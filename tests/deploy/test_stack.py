@@ -19,8 +19,18 @@ from pathlib import Path
 
 import httpx
 import pytest
-from chatters import ROOM, Chatter, settle, tally, traffic_for
-from containers import ROLLING_RESTART, ROOT, Engine, Stack, http_status, require_engine, run, wait_until
+from chatters import ROOM, Chatter, settle, stop, tally, traffic_for
+from containers import (
+    CHATTERS_BEHIND_NGINX,
+    ROLLING_RESTART,
+    ROOT,
+    Engine,
+    Stack,
+    http_status,
+    require_engine,
+    run,
+    wait_until,
+)
 
 from conftest import free_port
 
@@ -69,15 +79,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "HTTPS_PORT": str(free_port()),
         "TLS_CERT_DIR": str(certs),
         "ADMIN_TOKENS": f"ops:{ADMIN_SECRET}",
-        # One address (the test's) behind nginx for every client; no pace limits on the chatters.
-        "MESSAGE_RATE": "0",
-        "MAX_WEBSOCKETS_PER_IP": "1000",
-        "MAX_NICKNAMES_PER_IP": "1000",
-        "REGISTRATIONS_PER_MINUTE": "0",
-        # A client that was away finds what it missed in the replay.
-        "MAX_STORED_MESSAGES": "1000",
-        "NODE_TIMEOUT": "2",
-        "LOG_RATE": "100",
+        **CHATTERS_BEHIND_NGINX,
         # What a node keeps while Redis is away is bounded (1,000 messages, 60 s by default); these
         # tests are about nothing lost within the bounds, however slow a busy machine restarts Redis
         # (tests/broker/test_redis_outage.py tests what the bounds drop).
@@ -136,11 +138,7 @@ async def chatters(stack: Stack) -> AsyncIterator[list[Chatter]]:
             await asyncio.wait_for(group[-1].registered.wait(), 30)
         yield group
     finally:
-        for chatter in group:
-            await chatter.leave()
-        await asyncio.wait(tasks, timeout=10)
-        for task in tasks:
-            task.cancel()
+        await stop(group, tasks)
 
 
 def final_count(stack: Stack) -> int:

@@ -18,8 +18,8 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
-from chatters import Chatter, heard_since, settle, tally, traffic_for, until
-from containers import Engine, Stack, http_status, require_engine, wait_until
+from chatters import Chatter, assert_delivered_once, heard_since, settle, stop, tally, traffic_for, until
+from containers import CHATTERS_BEHIND_NGINX, Engine, Stack, http_status, require_engine, wait_until
 
 from conftest import free_port
 
@@ -53,15 +53,7 @@ def stack() -> Iterator[Stack]:
         "HTTPS_PORT": str(free_port()),
         "BROKER_URL": SENTINEL_URL,
         "SENTINEL_DOWN_AFTER_MS": "1000",
-        # One address (the test's) behind nginx for every client; no pace limits on the chatters.
-        "MESSAGE_RATE": "0",
-        "MAX_WEBSOCKETS_PER_IP": "1000",
-        "MAX_NICKNAMES_PER_IP": "1000",
-        "REGISTRATIONS_PER_MINUTE": "0",
-        # A node back on Redis after the other finds there what it missed.
-        "MAX_STORED_MESSAGES": "1000",
-        "NODE_TIMEOUT": "2",
-        "LOG_RATE": "100",
+        **CHATTERS_BEHIND_NGINX,
     }
     deployed = Stack(engine, f"gischat-ha-{uuid.uuid4().hex[:8]}", variables, profiles=["ha"])
     try:
@@ -118,11 +110,7 @@ async def chatters(stack: Stack) -> AsyncIterator[list[Chatter]]:
             await asyncio.wait_for(group[-1].registered.wait(), 30)
         yield group
     finally:
-        for chatter in group:
-            await chatter.leave()
-        await asyncio.wait(tasks, timeout=10)
-        for task in tasks:
-            task.cancel()
+        await stop(group, tasks)
 
 
 async def test_primary_container_killed_under_traffic_loses_nothing(
@@ -148,11 +136,6 @@ async def test_primary_container_killed_under_traffic_loses_nothing(
         f"failover {failover * 1000:.0f} ms (kill -> every client heard every other again; "
         f"SENTINEL_DOWN_AFTER_MS=1000); {result.summary()}"
     )
-    assert not result.lost, f"{len(result.lost)} lost: {result.lost[:10]}"
-    assert result.confirmed == result.sent, "every message came back to its sender"
-    assert not result.closes, "nobody's socket was closed"
-    assert [chatter.repeats for chatter in chatters] == [0] * len(chatters), "delivered once"
-    assert [chatter.exiters for chatter in chatters] == [0] * len(chatters), "nobody seen leaving"
-    assert all(chatter.nb_users == len(chatters) for chatter in chatters)
+    assert_delivered_once(result, chatters)
     for name in stack.containers("gischat"):
         assert "redis+sentinel://sentinel-1:26379" in stack.logs(name)
