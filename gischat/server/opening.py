@@ -21,6 +21,7 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from gischat.server.inbox import Inbox
+from gischat.server.inflation import BoundedInflationFactory
 from gischat.server.upgrade import (
     PIPELINED_REASON,
     HandshakeRefused,
@@ -42,11 +43,10 @@ def sansio_protocol(config: Config) -> ServerProtocol:
     gischat answers the handshake itself: the sans-I/O protocol starts open, only parsing frames."""
     extensions = []
     if config.ws_per_message_deflate:
-        extensions.append(
-            ServerPerMessageDeflateFactory(
-                server_max_window_bits=12, client_max_window_bits=12, compress_settings={"memLevel": 5}
-            )
+        deflate = ServerPerMessageDeflateFactory(
+            server_max_window_bits=12, client_max_window_bits=12, compress_settings={"memLevel": 5}
         )
+        extensions.append(BoundedInflationFactory(deflate))  # no deflate bomb on the event loop
     state = State.CONNECTING if extensions else State.OPEN
     return ServerProtocol(extensions=extensions, state=state, max_size=config.ws_max_size, logger=wire_logger)
 

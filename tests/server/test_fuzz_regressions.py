@@ -16,7 +16,9 @@ import httpx
 import pytest
 from PIL import Image
 
-from conftest import ServerFactory, wait_for, ws_client
+from gischat.server.inflation import INFLATE_FLOOR
+
+from conftest import ServerFactory, closing, text, wait_for, ws_client
 
 pytestmark = pytest.mark.anyio
 
@@ -92,3 +94,37 @@ async def test_a_request_pipelined_before_an_upgrade_is_refused_400(
     assert answer.startswith(b"HTTP/1.1 400 "), answer[:80]
     assert answer.endswith(b"a request was sent before the upgrade request without waiting.\n")
     assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
+
+
+async def test_a_deflate_bomb_is_refused_before_it_inflates_far(server_factory: ServerFactory) -> None:
+    """With permessage-deflate, `websockets` inflated a message on the event loop up to
+    MAX_FRAME_SIZE: bench/fuzz.py's bomb, 20 kB of deflated text, became 16 MiB, 30 to 40 ms during
+    which no other socket was served (innocents' round trips under a few bombs a second: 5 ms at
+    the 99th percentile went to 50), and under that size the whole text went on to the app. A
+    message now inflates to at most INFLATE_RATIO times its size on the wire or INFLATE_FLOOR:
+    2 MiB of one letter is refused 1009, while a layer of points all alike (under the floor)
+    and an image (over it, 1.3 times) pass. The websockets client deflates what it sends."""
+    server = server_factory(ws_per_message_deflate=True)
+    alike = {"type": "MultiPoint", "coordinates": [[2.35, 48.85]] * (INFLATE_FLOOR // 16)}  # 12 bytes each
+    features = [{"type": "Feature", "geometry": alike, "properties": {}}]
+    layer = {
+        "type": "geojson",
+        "author": "alice",
+        "avatar": None,
+        "layer_name": "alike",
+        "crs_wkt": "",
+        "crs_authid": "EPSG:4326",
+        "geojson": {"type": "FeatureCollection", "features": features},
+    }
+    async with ws_client(server) as client:
+        assert client.ws.response is not None
+        assert client.ws.response.headers["Sec-WebSocket-Extensions"].startswith("permessage-deflate")
+        await client.register("alice")
+        await client.send(layer)
+        await client.expect("geojson", author="alice", layer_name="alike")
+        await client.send({"type": "image", "author": "alice", "avatar": None, "image_data": noisy_png(200)})
+        await client.expect("image", author="alice")
+        await client.send(text("alice", "a" * 2 * 1024 * 1024))
+        closed = await closing(client)
+    assert closed.rcvd is not None
+    assert closed.rcvd.code == 1009
