@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yaml"
 ROLLING_RESTART = ROOT / "deploy" / "rolling-restart"
 # Chatters through nginx come from one address (the test's): no per-address caps nor pace limits,
-# and the room's history long enough for a node back on Redis to find what it missed.
+# and the room's history long enough for a client back through nginx to find what it missed.
 CHATTERS_BEHIND_NGINX = {
     "MESSAGE_RATE": "0",
     "MAX_WEBSOCKETS_PER_IP": "1000",

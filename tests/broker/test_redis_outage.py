@@ -9,6 +9,7 @@ order, with their ids and timestamps, and the shared history. What the bound dro
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -17,7 +18,9 @@ from typing import Any
 
 import httpx
 import pytest
+from redis.asyncio import Redis
 from redis_nodes import Cluster, GischatNode, RedisServer
+from tcp_gate import TcpGate
 from websockets.asyncio.client import connect
 
 from conftest import TIMEOUT, Client, text, wait_for
@@ -149,3 +152,70 @@ async def test_what_the_bound_drops_is_counted_and_logged_once(cluster: Cluster)
         metrics = (await http.get("/metrics")).text
     assert "gischat_broker_outage_dropped_total 2.0" in metrics
     assert a_node.output().count("OUTAGE_BUFFER_MESSAGES=3") == 1
+
+
+async def test_a_node_cut_off_alone_gets_everything_said_meanwhile_beyond_the_history(
+    cluster: Cluster,
+) -> None:
+    """One node loses Redis while the others keep it: back, its sockets get every message said
+    meanwhile on the others (more than the room's history holds), once and in order, and the
+    others get what its users said; the same when nodes come back one after another."""
+    gate = await TcpGate(cluster.redis.port).start()
+    try:
+        a_node = cluster.node(MAX_STORED_MESSAGES="3")
+        # Started aside: the gate relays on this loop while the node comes up.
+        b_node = await asyncio.to_thread(
+            cluster.node, MAX_STORED_MESSAGES="3", BROKER_URL=f"redis://127.0.0.1:{gate.port}/0"
+        )
+        async with socket(a_node, "room") as alice, socket(b_node, "channel") as bob:
+            await alice.register("alice")
+            await bob.register("bob")
+            await alice.expect("newcomer", newcomer="bob")
+            gate.close()
+            await states_are([b_node], "down")
+            await states_are([a_node], "up")
+            for i in range(8):
+                await alice.send(text("alice", f"a{i}"))
+            for i in range(4):
+                await bob.send(text("bob", f"b{i}"))
+            assert [m["text"] for m in await texts(alice, 8, channel=False)] == [f"a{i}" for i in range(8)]
+            assert [m["text"] for m in await texts(bob, 4, channel=True)] == [f"b{i}" for i in range(4)]
+            gate.open()
+            await states_are([b_node], "up")
+            await alice.send(text("alice", "a-after"))
+            await bob.send(text("bob", "b-after"))
+            on_b = [m["text"] for m in await texts(bob, 10, channel=True)]
+            assert on_b == [*(f"a{i}" for i in range(8)), "a-after", "b-after"] or (
+                [t for t in on_b if t.startswith("a")] == [*(f"a{i}" for i in range(8)), "a-after"]
+                and [t for t in on_b if t.startswith("b")] == ["b-after"]
+            ), on_b
+            on_a = [m["text"] for m in await texts(alice, 6, channel=False)]
+            assert [t for t in on_a if t.startswith("b")] == [*(f"b{i}" for i in range(4)), "b-after"]
+            assert [t for t in on_a if t.startswith("a")] == ["a-after"]
+            # Nothing more: a repeat would be the next frame.
+            await bob.send(text("bob", "last"))
+            assert [m["text"] for m in await texts(bob, 1, channel=True)] == ["last"]
+            assert [m["text"] for m in await texts(alice, 1, channel=False)] == ["last"]
+    finally:
+        await gate.stop()
+
+
+async def test_the_recent_events_redis_keeps_are_bounded_by_count_and_age(cluster: Cluster) -> None:
+    """What a node catches up from on its return costs Redis no more than the outage bounds."""
+    node = cluster.node(OUTAGE_BUFFER_MESSAGES="4", OUTAGE_BUFFER_SECONDS="30")
+    async with socket(node, "room") as alice:
+        await alice.register("alice")
+        for i in range(10):
+            await alice.send(text("alice", f"a{i}"))
+        await texts(alice, 10, channel=False)
+    redis = Redis.from_url(cluster.redis.url)
+    try:
+        key = f"{cluster.prefix}:recent:{ROOM}"
+        raw = [fields[b"e"] for _, fields in await redis.xrange(key) or [] if fields]
+        events = [event.decode() if isinstance(event, bytes) else event for event in raw]
+        said = [f"a{i}" for i in range(6, 10)]  # the last four, oldest first
+        assert len(events) == 4
+        assert all(text in event for text, event in zip(said, events, strict=True))
+        assert 0 < await redis.pttl(key) <= 30_000
+    finally:
+        await redis.aclose()

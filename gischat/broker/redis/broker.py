@@ -21,7 +21,7 @@ from gischat.broker.redis.ledger import RedisLedger
 from gischat.broker.redis.mirror import Mirror
 from gischat.broker.redis.orders import NodeOrders
 from gischat.broker.redis.outbox import Command, Outbox
-from gischat.broker.redis.scripts import EventKind, NodeKeys, emit_command, exiter_wire
+from gischat.broker.redis.scripts import EventKind, NodeKeys, Retention, emit_command, exiter_wire
 from gischat.broker.redis.session import Session
 from gischat.broker.redis.state import NodeReaped, NodeState
 from gischat.protocol.dialects import Post
@@ -34,8 +34,7 @@ class RedisBroker:
         self.prefix = settings.redis_key_prefix
         self.node = secrets.token_hex(6)
         self.keys = NodeKeys.of(self.prefix, self.node)
-        self.history_size = settings.max_stored_messages
-        self.history_bytes = settings.max_stored_bytes
+        self.retention = Retention.of(settings)
         self._outbox = Outbox()
         self._mirror = Mirror(self.node, list(settings.rooms))
         # Moderators' orders, bans kept, sockets gathered: the node's life on Redis reached through
@@ -103,9 +102,8 @@ class RedisBroker:
             self._session.deliver_local(room, envelope)
             self._session.outage.keep(room, envelope)  # for the other nodes, once Redis is back
             return
-        history = (self.history_size, self.history_bytes)
         self._outbox.send(
-            emit_command(self.keys, self.node, self._outbox.number(), room, envelope, history, False)
+            emit_command(self.keys, self.node, self._outbox.number(), room, envelope, self.retention, False)
         )
 
     async def claim(self, room: str, key: str, nickname: str, payload: Post) -> bool:

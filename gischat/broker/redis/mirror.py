@@ -104,7 +104,7 @@ class Mirror:
             if seq <= base:
                 continue
             if header.kind is EventKind.MESSAGE:
-                post = readable(payload)
+                post = readable(payload) if header.keep else None
                 if post is not None:
                     kept.setdefault(header.room, []).append(post)
             else:

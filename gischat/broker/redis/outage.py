@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 from gischat.broker.base import Envelope
 from gischat.broker.redis.outbox import Command, Outbox
-from gischat.broker.redis.scripts import NodeKeys, emit_command
+from gischat.broker.redis.scripts import NodeKeys, Retention, emit_command
 
 logger = logging.getLogger("gischat.broker")
 
@@ -126,13 +126,13 @@ class Seen:
 
 
 def kept_commands(
-    buffer: OutageBuffer, keys: NodeKeys, node: str, number: Callable[[], int], history: tuple[int, int]
+    buffer: OutageBuffer, keys: NodeKeys, node: str, number: Callable[[], int], retention: Retention
 ) -> list[Command]:
     """The messages kept during the outage, as the node's next commands: marked quiet (its own
     sockets have them), each let go once Redis ran it."""
     commands = []
     for item in buffer.pending():
-        command = emit_command(keys, node, number(), item.room, item.envelope, history, True)
+        command = emit_command(keys, node, number(), item.room, item.envelope, retention, True)
         command.on_result = _letting_go(buffer, item)
         commands.append(command)
     return commands

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from gischat.broker.base import Envelope
+from gischat.broker.base import BrokerSettings, Envelope
 from gischat.broker.redis.outbox import Command
 from gischat.protocol import dialects
 
@@ -33,6 +33,9 @@ from gischat.protocol import dialects
 # (quiet) marks what the node's own sockets were already told while Redis was away (a message:
 # kept during the outage and published on return, `outage.py`).
 
+# A message: into the room's history when it is kept (at most ARGV[3] messages of up to ARGV[4]
+# bytes each), published, and logged in the room's recent events (KEYS[4]: at most ARGV[5] of
+# them, none older than ARGV[6] ms) for the nodes that were not listening (`Session._catch_up`).
 EMIT = """
 local keep = tonumber(ARGV[3])
 if keep > 0 and #ARGV[2] <= tonumber(ARGV[4]) then
@@ -40,7 +43,16 @@ if keep > 0 and #ARGV[2] <= tonumber(ARGV[4]) then
   redis.call('LTRIM', KEYS[3], -keep, -1)
 end
 local seq = redis.call('INCR', KEYS[1])
-redis.call('PUBLISH', KEYS[2], seq .. ' ' .. ARGV[1] .. '\\n' .. ARGV[2])
+local event = seq .. ' ' .. ARGV[1] .. '\\n' .. ARGV[2]
+redis.call('PUBLISH', KEYS[2], event)
+local recent, window = tonumber(ARGV[5]), tonumber(ARGV[6])
+if recent > 0 and window > 0 then
+  local t = redis.call('TIME')
+  local now = t[1] * 1000 + math.floor(t[2] / 1000)
+  redis.call('XADD', KEYS[4], 'MAXLEN', recent, '*', 'e', event)
+  redis.call('XTRIM', KEYS[4], 'MINID', now - window)
+  redis.call('PEXPIRE', KEYS[4], window)
+end
 return seq
 """
 
@@ -172,13 +184,18 @@ return results
 
 SNAPSHOT = """
 local nodes = redis.call('ZRANGE', KEYS[2], 0, -1)
-local counts, nicks, history = {}, {}, {}
+local counts, nicks, history, recent = {}, {}, {}, {}
 for i, node in ipairs(nodes) do counts[i] = redis.call('HGETALL', ARGV[1] .. ':counts:' .. node) end
 for i = 2, #ARGV do
   nicks[i - 1] = redis.call('HGETALL', ARGV[1] .. ':nicks:' .. ARGV[i])
   history[i - 1] = redis.call('LRANGE', ARGV[1] .. ':history:' .. ARGV[i], 0, -1)
+  local events = {}
+  for j, entry in ipairs(redis.call('XRANGE', ARGV[1] .. ':recent:' .. ARGV[i], '-', '+')) do
+    events[j] = entry[2][2]
+  end
+  recent[i - 1] = events
 end
-return {redis.call('GET', KEYS[1]) or '0', nodes, counts, nicks, history}
+return {redis.call('GET', KEYS[1]) or '0', nodes, counts, nicks, history, recent}
 """
 
 # A moderator's order, with what it changes in the shared state: a ban kept (or lifted) in the
@@ -300,29 +317,72 @@ class NodeKeys:
     def history(self, room: str) -> str:
         return f"{self.prefix}:history:{room}"
 
+    def recent(self, room: str) -> str:
+        return f"{self.prefix}:recent:{room}"
+
     def nicks(self, room: str) -> str:
         return f"{self.prefix}:nicks:{room}"
 
 
 # --- commands -------------------------------------------------------------------------------------
 
+# The most recent events a room keeps for the nodes that come back (OUTAGE_BUFFER_MESSAGES may be
+# larger: that many per node, this many per room), so that each node can remember every post id
+# it delivered lately (`outage.Seen`) and skip them on its return.
+MAX_RECENT_EVENTS = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """What Redis keeps of a room's messages: the history every newcomer is given (at most
+    `history_messages`, none over `history_bytes`), and the recent events a node that was not
+    listening catches up from when it is back (at most `recent_messages`, none older than
+    `recent_ms`: as much as a node keeps for the others while Redis is away)."""
+
+    history_messages: int
+    history_bytes: int
+    recent_messages: int
+    recent_ms: int
+
+    @classmethod
+    def of(cls, settings: BrokerSettings) -> Retention:
+        return cls(
+            settings.max_stored_messages,
+            settings.max_stored_bytes,
+            min(settings.outage_buffer_messages, MAX_RECENT_EVENTS),
+            int(settings.outage_buffer_seconds * 1000),
+        )
+
 
 def emit_command(
-    keys: NodeKeys, node: str, n: int, room: str, envelope: Envelope, history: tuple[int, int], quiet: bool
+    keys: NodeKeys, node: str, n: int, room: str, envelope: Envelope, retention: Retention, quiet: bool
 ) -> Command:
-    """EMIT: a message to every node (and the room's history when it is kept: `history` is the
-    most messages and bytes it holds); `quiet` when this node's sockets have it already."""
+    """EMIT: a message to every node (and the room's history when it is kept, and its recent
+    events); `quiet` when this node's sockets have it already."""
     head: list[Any] = [EventKind.MESSAGE, room, node, n, envelope.to, envelope.keep]
     if quiet:
         head.append(1)
-    size, max_bytes = history
     return Command(
         "emit",
-        [keys.seq, keys.channel, keys.history(room)],
-        [orjson.dumps(head), envelope.post.encode(), size if envelope.keep else 0, max_bytes],
+        [keys.seq, keys.channel, keys.history(room), keys.recent(room)],
+        [
+            orjson.dumps(head),
+            envelope.post.encode(),
+            retention.history_messages if envelope.keep else 0,
+            retention.history_bytes,
+            retention.recent_messages,
+            retention.recent_ms,
+        ],
         local=None if quiet else (room, envelope),
         n=n,
     )
+
+
+def parse_event(data: bytes) -> tuple[int, Header, bytes]:
+    """An event as published: its sequence number, its header and its payload."""
+    head, _, rest = data.partition(b" ")
+    header_text, _, payload = rest.partition(b"\n")
+    return int(head), Header.parse(orjson.loads(header_text)), payload
 
 
 def counts_command(node: str, n: int, keys: list[str], counts: dict[str, int]) -> Command:

@@ -16,7 +16,6 @@ import contextlib
 import logging
 from typing import Any
 
-import orjson
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 
@@ -26,7 +25,7 @@ from gischat.broker.redis.mirror import Buffered, Mirror, readable
 from gischat.broker.redis.orders import NodeOrders
 from gischat.broker.redis.outage import SEEN_IDS, OutageBuffer, Seen, kept_commands, unconfirmed_messages
 from gischat.broker.redis.outbox import Command, Outbox
-from gischat.broker.redis.scripts import SCRIPTS, EventKind, Header, NodeKeys
+from gischat.broker.redis.scripts import SCRIPTS, EventKind, Header, NodeKeys, Retention, parse_event
 from gischat.broker.redis.state import NodeCommands, NodeReaped, NodeState
 
 logger = logging.getLogger("gischat.broker")
@@ -76,9 +75,11 @@ class Session:
         self._down_since_logged = False
         # What this node's users said while Redis was away, published on return (`outage.py`).
         self.outage = OutageBuffer(settings.outage_buffer_messages, settings.outage_buffer_seconds)
-        self._history = (settings.max_stored_messages, settings.max_stored_bytes)
-        # Enough to hold every room's whole history, so a return delivers only what is new.
-        self._seen = Seen(max(SEEN_IDS, 2 * len(self.rooms) * settings.max_stored_messages))
+        self._retention = Retention.of(settings)
+        # Enough to hold every post the rooms' history and recent events hold, and what this node
+        # kept, so that a return delivers only what is new.
+        per_room = self._retention.recent_messages + 2 * settings.max_stored_messages
+        self._seen = Seen(max(SEEN_IDS, len(self.rooms) * per_room + settings.outage_buffer_messages))
         self._flushed: asyncio.Future[Any] | None = None  # the kept messages are in Redis
 
     # --- what the broker sees -------------------------------------------------------------------
@@ -216,7 +217,7 @@ class Session:
         self._state = NodeState.SYNCING
         # Registered first, then what was said here while Redis was away, then anything newer.
         self._flushed = loop.create_future()
-        kept = kept_commands(self.outage, self.keys, self.node, self._outbox.number, self._history)
+        kept = kept_commands(self.outage, self.keys, self.node, self._outbox.number, self._retention)
         commands = [self._sync_command(), *kept]
         commands[-1].future = self._flushed
         for command in reversed(commands):
@@ -240,20 +241,39 @@ class Session:
                 raise ConnectionError("lost during the snapshot")
         assert self._hub is not None
         snapshot = snapshot_task.result()
-        self._catch_up(snapshot[4])
-        self._base = self._mirror.load(snapshot, self._buffer or [], self._hub)
+        buffered = self._buffer or []
+        self._catch_up(snapshot[5])
+        self._base = self._mirror.load(snapshot[:5], buffered, self._hub)
         self._buffer = None
+        for _, header, payload in buffered:  # the messages that came while the snapshot was made
+            if header.kind is EventKind.MESSAGE:
+                self._deliver_message(header, payload, in_history=True)
 
-    def _catch_up(self, history: list[list[bytes]]) -> None:
-        """Back on Redis: what the shared history holds that this node's sockets never got (said on
-        nodes that were back before this one) is delivered now, oldest first. The first time, it
-        is only noted: sockets get the history when they join."""
+    def _catch_up(self, recent: list[list[bytes]]) -> None:
+        """Back on Redis: the messages of the rooms' recent events that this node's sockets never
+        got (said on other nodes while this one was not listening, or kept by nodes that were
+        back before it) are delivered now, in the order Redis ran them. The first time they are
+        only noted: sockets get the history when they join."""
+        for events in recent:
+            for raw in events:
+                _, header, payload = parse_event(raw)
+                if self._sessions == 0:
+                    post = readable(payload)
+                    if post is not None:
+                        self._seen.first(post.id)
+                else:
+                    self._deliver_message(header, payload, in_history=True)
+
+    def _deliver_message(self, header: Header, payload: bytes, *, in_history: bool) -> None:
+        """A message event to this node's sockets, unless they had it already; `in_history`:
+        the room's history has it already (or it is not kept)."""
         hub = self._hub
-        assert hub is not None
-        for room, items in zip(self.rooms, history, strict=True):
-            for post in map(readable, items):
-                if post is not None and self._seen.first(post.id) and self._sessions > 0:
-                    hub.deliver(room, Envelope(post))
+        if hub is None or (header.node == self.node and header.quiet):
+            return  # kept during an outage: its sockets had it then, the history has it now
+        post = readable(payload)
+        if post is None or not self._seen.first(post.id):
+            return  # sent again after an outage, delivered already
+        hub.deliver(header.room, Envelope(post, header.to, header.keep and not in_history))
 
     def _come_up(self) -> None:
         self._state = NodeState.UP
@@ -355,10 +375,7 @@ class Session:
         hub = self._hub
         if hub is None:
             return
-        head, _, rest = data.partition(b" ")
-        header_text, _, payload = rest.partition(b"\n")
-        seq = int(head)
-        header = Header.parse(orjson.loads(header_text))
+        seq, header, payload = parse_event(data)
         kind, room = header.kind, header.room
         mine = header.node == self.node
         if mine and header.n:
@@ -367,16 +384,11 @@ class Session:
             self._orders.on_event(header, mine, payload)
             return
         if kind is EventKind.MESSAGE:
-            if mine and header.quiet:
-                return  # kept during an outage: its sockets had it then, the snapshot has it now
-            post = readable(payload)
-            if post is None or not self._seen.first(post.id):
-                return  # sent again after an outage, and delivered already
-            keep = header.keep
-            if keep and self._buffer is not None:
+            if self._buffer is not None:
+                # Held until the rooms' recent events are delivered: each sender's order.
                 self._buffer.append((seq, header, payload))
-                keep = False
-            hub.deliver(room, Envelope(post, header.to, keep and seq > self._base))
+            else:
+                self._deliver_message(header, payload, in_history=seq <= self._base)
             return
         if kind in (EventKind.CLAIMED, EventKind.FREED) and not (mine and header.quiet):
             if kind is EventKind.CLAIMED and mine:
