@@ -38,6 +38,8 @@ class BrokerSettings:
     # While Redis is away: what a node keeps of its users' messages for when it is back.
     outage_buffer_messages: int = 1000
     outage_buffer_seconds: float = 60.0
+    # How long a node keeps reading a room's messages after its last socket there left.
+    redis_room_linger: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +139,16 @@ class Fanout(Protocol):
         """Send an envelope to every node that serves `room`, this one included, in call order."""
 
 
+class Routing(Protocol):
+    """Which rooms' messages reach this node: an engine may carry to each node only the rooms it
+    serves, so a room is attended before its history is read or a socket joins it."""
+
+    async def attend(self, room: str) -> None:
+        """Return once this node receives `room`'s messages and holds its current history. The
+        node keeps receiving them while it has sockets there (`Presence.count_changed` tells),
+        and a while after."""
+
+
 class Presence(Protocol):
     """How many sockets each room has on the other nodes."""
 
@@ -178,7 +190,7 @@ class Control(Protocol):
         """The other nodes' sockets of `room` (`Node.describe` on each), as far as they answer."""
 
 
-class Broker(Membership, Fanout, Presence, Nicknames, Control, Protocol):
+class Broker(Membership, Fanout, Routing, Presence, Nicknames, Control, Protocol):
     """Every role of an engine, over its one connection: each part of the server is handed the
     roles it uses (the hub most of them, moderation `Control`, the Matrix bridge `Ledger` and
     `Control`), and asks; none tests which engine it got."""

@@ -157,6 +157,9 @@ class ChatService:
             await deny(websocket, exc)
             return
         try:
+            # Before the handshake ends: the history the socket is given is current, and nothing
+            # said after the client sees its socket open is missed.
+            await self.hub.attend(room)
             await websocket.accept()
             conn = self.hub.join(websocket, room, dialect)
             if conn.sink is not None:

@@ -129,9 +129,10 @@ class ModerationService:
         self.trail.record(moderator, "lift", ban.room, ban.nickname or ban.address)
         return ban
 
-    def delete(self, moderator: str, room: str, message_id: str) -> None:
+    async def delete(self, moderator: str, room: str, message_id: str) -> None:
         """Remove a message from the room's history (every node's): no newcomer or `/last` sees it again."""
         self._room(room)
+        await self.hub.attend(room)  # the room's current history, whether or not anyone is here
         if message_id not in self.hub.rooms[room].history:
             raise NotFound(f"no message {message_id[:64]!r} in the history of room {room!r}")
         self._order(OrderKind.DELETE, room, {"id": message_id})

@@ -260,6 +260,11 @@ class Hub:
         target = self.rooms[room]
         return target.taken(key) or self.broker.remote_owner(room, key) is not None
 
+    async def attend(self, room: str) -> None:
+        """Return once this node receives the room's messages and holds its current history
+        (with several nodes, each receives only the rooms it has sockets in: `Routing`)."""
+        await self.broker.attend(room)
+
     def join(self, websocket: WebSocket, room: str, dialect: Dialect) -> Connection:
         conn = Connection(
             websocket,

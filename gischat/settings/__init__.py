@@ -204,6 +204,8 @@ class Settings(MatrixFields, BaseSettings):
     # at most this many, none older than this (0: keep nothing).
     outage_buffer_messages: int = Field(default=1000, ge=0, le=100_000)
     outage_buffer_seconds: float = Field(default=60.0, ge=0, le=3600)
+    # A node reads a room's messages while it has sockets there, and this long after the last left.
+    redis_room_linger: float = Field(default=30.0, ge=0, le=3600)
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     workers: int = Field(

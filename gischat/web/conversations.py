@@ -73,6 +73,7 @@ def add_conversation_routes(
     async def last(request: Request) -> Response:
         name = request.path_params[noun]
         require(name)
+        await chat.hub.attend(name)  # its current history, whether or not anyone is here
         history = chat.hub.rooms[name].history
         return Response(history.as_json(dialect, settings.geojson_style), media_type="application/json")
 

@@ -207,7 +207,7 @@ def build_moderation_router(service: ModerationService) -> APIRouter:
         """Remove a message (by the `id` the channel routes show) from the room's history on every
         node: no newcomer and no `/last` sees it again. Clients that got it keep it."""
         try:
-            service.delete(who, room, message_id)
+            await service.delete(who, room, message_id)
         except NotFound as exc:
             raise answer(exc) from None
         return {"room": room, "id": message_id}

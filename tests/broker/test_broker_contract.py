@@ -32,7 +32,7 @@ from gischat.protocol import dialects
 from gischat.protocol.dialects import Post
 from gischat.settings import project
 
-from conftest import TIMEOUT, make_settings
+from conftest import TIMEOUT, make_settings, wait_for
 
 pytestmark = pytest.mark.anyio
 
@@ -197,7 +197,11 @@ class Nodes:
     def redis(self) -> bool:
         return not self.url.startswith("memory://")
 
-    async def start(self, name: str, **settings: Any) -> tuple[Broker, RecordingNode]:
+    async def start(
+        self, name: str, attend: tuple[str, ...] = (ROOM, OTHER_ROOM, QUIET_ROOM), **settings: Any
+    ) -> tuple[Broker, RecordingNode]:
+        """A broker started with its recording node, attending `attend` (as the hub attends a room
+        before a socket joins it: an engine may carry a node only the rooms it attends)."""
         node = RecordingNode(name)
         broker = create_broker(
             project(
@@ -208,6 +212,8 @@ class Nodes:
         self.started.append(broker)
         # `start` returns once the broker serves; with a reachable Redis, as part of the service.
         assert broker.healthy, f"{name} did not join the service: {broker.status()}"
+        for room in attend:
+            await broker.attend(room)
         return broker, node
 
     async def stop(self) -> None:
@@ -609,6 +615,75 @@ async def test_redis_history_for_a_later_node(redis_nodes: Nodes) -> None:
     assert [post_shape(post) for post in second.histories[OTHER_ROOM]] == [post_shape(elsewhere.post)]
     assert second.histories[QUIET_ROOM] == []
     assert second.deliveries == []  # history comes through reset_history, not as live messages
+
+
+async def test_redis_a_node_receives_only_the_rooms_it_attends(redis_nodes: Nodes) -> None:
+    """Redis only: a node receives the messages of the rooms it attends, not the others'; it
+    keeps receiving a room while it has sockets there, stops a linger after the last one left,
+    and attending again brings the room's history as it is by then. Presence (counts,
+    nicknames) reaches every node whatever it attends.
+
+    Why: a node pays only for the rooms it serves, so that adding nodes adds capacity."""
+    one, first = await redis_nodes.start("one", attend=(ROOM,), redis_room_linger=0.2, max_stored_messages=10)
+    two, second = await redis_nodes.start("two", max_stored_messages=10)
+    first.counts[ROOM] = 1  # a socket of its own there: it reads ROOM for as long
+    one.count_changed(ROOM)
+    elsewhere = [sample(i, keep=True) for i in range(3)]
+    here = [sample(i) for i in range(3, 6)]
+    for a, b in zip(elsewhere, here, strict=True):
+        two.publish(OTHER_ROOM, a)
+        two.publish(ROOM, b)
+    await second.received(*(e.post for e in (*elsewhere, *here)))
+    await first.received(*(e.post for e in here))
+    assert first.shapes(OTHER_ROOM) == []
+    status = one.status()
+    assert status is not None
+    assert status["reading"] == [ROOM]
+    # Presence is node-wide: a claim in a room it does not read is known to it.
+    assert await two.claim(OTHER_ROOM, "carol", "Carol", dialects.newcomer("Carol")) is True
+    await first.wait_until(lambda: one.remote_owner(OTHER_ROOM, "carol") == "Carol", "Carol's claim")
+
+    # Its socket gone, the linger passes: ROOM is no longer read.
+    first.counts[ROOM] = 0
+    one.count_changed(ROOM)
+    await wait_for(lambda: (one.status() or {})["reading"] == [], 5)  # nothing tells the node
+    later = sample(8, keep=True)
+    two.publish(ROOM, later)
+    await settle(two, second)
+    # Attending again: ROOM's history as it is now, including what was said meanwhile.
+    await one.attend(ROOM)
+    assert later.post.id in [post.id for post in first.histories[ROOM]]
+    assert later.post.id not in first.ids()  # history comes through reset_history, not as live
+    after = sample(9)
+    two.publish(ROOM, after)
+    await first.received(after.post)
+
+
+async def test_redis_attending_while_messages_flow_misses_nothing(redis_nodes: Nodes) -> None:
+    """Redis only: a node that starts reading a room while another node publishes into it
+    has each message once, either in the history it is given or delivered after it.
+
+    Why: a socket that joins while its node subscribes must miss nothing."""
+    one, first = await redis_nodes.start("one", attend=(), max_stored_messages=1000)
+    two, second = await redis_nodes.start("two", max_stored_messages=1000)
+    sent = [sample(i, keep=True) for i in range(200)]
+
+    async def publish() -> None:
+        for envelope in sent:
+            two.publish(ROOM, envelope)
+            await asyncio.sleep(0)
+
+    task = asyncio.get_running_loop().create_task(publish())
+    await asyncio.sleep(0)
+    await one.attend(ROOM)
+    await task
+    history = [post.id for post in first.histories[ROOM]]
+    await second.received(*(envelope.post for envelope in sent))
+    await first.wait_until(
+        lambda: len(set(history) | set(first.ids())) == len(sent), "every message, one way or the other"
+    )
+    assert not set(history) & set(first.ids()), "a message both in the history and delivered"
+    assert history + first.ids() == [envelope.post.id for envelope in sent], "in order"
 
 
 async def test_redis_stop_releases_nicknames_and_counts(redis_nodes: Nodes) -> None:

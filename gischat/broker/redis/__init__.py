@@ -1,10 +1,14 @@
 """The Redis engine: any number of gischat processes (nodes) serving one set of rooms.
 
 What travels, and in which order
-    Every node subscribes to one pub/sub channel, `{prefix}:events`, and delivers what comes
-    back to its own sockets; a node never delivers its own messages directly, so every node
-    sees one order, the order in which Redis ran the scripts that published them. A node
-    sends everything (messages, nickname claims and releases, its socket counts, heartbeats)
+    Messages travel on a channel per room, `{prefix}:events:{room}`, which a node reads only
+    while it has sockets in the room (and `REDIS_ROOM_LINGER` seconds after): a node pays for
+    the rooms it serves, not for every room's traffic (`routes.py`). Everything else (nickname
+    claims and releases, socket counts, nodes gone, moderators' orders) travels on the node-wide
+    channel, `{prefix}:events`, which every node reads. A node never delivers its own messages
+    directly: every node sees one order, the order in which Redis ran the scripts that
+    published them (one subscriber connection gets its channels' events in that order, so a
+    `newcomer` still comes before the newcomer's first message). A node sends everything
     through one ordered outgoing queue, drained by a single task that pipelines the commands
     on one connection: one sender's messages, and a `newcomer` after what its socket said
     before it, keep their order.
@@ -42,9 +46,10 @@ Redis going away
     is at each connection, and starts over as soon as they announce a new one.
 
 `broker.py` holds the node's side of the `Broker` interface; `session.py` the node's life on Redis
-(connect, register, snapshot, heartbeat, degraded mode, resync) and the events it reads; `outbox.py`
-the ordered command queue; `scripts.py` the Lua scripts, the keys they are given and the events they
-publish; `mirror.py` the other nodes as this one knows them; `orders.py` moderators' orders across
+(connect, register, snapshot, heartbeat, degraded mode, resync) and the events it reads; `routes.py`
+which rooms' messages it reads; `outbox.py` the ordered command queue; `scripts.py` the Lua scripts,
+the keys they are given and the events they publish; `commands.py` the calls of those scripts;
+`mirror.py` the other nodes as this one knows them; `orders.py` moderators' orders across
 nodes; `connection.py` the client (one Redis, or the primary Sentinel names) and what of the URL may
 be shown.
 """

@@ -17,11 +17,12 @@ import orjson
 from redis.asyncio import Redis
 
 from gischat.broker.base import BrokerSettings, Envelope, Node, Order
+from gischat.broker.redis.commands import Retention, emit_command, exiter_wire
 from gischat.broker.redis.ledger import RedisLedger
 from gischat.broker.redis.mirror import Mirror
 from gischat.broker.redis.orders import NodeOrders
 from gischat.broker.redis.outbox import Command, Outbox
-from gischat.broker.redis.scripts import EventKind, NodeKeys, Retention, emit_command, exiter_wire
+from gischat.broker.redis.scripts import EventKind, NodeKeys
 from gischat.broker.redis.session import Session
 from gischat.broker.redis.state import NodeReaped, NodeState
 from gischat.protocol.dialects import Post
@@ -88,6 +89,8 @@ class RedisBroker:
             "nodes": self._mirror.nodes() + 1 if state is NodeState.UP else 1,
             # Messages kept while Redis is away (`outage.py`), and those its bounds dropped.
             "kept": len(outage),
+            # The rooms whose messages this node reads (`routes.py`).
+            "reading": self._session.routes.reading(),
             "dropped": outage.dropped,
         }
 
@@ -102,9 +105,11 @@ class RedisBroker:
             self._session.deliver_local(room, envelope)
             self._session.outage.keep(room, envelope)  # for the other nodes, once Redis is back
             return
-        self._outbox.send(
-            emit_command(self.keys, self.node, self._outbox.number(), room, envelope, self.retention, False)
+        command = emit_command(
+            self.keys, self.node, self._outbox.number(), room, envelope, self.retention, False
         )
+        command.echo = self._session.routes.receives(room)
+        self._outbox.send(command)
 
     async def claim(self, room: str, key: str, nickname: str, payload: Post) -> bool:
         if not self._session.online:
@@ -151,7 +156,17 @@ class RedisBroker:
             )
         )
 
+    async def attend(self, room: str) -> None:
+        routes = self._session.routes
+        await routes.attend(room)
+        hub = self._session.hub
+        if hub is not None:  # read for as long as this node has sockets there, then the linger
+            routes.sockets_changed(room, hub.local_count(room))
+
     def count_changed(self, room: str) -> None:
+        hub = self._session.hub
+        if hub is not None:
+            self._session.routes.sockets_changed(room, hub.local_count(room))
         if self._session.online:
             self._outbox.counts_changed(room)
 

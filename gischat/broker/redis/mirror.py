@@ -73,8 +73,8 @@ class Mirror:
 
     def load(self, snapshot: list[Any], buffered: list[Buffered], hub: Node) -> int:
         """The state of every other node, as of the snapshot; then the events that arrived
-        meanwhile (`buffered`). Replaces the rooms' history; returns the snapshot's sequence number."""
-        seq_raw, nodes, counts, nicks, history = snapshot
+        meanwhile (`buffered`). Returns the snapshot's sequence number."""
+        seq_raw, nodes, counts, nicks = snapshot
         base = int(seq_raw)
         self.counts = {}
         for node_raw, flat in zip(nodes, counts, strict=True):
@@ -90,27 +90,10 @@ class Mirror:
                 if owner != self.node:
                     entries[flat[i].decode()] = (nickname, owner)
             self.nicks[room] = entries
-        kept: dict[str, list[Post]] = {}
-        for room, items in zip(self.rooms, history, strict=True):
-            posts = [post for post in map(readable, items) if post is not None]
-            if len(posts) < len(items):
-                logger.warning(
-                    "history of %r: %d stored messages in another format skipped (written by gischat 2.x?)",
-                    room,
-                    len(items) - len(posts),
-                )
-            kept[room] = posts
-        for seq, header, payload in buffered:
-            if seq <= base:
-                continue
-            if header.kind is EventKind.MESSAGE:
-                post = readable(payload) if header.keep else None
-                if post is not None:
-                    kept.setdefault(header.room, []).append(post)
-            else:
+        for seq, header, _ in buffered:
+            if seq > base:
                 self.apply(header, hub)
         for room in self.rooms:
-            hub.reset_history(room, kept.get(room, []))
             hub.remote_changed(room)
         return base
 

@@ -28,8 +28,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from gischat.broker.base import Envelope
+from gischat.broker.redis.commands import Retention, emit_command
 from gischat.broker.redis.outbox import Command, Outbox
-from gischat.broker.redis.scripts import NodeKeys, Retention, emit_command
+from gischat.broker.redis.scripts import NodeKeys
 
 logger = logging.getLogger("gischat.broker")
 

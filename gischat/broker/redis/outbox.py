@@ -10,6 +10,7 @@ locally instead, so nobody here misses what was said while Redis was leaving.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable
@@ -35,6 +36,9 @@ class Command:
     local: tuple[str, Envelope] | None = None  # what this node's sockets would have got
     n: int = 0
     on_result: Any = field(default=None)
+    # Whether its event comes back to this node (a message to a room it does not read does not:
+    # Redis's answer confirms it instead).
+    echo: bool = True
 
 
 class Outbox:
@@ -126,7 +130,14 @@ class Outbox:
                 if isinstance(result, Exception):
                     logger.error("broker: %s failed: %s", command.script, describe(result))
                     result = 0
+                elif not command.echo and command.local is not None:
+                    self._ran(command)
                 settle(command, result)
+
+    def _ran(self, command: Command) -> None:
+        """Redis ran a command whose event this node will not see: it is confirmed."""
+        with contextlib.suppress(ValueError):
+            self.unconfirmed.remove(command)
 
 
 def settle(command: Command, result: Any) -> None:

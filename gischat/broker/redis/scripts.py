@@ -7,16 +7,11 @@ an `exiter` always before the next claim of the same nickname.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
 import orjson
-
-from gischat.broker.base import BrokerSettings, Envelope
-from gischat.broker.redis.outbox import Command
-from gischat.protocol import dialects
 
 # Events are "<seq> <header JSON>\n<payload>"; the header is a JSON array:
 #   ["m", room, node, n, to, keep[, q]]     a message (payload: the post, `Post.encode()`)
@@ -182,20 +177,21 @@ return results
 """
 )
 
+# The other nodes as of a sequence number: who is alive, their counts, every room's nicknames.
 SNAPSHOT = """
 local nodes = redis.call('ZRANGE', KEYS[2], 0, -1)
-local counts, nicks, history, recent = {}, {}, {}, {}
+local counts, nicks = {}, {}
 for i, node in ipairs(nodes) do counts[i] = redis.call('HGETALL', ARGV[1] .. ':counts:' .. node) end
-for i = 2, #ARGV do
-  nicks[i - 1] = redis.call('HGETALL', ARGV[1] .. ':nicks:' .. ARGV[i])
-  history[i - 1] = redis.call('LRANGE', ARGV[1] .. ':history:' .. ARGV[i], 0, -1)
-  local events = {}
-  for j, entry in ipairs(redis.call('XRANGE', ARGV[1] .. ':recent:' .. ARGV[i], '-', '+')) do
-    events[j] = entry[2][2]
-  end
-  recent[i - 1] = events
-end
-return {redis.call('GET', KEYS[1]) or '0', nodes, counts, nicks, history, recent}
+for i = 2, #ARGV do nicks[i - 1] = redis.call('HGETALL', ARGV[1] .. ':nicks:' .. ARGV[i]) end
+return {redis.call('GET', KEYS[1]) or '0', nodes, counts, nicks}
+"""
+
+# One room as of a sequence number, for a node that starts reading it (`routes.py`): its history
+# and its recent events (each as published).
+FOLLOW = """
+local events = {}
+for i, entry in ipairs(redis.call('XRANGE', KEYS[3], '-', '+')) do events[i] = entry[2][2] end
+return {redis.call('GET', KEYS[1]) or '0', redis.call('LRANGE', KEYS[2], 0, -1), events}
 """
 
 # A moderator's order, with what it changes in the shared state: a ban kept (or lifted) in the
@@ -227,6 +223,7 @@ SCRIPTS = {
     "reap": REAP,
     "sync": SYNC,
     "snapshot": SNAPSHOT,
+    "follow": FOLLOW,
 }
 
 
@@ -297,7 +294,7 @@ class NodeKeys:
     so that the node's interface, its life and its orders write to the same keys."""
 
     prefix: str
-    channel: str  # the event channel every node subscribes to
+    channel: str  # the node-wide event channel every node subscribes to (all but messages)
     seq: str  # the events' sequence number
     nodes: str  # the nodes alive, scored by their last heartbeat
     counts: str  # this node's socket count per room
@@ -320,62 +317,12 @@ class NodeKeys:
     def recent(self, room: str) -> str:
         return f"{self.prefix}:recent:{room}"
 
+    def room_channel(self, room: str) -> str:
+        """The channel of a room's messages, read by the nodes with sockets there (`routes.py`)."""
+        return f"{self.prefix}:events:{room}"
+
     def nicks(self, room: str) -> str:
         return f"{self.prefix}:nicks:{room}"
-
-
-# --- commands -------------------------------------------------------------------------------------
-
-# The most recent events a room keeps for the nodes that come back (OUTAGE_BUFFER_MESSAGES may be
-# larger: that many per node, this many per room), so that each node can remember every post id
-# it delivered lately (`outage.Seen`) and skip them on its return.
-MAX_RECENT_EVENTS = 10_000
-
-
-@dataclass(frozen=True, slots=True)
-class Retention:
-    """What Redis keeps of a room's messages: the history every newcomer is given (at most
-    `history_messages`, none over `history_bytes`), and the recent events a node that was not
-    listening catches up from when it is back (at most `recent_messages`, none older than
-    `recent_ms`: as much as a node keeps for the others while Redis is away)."""
-
-    history_messages: int
-    history_bytes: int
-    recent_messages: int
-    recent_ms: int
-
-    @classmethod
-    def of(cls, settings: BrokerSettings) -> Retention:
-        return cls(
-            settings.max_stored_messages,
-            settings.max_stored_bytes,
-            min(settings.outage_buffer_messages, MAX_RECENT_EVENTS),
-            int(settings.outage_buffer_seconds * 1000),
-        )
-
-
-def emit_command(
-    keys: NodeKeys, node: str, n: int, room: str, envelope: Envelope, retention: Retention, quiet: bool
-) -> Command:
-    """EMIT: a message to every node (and the room's history when it is kept, and its recent
-    events); `quiet` when this node's sockets have it already."""
-    head: list[Any] = [EventKind.MESSAGE, room, node, n, envelope.to, envelope.keep]
-    if quiet:
-        head.append(1)
-    return Command(
-        "emit",
-        [keys.seq, keys.channel, keys.history(room), keys.recent(room)],
-        [
-            orjson.dumps(head),
-            envelope.post.encode(),
-            retention.history_messages if envelope.keep else 0,
-            retention.history_bytes,
-            retention.recent_messages,
-            retention.recent_ms,
-        ],
-        local=None if quiet else (room, envelope),
-        n=n,
-    )
 
 
 def parse_event(data: bytes) -> tuple[int, Header, bytes]:
@@ -383,50 +330,3 @@ def parse_event(data: bytes) -> tuple[int, Header, bytes]:
     head, _, rest = data.partition(b" ")
     header_text, _, payload = rest.partition(b"\n")
     return int(head), Header.parse(orjson.loads(header_text)), payload
-
-
-def counts_command(node: str, n: int, keys: list[str], counts: dict[str, int]) -> Command:
-    """COUNTS: a node's absolute socket counts of some rooms."""
-    header = orjson.dumps([EventKind.COUNTS, "", node, n, counts])
-    args: list[Any] = [node, header]
-    for room, count in counts.items():
-        args += [room, count]
-    return Command("counts", keys, args, n=n)
-
-
-def sync_command(
-    prefix: str,
-    node: str,
-    n: int,
-    keys: list[str],
-    counts: dict[str, int],
-    held: list[tuple[str, str, str]],
-    lost: Callable[[str, str, str], None],
-) -> Command:
-    """SYNC: register the node (again) with its counts and the nicknames its sockets hold
-    (`held`: room, key, nickname); `lost` is told of each one another node took meanwhile."""
-    header = orjson.dumps([EventKind.COUNTS, "", node, n, counts])
-    args: list[Any] = [prefix, node, header, len(counts)]
-    for room, count in counts.items():
-        args += [room, count]
-    for room, key, nickname in held:
-        claim_header = orjson.dumps([EventKind.CLAIMED, room, node, 0, key, nickname, 1])
-        args += [room, key, nickname, claim_header, newcomer_wire(nickname), exiter_wire(nickname)]
-
-    def settle(results: Any) -> None:
-        if not isinstance(results, list):
-            return
-        for (room, key, nickname), result in zip(held, results, strict=False):
-            if int(result) == 0:
-                lost(room, key, nickname)
-
-    return Command("sync", keys, args, n=n, on_result=settle)
-
-
-def newcomer_wire(nickname: str) -> str:
-    return dialects.newcomer(nickname).encode()
-
-
-def exiter_wire(nickname: str) -> str:
-    """The exiter a script publishes when it frees the nickname for a node that cannot."""
-    return dialects.exiter(nickname).encode()

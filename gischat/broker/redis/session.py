@@ -20,12 +20,14 @@ from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 
 from gischat.broker.base import BrokerSettings, Envelope, Node
+from gischat.broker.redis.commands import Retention
 from gischat.broker.redis.connection import RedisTarget, describe
 from gischat.broker.redis.mirror import Buffered, Mirror, readable
 from gischat.broker.redis.orders import NodeOrders
 from gischat.broker.redis.outage import SEEN_IDS, OutageBuffer, Seen, kept_commands, unconfirmed_messages
 from gischat.broker.redis.outbox import Command, Outbox
-from gischat.broker.redis.scripts import SCRIPTS, EventKind, Header, NodeKeys, Retention, parse_event
+from gischat.broker.redis.routes import Routes
+from gischat.broker.redis.scripts import SCRIPTS, EventKind, NodeKeys, parse_event
 from gischat.broker.redis.state import NodeCommands, NodeReaped, NodeState
 
 logger = logging.getLogger("gischat.broker")
@@ -79,7 +81,10 @@ class Session:
         # Enough to hold every post the rooms' history and recent events hold, and what this node
         # kept, so that a return delivers only what is new.
         per_room = self._retention.recent_messages + 2 * settings.max_stored_messages
-        self._seen = Seen(max(SEEN_IDS, len(self.rooms) * per_room + settings.outage_buffer_messages))
+        seen = Seen(max(SEEN_IDS, len(self.rooms) * per_room + settings.outage_buffer_messages))
+        self._seen = seen
+        # The rooms whose messages this node reads (`routes.py`).
+        self.routes = Routes(node, keys, settings.redis_room_linger, seen)
         self._flushed: asyncio.Future[Any] | None = None  # the kept messages are in Redis
 
     # --- what the broker sees -------------------------------------------------------------------
@@ -200,11 +205,13 @@ class Session:
             await client.ping()
             self._sha = {name: await client.script_load(source) for name, source in SCRIPTS.items()}
             pubsub = client.pubsub()
-            await pubsub.subscribe(self.keys.channel)
-            while True:
+            channels = self.routes.channels()
+            await pubsub.subscribe(*channels)
+            pending = set(channels)
+            while pending:
                 message = await pubsub.get_message(timeout=1.0)
                 if message is not None and message["type"] == "subscribe":
-                    break
+                    pending.discard(message["channel"].decode())
         return pubsub
 
     def _go_online(self, client: Redis, pubsub: PubSub) -> list[asyncio.Task[Any]]:
@@ -215,6 +222,8 @@ class Session:
         self._buffer = []
         self._online = True
         self._state = NodeState.SYNCING
+        assert self._hub is not None
+        self.routes.begin(self._hub, client, pubsub, self._sha, self.fail)
         # Registered first, then what was said here while Redis was away, then anything newer.
         self._flushed = loop.create_future()
         kept = kept_commands(self.outage, self.keys, self.node, self._outbox.number, self._retention)
@@ -240,40 +249,11 @@ class Session:
                     task.result()
                 raise ConnectionError("lost during the snapshot")
         assert self._hub is not None
-        snapshot = snapshot_task.result()
-        buffered = self._buffer or []
-        self._catch_up(snapshot[5])
-        self._base = self._mirror.load(snapshot[:5], buffered, self._hub)
+        self._base = self._mirror.load(snapshot_task.result(), self._buffer or [], self._hub)
         self._buffer = None
-        for _, header, payload in buffered:  # the messages that came while the snapshot was made
-            if header.kind is EventKind.MESSAGE:
-                self._deliver_message(header, payload, in_history=True)
-
-    def _catch_up(self, recent: list[list[bytes]]) -> None:
-        """Back on Redis: the messages of the rooms' recent events that this node's sockets never
-        got (said on other nodes while this one was not listening, or kept by nodes that were
-        back before it) are delivered now, in the order Redis ran them. The first time they are
-        only noted: sockets get the history when they join."""
-        for events in recent:
-            for raw in events:
-                _, header, payload = parse_event(raw)
-                if self._sessions == 0:
-                    post = readable(payload)
-                    if post is not None:
-                        self._seen.first(post.id)
-                else:
-                    self._deliver_message(header, payload, in_history=True)
-
-    def _deliver_message(self, header: Header, payload: bytes, *, in_history: bool) -> None:
-        """A message event to this node's sockets, unless they had it already; `in_history`:
-        the room's history has it already (or it is not kept)."""
-        hub = self._hub
-        if hub is None or (header.node == self.node and header.quiet):
-            return  # kept during an outage: its sockets had it then, the history has it now
-        post = readable(payload)
-        if post is None or not self._seen.first(post.id):
-            return  # sent again after an outage, delivered already
-        hub.deliver(header.room, Envelope(post, header.to, header.keep and not in_history))
+        # Then the rooms this node reads: their history, and what their sockets missed.
+        async with asyncio.timeout(max(2.0, self.node_timeout)):
+            await self.routes.load()
 
     def _come_up(self) -> None:
         self._state = NodeState.UP
@@ -285,6 +265,7 @@ class Session:
         self._down_since_logged = False
 
     async def _close(self, client: Redis, tasks: list[asyncio.Task[Any]]) -> None:
+        self.routes.end()
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -367,11 +348,16 @@ class Session:
 
     async def _read(self, pubsub: PubSub) -> None:
         while True:
-            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
-            if message is not None and message["type"] == "message":
+            message = await pubsub.get_message(timeout=None)
+            if message is None:
+                continue
+            if message["type"] == "message":
                 self._on_event(message["data"])
+            elif message["type"] == "subscribe":
+                self.routes.confirmed(message["channel"])
 
     def _on_event(self, data: bytes) -> None:
+        """An event from the node-wide channel, or a message from a room's."""
         hub = self._hub
         if hub is None:
             return
@@ -384,11 +370,7 @@ class Session:
             self._orders.on_event(header, mine, payload)
             return
         if kind is EventKind.MESSAGE:
-            if self._buffer is not None:
-                # Held until the rooms' recent events are delivered: each sender's order.
-                self._buffer.append((seq, header, payload))
-            else:
-                self._deliver_message(header, payload, in_history=seq <= self._base)
+            self.routes.on_message(seq, header, payload)
             return
         if kind in (EventKind.CLAIMED, EventKind.FREED) and not (mine and header.quiet):
             if kind is EventKind.CLAIMED and mine:

@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from gischat.broker.base import Node
+from gischat.broker.redis.commands import counts_command, sync_command
 from gischat.broker.redis.outbox import Command
-from gischat.broker.redis.scripts import NodeKeys, counts_command, sync_command
+from gischat.broker.redis.scripts import NodeKeys
 from gischat.protocol.refusals import SPLIT_REASON
 
 

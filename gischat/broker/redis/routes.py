@@ -1,0 +1,276 @@
+"""Which rooms' messages this node reads, and how it starts reading one without missing anything.
+
+Messages travel on a channel per room (`NodeKeys.room_channel`); presence, counts, nicknames and
+moderators' orders on the node-wide channel every node reads. Those are few (one per join, leave or
+order, none per message), while messages are the traffic: a node pays only for the rooms it serves.
+It reads a room while it has sockets there, and for `REDIS_ROOM_LINGER` seconds after the last one
+left (a socket that comes and goes does not subscribe and unsubscribe each time); an HTTP request
+that reads the room's history has it read for as long.
+
+Starting to read a room: subscribe, wait until Redis confirms the subscription, then load in one
+script the room's history and recent events with the sequence number they are as of. Every message
+numbered after it comes on the subscription; every one before is in what was loaded. Messages that
+come meanwhile are held, and delivered once the history is in place. A socket joins a room only once
+its node reads it (`attend`), so the history it is given is the room's, not a stale copy.
+
+On one Redis (or the primary Sentinel names) a subscriber gets the events in the order Redis ran
+them, across all its channels: a `newcomer` on the node-wide channel still comes before that
+newcomer's first message on the room's.
+
+Back on Redis after an outage, the rooms this node reads are read again the same way, and what their
+recent events hold that this node's sockets never got (said elsewhere while it was not listening) is
+delivered to them then, once (`Seen`), in the order Redis ran it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum, auto
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+
+from gischat.broker.base import Envelope, Node
+from gischat.broker.redis.mirror import Buffered, readable
+from gischat.broker.redis.outage import Seen
+from gischat.broker.redis.scripts import Header, NodeKeys, parse_event
+from gischat.protocol.dialects import Post
+
+logger = logging.getLogger("gischat.broker")
+
+# How long `attend` waits for a room to be read before it lets the socket in anyway (on a
+# connection this slow the session fails soon after, and the room is read again when it is back).
+ATTEND_TIMEOUT = 5.0
+
+
+class Reading(Enum):
+    """Where this node is with one room's channel, in the current session."""
+
+    SUBSCRIBING = auto()  # subscribed (or about to be); the history on its way, messages held
+    READING = auto()  # history in place, messages delivered as they come
+
+
+@dataclass(slots=True)
+class Route:
+    """One room this node reads in the current session."""
+
+    ready: asyncio.Future[None]  # done once READING (or the session ended)
+    state: Reading = Reading.SUBSCRIBING
+    base: int = 0  # the sequence number the history was loaded at
+    held: list[Buffered] = field(default_factory=list)
+
+
+class Routes:
+    """The rooms this node reads: wanted across sessions, subscribed within one."""
+
+    def __init__(self, node: str, keys: NodeKeys, linger: float, seen: Seen) -> None:
+        self.node = node
+        self.keys = keys
+        self.linger = linger
+        self.seen = seen
+        self.wanted: set[str] = set()  # rooms read now, or as soon as Redis is back
+        self.routes: dict[str, Route] = {}
+        self._subscribed: dict[str, Route] = {}  # the rooms a session subscribed to as it began
+        self._lingering: dict[str, asyncio.TimerHandle] = {}
+        self._confirms: dict[str, asyncio.Future[None]] = {}  # channel -> its subscription confirmed
+        self._hub: Node | None = None
+        self._pubsub: PubSub | None = None
+        self._client: Redis | None = None
+        self._sha: dict[str, str] = {}
+        self._fail: Callable[[BaseException], None] = lambda exc: None
+        self._tasks: set[asyncio.Task[None]] = set()
+        # Subscriptions and unsubscriptions reach Redis in the order they were decided: a room
+        # let go of and attended again at once ends subscribed.
+        self._in_order = asyncio.Lock()
+
+    # --- what the broker asks ---------------------------------------------------------------
+
+    async def attend(self, room: str) -> None:
+        """Return once this node reads `room` (at once while Redis is away: then only this node's
+        sockets are in it, and it is read when Redis is back)."""
+        self.want(room)
+        route = self.routes.get(room)
+        if route is None and self._pubsub is not None:
+            route = self._start(room)
+        if route is not None and not route.ready.done():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(route.ready), ATTEND_TIMEOUT)
+
+    def want(self, room: str) -> None:
+        self.wanted.add(room)
+        handle = self._lingering.pop(room, None)
+        if handle is not None:
+            handle.cancel()
+
+    def sockets_changed(self, room: str, local: int) -> None:
+        """This node's socket count of `room` changed: the last one gone starts the linger."""
+        if local > 0:
+            self.want(room)
+        elif room in self.wanted and room not in self._lingering:
+            loop = asyncio.get_running_loop()
+            self._lingering[room] = loop.call_later(self.linger, self._let_go, room)
+
+    def receives(self, room: str) -> bool:
+        """Whether this node's subscription brings it `room`'s messages (or will, once confirmed)."""
+        return room in self.routes
+
+    def reading(self) -> list[str]:
+        return sorted(room for room, route in self.routes.items() if route.state is Reading.READING)
+
+    # --- the session's side -------------------------------------------------------------------
+
+    def channels(self) -> list[str]:
+        """What a new session subscribes to: the node-wide channel, then each wanted room's."""
+        return [self.keys.channel, *(self.keys.room_channel(room) for room in sorted(self.wanted))]
+
+    def begin(self, hub: Node, client: Redis, pubsub: PubSub, sha: dict[str, str], fail: Any) -> None:
+        """A session subscribed to `channels()`: its wanted rooms are subscribing."""
+        self._hub, self._client, self._pubsub, self._sha, self._fail = hub, client, pubsub, sha, fail
+        loop = asyncio.get_running_loop()
+        self.routes = {room: Route(loop.create_future()) for room in self.wanted}
+        self._subscribed = dict(self.routes)
+
+    async def load(self) -> None:
+        """Read the rooms the session subscribed to as it began (their subscriptions are
+        confirmed; rooms attended since are read on their own)."""
+        subscribed, self._subscribed = self._subscribed, {}
+        await asyncio.gather(*(self._load(room, route) for room, route in subscribed.items()))
+
+    def end(self) -> None:
+        """The session is over: no room is read until the next one; `attend` returns at once."""
+        for route in self.routes.values():
+            if not route.ready.done():
+                route.ready.set_result(None)
+        for confirm in self._confirms.values():
+            if not confirm.done():
+                confirm.cancel()
+        for task in self._tasks:
+            task.cancel()
+        self.routes, self._subscribed, self._confirms, self._tasks = {}, {}, {}, set()
+        self._pubsub = self._client = None
+
+    def confirmed(self, channel: bytes | str) -> None:
+        """Redis confirmed a subscription (the reader saw it)."""
+        name = channel.decode() if isinstance(channel, bytes) else channel
+        confirm = self._confirms.pop(name, None)
+        if confirm is not None and not confirm.done():
+            confirm.set_result(None)
+
+    def on_message(self, seq: int, header: Header, payload: bytes) -> None:
+        """A message event from a room's channel."""
+        route = self.routes.get(header.room)
+        if route is None:
+            return  # a room let go of: its subscription is ending
+        if route.state is Reading.SUBSCRIBING:
+            route.held.append((seq, header, payload))
+        elif seq > route.base:
+            self.deliver(header, payload, in_history=False)
+
+    def deliver(self, header: Header, payload: bytes, *, in_history: bool) -> None:
+        """A message event to this node's sockets, unless they had it already; `in_history`:
+        the room's history has it already (or it is not kept)."""
+        hub = self._hub
+        if hub is None or (header.node == self.node and header.quiet):
+            return  # kept during an outage: its sockets had it then, the history has it now
+        post = readable(payload)
+        if post is None or not self.seen.first(post.id):
+            return  # sent again after an outage, delivered already
+        hub.deliver(header.room, Envelope(post, header.to, header.keep and not in_history))
+
+    # --- reading a room -----------------------------------------------------------------------
+
+    def _start(self, room: str) -> Route:
+        route = Route(asyncio.get_running_loop().create_future())
+        self.routes[room] = route
+        self._spawn(self._subscribe_and_load(room, route))
+        return route
+
+    async def _subscribe_and_load(self, room: str, route: Route) -> None:
+        pubsub = self._pubsub
+        assert pubsub is not None
+        channel = self.keys.room_channel(room)
+        confirm: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._confirms[channel] = confirm
+        async with self._in_order:
+            await pubsub.subscribe(channel)
+        await asyncio.wait_for(confirm, ATTEND_TIMEOUT)
+        await self._load(room, route)
+
+    async def _load(self, room: str, route: Route) -> None:
+        """The room's history and recent events as of a sequence number, then what was held."""
+        client, hub = self._client, self._hub
+        assert client is not None
+        assert hub is not None
+        keys = self.keys
+        seq_raw, history, recent = await client.evalsha(
+            self._sha["follow"], 3, keys.seq, keys.history(room), keys.recent(room)
+        )
+        if self.routes.get(room) is not route:
+            return  # let go of, or the session ended, meanwhile
+        base = int(seq_raw)
+        # Sockets here already (joined while Redis was away): what they never got, in order.
+        missed = hub.local_count(room) > 0
+        for raw in recent:
+            _, header, payload = parse_event(raw)
+            if missed:
+                self.deliver(header, payload, in_history=True)
+            else:
+                post = readable(payload)
+                if post is not None:
+                    self.seen.first(post.id)
+        kept = stored_posts(room, history)
+        held = [(seq, header, payload) for seq, header, payload in route.held if seq > base]
+        for _, header, payload in held:
+            post = readable(payload) if header.keep else None
+            if post is not None:
+                kept.append(post)
+        hub.reset_history(room, kept)
+        route.state, route.base, route.held = Reading.READING, base, []
+        for _, header, payload in held:
+            self.deliver(header, payload, in_history=True)
+        hub.remote_changed(room)
+        if not route.ready.done():
+            route.ready.set_result(None)
+
+    def _let_go(self, room: str) -> None:
+        """Nobody here in `room` for the linger: stop reading it."""
+        self._lingering.pop(room, None)
+        self.wanted.discard(room)
+        route = self.routes.pop(room, None)
+        if route is not None and not route.ready.done():
+            route.ready.set_result(None)
+        if self._pubsub is not None:
+            self._spawn(self._unsubscribe(self._pubsub, self.keys.room_channel(room)))
+
+    async def _unsubscribe(self, pubsub: PubSub, channel: str) -> None:
+        async with self._in_order:
+            await pubsub.unsubscribe(channel)
+
+    def _spawn(self, work: Any) -> None:
+        """Run `work` for this session; a failure ends the session (the connection is suspect)."""
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        error = None if task.cancelled() else task.exception()
+        if error is not None:
+            self._fail(error)
+
+
+def stored_posts(room: str, items: list[bytes]) -> list[Post]:
+    """A room's history as Redis holds it; entries another version wrote are skipped, said once."""
+    posts = [post for post in map(readable, items) if post is not None]
+    if len(posts) < len(items):
+        logger.warning(
+            "history of %r: %d stored messages in another format skipped (written by gischat 2.x?)",
+            room,
+            len(items) - len(posts),
+        )
+    return posts
