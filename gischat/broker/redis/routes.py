@@ -75,6 +75,7 @@ class Routes:
         self.seen = seen
         self.wanted: set[str] = set()  # rooms read now, or as soon as Redis is back
         self.routes: dict[str, Route] = {}
+        self._chosen: list[str] = []  # the rooms whose channels a session is subscribing to
         self._subscribed: dict[str, Route] = {}  # the rooms a session subscribed to as it began
         self._lingering: dict[str, asyncio.TimerHandle] = {}
         self._confirms: dict[str, asyncio.Future[None]] = {}  # channel -> its subscription confirmed
@@ -111,6 +112,8 @@ class Routes:
         """This node's socket count of `room` changed: the last one gone starts the linger."""
         if local > 0:
             self.want(room)
+            if room not in self.routes and self._pubsub is not None:
+                self._start(room)  # let go of since it was attended (a linger shorter than a handshake)
         elif room in self.wanted and room not in self._lingering:
             loop = asyncio.get_running_loop()
             self._lingering[room] = loop.call_later(self.linger, self._let_go, room)
@@ -126,14 +129,23 @@ class Routes:
 
     def channels(self) -> list[str]:
         """What a new session subscribes to: the node-wide channel, then each wanted room's."""
-        return [self.keys.channel, *(self.keys.room_channel(room) for room in sorted(self.wanted))]
+        self._chosen = sorted(self.wanted)
+        return [self.keys.channel, *(self.keys.room_channel(room) for room in self._chosen)]
 
     def begin(self, hub: Node, client: Redis, pubsub: PubSub, sha: dict[str, str], fail: Any) -> None:
-        """A session subscribed to `channels()`: its wanted rooms are subscribing."""
+        """A session subscribed to `channels()`: those of its rooms still wanted are subscribing.
+        The rooms attended or let go of while it subscribed (no session then) are subscribed to,
+        or unsubscribed from, on their own."""
         self._hub, self._client, self._pubsub, self._sha, self._fail = hub, client, pubsub, sha, fail
         loop = asyncio.get_running_loop()
-        self.routes = {room: Route(loop.create_future()) for room in self.wanted}
+        chosen, self._chosen = self._chosen, []
+        self.routes = {room: Route(loop.create_future()) for room in chosen if room in self.wanted}
         self._subscribed = dict(self.routes)
+        for room in sorted(self.wanted - set(chosen)):
+            self._start(room)
+        for room in chosen:
+            if room not in self.wanted:
+                self._spawn(self._unsubscribe(pubsub, self.keys.room_channel(room)))
 
     async def load(self) -> None:
         """Read the rooms the session subscribed to as it began (their subscriptions are

@@ -1,0 +1,150 @@
+"""Per-room routing on Redis: a room a node's socket is in is read, whatever happened to the
+subscription meanwhile (a linger that passed during a handshake, a room attended while the node
+was subscribing again after an outage).
+
+Real brokers on a real Redis, driven with the contract's recording nodes (`test_broker_contract`);
+one of them reaches Redis through a `TcpGate`, to be cut off alone and come back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from redis.asyncio import Redis
+from redis_nodes import RedisServer
+from tcp_gate import TcpGate
+from test_broker_contract import OTHER_ROOM, ROOM, Nodes, sample
+
+from gischat.broker.redis.broker import RedisBroker
+
+from conftest import wait_for
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def redis_nodes(redis_server: RedisServer) -> AsyncIterator[Nodes]:
+    started = Nodes(redis_server.url)
+    yield started
+    await started.stop()
+
+
+@pytest.fixture
+async def gate(redis_server: RedisServer) -> AsyncIterator[TcpGate]:
+    opened = await TcpGate(redis_server.port).start()
+    yield opened
+    await opened.stop()
+
+
+async def test_a_room_let_go_before_its_socket_joined_is_read_again(redis_nodes: Nodes) -> None:
+    """A socket's node attends its room before the handshake ends, and counts the socket once it
+    joins; a linger shorter than the handshake lets the room go in between. The socket's joining
+    has the room read again: it gets what the other nodes say there, and its own messages.
+
+    Why: a socket in a room its node does not read hears nobody, not even itself."""
+    one, first = await redis_nodes.start("one", attend=(), redis_room_linger=0)
+    two, second = await redis_nodes.start("two")
+    await one.attend(ROOM)  # the handshake begins
+    await wait_for(lambda: (one.status() or {})["reading"] == [], 5)  # the linger passes meanwhile
+    first.counts[ROOM] = 1  # the socket joins
+    one.count_changed(ROOM)
+
+    elsewhere, own = sample(1), sample(2)
+    two.publish(ROOM, elsewhere)
+    await second.received(elsewhere.post)
+    one.publish(ROOM, own)
+    await first.received(elsewhere.post, own.post)
+    assert (one.status() or {})["reading"] == [ROOM]
+
+
+async def test_a_room_attended_while_the_node_subscribes_again_is_read(
+    redis_server: RedisServer, gate: TcpGate, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Back on Redis, a node subscribes to the rooms it reads; a socket that attends another room
+    meanwhile (its node still away: `attend` returns at once) has that room read too, once the node
+    is up: it gets what the other nodes say there, and its own messages.
+
+    Why: a room attended between the node's choice of channels and its subscription to them would
+    be taken for read for the whole session, and heard by nobody on this node."""
+    gated = Nodes(f"redis://127.0.0.1:{gate.port}/0")
+    direct = Nodes(redis_server.url, prefix=gated.prefix)
+    try:
+        one, first = await gated.start("one", attend=(ROOM,))
+        two, second = await direct.start("two")
+        assert isinstance(one, RedisBroker)
+        routes = one._session.routes
+        choose = routes.channels
+        arrivals: list[asyncio.Task[None]] = []
+
+        async def arrive() -> None:
+            await one.attend(OTHER_ROOM)
+            first.counts[OTHER_ROOM] = 1
+            one.count_changed(OTHER_ROOM)
+
+        def channels() -> list[str]:
+            chosen = choose()
+            if not arrivals:  # a socket reaches the node while it subscribes to these
+                arrivals.append(asyncio.get_running_loop().create_task(arrive()))
+            return chosen
+
+        monkeypatch.setattr(routes, "channels", channels)
+        gate.close()
+        await wait_for(lambda: not one.healthy, 10)
+        gate.open()
+        await wait_for(lambda: one.healthy, 10)
+        assert arrivals, "the node did not subscribe again"
+        await arrivals[0]
+
+        elsewhere, own = sample(1), sample(2)
+        two.publish(OTHER_ROOM, elsewhere)
+        await second.received(elsewhere.post)
+        one.publish(OTHER_ROOM, own)
+        await first.received(elsewhere.post, own.post)
+        assert (one.status() or {})["reading"] == [OTHER_ROOM, ROOM]
+    finally:
+        await direct.stop()
+        await gated.stop()
+
+
+async def test_a_room_let_go_while_the_node_subscribes_again_is_unsubscribed(
+    redis_server: RedisServer, gate: TcpGate, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Back on Redis, a node subscribes to the rooms it reads; one whose linger passes meanwhile is
+    unsubscribed from once the node is up.
+
+    Why: a node pays for the rooms it serves only; a subscription nobody reads is traffic for nothing."""
+    gated = Nodes(f"redis://127.0.0.1:{gate.port}/0")
+    try:
+        one, first = await gated.start("one", attend=(), redis_room_linger=0)
+        assert isinstance(one, RedisBroker)
+        first.counts[ROOM] = 1  # a socket there
+        await one.attend(ROOM)
+        one.count_changed(ROOM)
+        routes = one._session.routes
+        choose = routes.channels
+
+        def channels() -> list[str]:
+            chosen = choose()
+            if first.counts[ROOM]:  # its socket leaves while the node subscribes to these
+                first.counts[ROOM] = 0
+                one.count_changed(ROOM)
+            return chosen
+
+        monkeypatch.setattr(routes, "channels", channels)
+        gate.close()
+        await wait_for(lambda: not one.healthy, 10)
+        gate.open()
+        await wait_for(lambda: one.healthy, 10)
+        assert first.counts[ROOM] == 0, "the node did not subscribe again"
+        channel = one.keys.room_channel(ROOM)
+        async with Redis.from_url(redis_server.url) as redis:
+
+            async def unsubscribed() -> bool:
+                return dict(await redis.pubsub_numsub(channel)) == {channel.encode(): 0}
+
+            await wait_for(unsubscribed, 5)
+        assert (one.status() or {})["reading"] == []
+    finally:
+        await gated.stop()
