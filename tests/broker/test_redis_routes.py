@@ -17,7 +17,9 @@ from redis_nodes import RedisServer
 from tcp_gate import TcpGate
 from test_broker_contract import OTHER_ROOM, ROOM, Nodes, sample
 
+from gischat.broker.base import Order, OrderKind
 from gischat.broker.redis.broker import RedisBroker
+from gischat.protocol import dialects
 
 from conftest import wait_for
 
@@ -147,4 +149,56 @@ async def test_a_room_let_go_while_the_node_subscribes_again_is_unsubscribed(
             await wait_for(unsubscribed, 5)
         assert (one.status() or {})["reading"] == []
     finally:
+        await gated.stop()
+
+
+async def test_what_comes_while_the_node_syncs_keeps_redis_order(
+    redis_server: RedisServer, gate: TcpGate, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Back on Redis, a node holds a room's messages until it has loaded the room's history; what
+    comes meanwhile on the node-wide channel about that room (an `exiter`, a moderator's kick) is
+    delivered in Redis's order with them: a user's last message before their `exiter`, what the
+    kicked person said before the kick.
+
+    Why: every socket of a room sees one order, the one Redis ran; "left" then "said" reads wrong."""
+    gated = Nodes(f"redis://127.0.0.1:{gate.port}/0")
+    direct = Nodes(redis_server.url, prefix=gated.prefix)
+    try:
+        one, first = await gated.start("one", attend=(ROOM,))
+        two, second = await direct.start("two")
+        first.counts[ROOM] = 1  # a socket of its own there
+        one.count_changed(ROOM)
+        newcomer, exiter = dialects.newcomer("Bob"), dialects.exiter("Bob")
+        assert await two.claim(ROOM, "bob", "Bob", newcomer) is True
+        await first.received(newcomer)
+        assert isinstance(one, RedisBroker)
+        routes = one._session.routes
+        load = routes.load
+        last, after = sample(1), sample(2)
+        kick = Order(OrderKind.KICK, ROOM, {"nickname": "troll", "reason": "spam"})
+        marker = Order(OrderKind.LIFT, None, {"id": "none"})  # about no room: obeyed at once
+
+        async def load_later() -> None:
+            # While node one syncs: Bob says something and leaves, a moderator kicks somebody.
+            two.publish(ROOM, last)
+            two.release(ROOM, "bob", "Bob", exiter)
+            two.order(kick)
+            two.order(marker)
+            await second.received(last.post, exiter)
+            await first.wait_until(lambda: marker in first.orders, "node one read them all")
+            await load()
+
+        monkeypatch.setattr(routes, "load", load_later)
+        gate.close()
+        await wait_for(lambda: not one.healthy, 10)
+        gate.open()
+        await wait_for(lambda: one.healthy, 10)
+        two.publish(ROOM, after)
+        await first.received(last.post, exiter, after.post)
+        calls = [call for call in first.log if call in {("deliver", last.post.id), ("deliver", exiter.id)}]
+        assert calls == [("deliver", last.post.id), ("deliver", exiter.id)]
+        calls = [call for call in first.log if call in {("deliver", last.post.id), ("order", "kick")}]
+        assert calls == [("deliver", last.post.id), ("order", "kick")]
+    finally:
+        await direct.stop()
         await gated.stop()

@@ -32,13 +32,15 @@ from dataclasses import dataclass, field
 from enum import Enum, auto
 from typing import Any
 
+import orjson
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 
-from gischat.broker.base import Envelope, Node
+from gischat.broker.base import Envelope, Node, OrderKind
 from gischat.broker.redis.mirror import Buffered, readable
+from gischat.broker.redis.orders import read_order
 from gischat.broker.redis.outage import Seen
-from gischat.broker.redis.scripts import Header, NodeKeys, parse_event
+from gischat.broker.redis.scripts import EventKind, Header, NodeKeys, parse_event
 from gischat.protocol.dialects import Post
 
 logger = logging.getLogger("gischat.broker")
@@ -51,7 +53,7 @@ ATTEND_TIMEOUT = 5.0
 class Reading(Enum):
     """Where this node is with one room's channel, in the current session."""
 
-    SUBSCRIBING = auto()  # subscribed (or about to be); the history on its way, messages held
+    SUBSCRIBING = auto()  # subscribed (or about to be); the history on its way, its events held
     READING = auto()  # history in place, messages delivered as they come
 
 
@@ -62,7 +64,7 @@ class Route:
     ready: asyncio.Future[None]  # done once READING (or the session ended)
     state: Reading = Reading.SUBSCRIBING
     base: int = 0  # the sequence number the history was loaded at
-    held: list[Buffered] = field(default_factory=list)
+    held: list[Buffered] = field(default_factory=list)  # its messages, and what `hold` kept
 
 
 class Routes:
@@ -183,6 +185,17 @@ class Routes:
         elif seq > route.base:
             self.deliver(header, payload, in_history=False)
 
+    def hold(self, seq: int, header: Header, payload: bytes) -> bool:
+        """A `newcomer`, an `exiter`, a kick or a deletion in a room (from the node-wide channel): held,
+        if the room's messages are, to go to the node in Redis's order with them (`_replay`)."""
+        route = self.routes.get(header.room)
+        if route is None or route.state is not Reading.SUBSCRIBING:
+            return False
+        if header.kind is EventKind.ORDER and not among_messages(payload):
+            return False  # a ban or its lifting: nothing to do with the room's messages
+        route.held.append((seq, header, payload))
+        return True
+
     def deliver(self, header: Header, payload: bytes, *, in_history: bool) -> None:
         """A message event to this node's sockets, unless they had it already; `in_history`:
         the room's history has it already (or it is not kept)."""
@@ -225,11 +238,14 @@ class Routes:
         if self.routes.get(room) is not route:
             return  # let go of, or the session ended, meanwhile
         base = int(seq_raw)
-        # Sockets here already (joined while Redis was away): what they never got, in order.
+        # Sockets here already (joined while Redis was away): what they never got, in order, with
+        # what was held from the node-wide channel (messages held as of `base` are among `recent`).
         missed = hub.local_count(room) > 0
-        for raw in recent:
-            _, header, payload = parse_event(raw)
-            if missed:
+        early = [item for item in route.held if item[0] <= base and item[1].kind is not EventKind.MESSAGE]
+        for _, header, payload in sorted([*map(parse_event, recent), *early], key=lambda item: item[0]):
+            if header.kind is not EventKind.MESSAGE:
+                self._replay(header, payload)
+            elif missed:
                 self.deliver(header, payload, in_history=True)
             else:
                 post = readable(payload)
@@ -238,16 +254,32 @@ class Routes:
         kept = stored_posts(room, history)
         held = [(seq, header, payload) for seq, header, payload in route.held if seq > base]
         for _, header, payload in held:
-            post = readable(payload) if header.keep else None
+            post = readable(payload) if header.kind is EventKind.MESSAGE and header.keep else None
             if post is not None:
                 kept.append(post)
         hub.reset_history(room, kept)
         route.state, route.base, route.held = Reading.READING, base, []
         for _, header, payload in held:
-            self.deliver(header, payload, in_history=True)
+            if header.kind is EventKind.MESSAGE:
+                self.deliver(header, payload, in_history=True)
+            else:
+                self._replay(header, payload)
         hub.remote_changed(room)
         if not route.ready.done():
             route.ready.set_result(None)
+
+    def _replay(self, header: Header, payload: bytes) -> None:
+        """What `hold` kept, to the node now."""
+        hub = self._hub
+        assert hub is not None
+        if header.kind is EventKind.ORDER:
+            order = read_order(payload)
+            if order is not None:
+                hub.obey(order)
+            return
+        post = readable(payload, header.freed_at)
+        if post is not None:
+            hub.deliver(header.room, Envelope(post))
 
     def _let_go(self, room: str) -> None:
         """Nobody here in `room` for the linger: stop reading it."""
@@ -274,6 +306,16 @@ class Routes:
         error = None if task.cancelled() else task.exception()
         if error is not None:
             self._fail(error)
+
+
+def among_messages(payload: bytes) -> bool:
+    """Whether an order acts on a room's sockets or history (a kick, a deletion), where what comes
+    before or after it in the room's messages matters."""
+    try:
+        data = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(data, dict) and data.get("kind") in (OrderKind.KICK, OrderKind.DELETE)
 
 
 def stored_posts(room: str, items: list[bytes]) -> list[Post]:

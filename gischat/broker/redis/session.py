@@ -367,7 +367,8 @@ class Session:
         if mine and header.n:
             self._outbox.confirm(header.n)
         if kind in (EventKind.ORDER, EventKind.WHO, EventKind.SOCKETS):
-            self._orders.on_event(header, mine, payload)
+            if kind is not EventKind.ORDER or not self.routes.hold(seq, header, payload):
+                self._orders.on_event(header, mine, payload)
             return
         if kind is EventKind.MESSAGE:
             self.routes.on_message(seq, header, payload)
@@ -375,7 +376,7 @@ class Session:
         if kind in (EventKind.CLAIMED, EventKind.FREED) and not (mine and header.quiet):
             if kind is EventKind.CLAIMED and mine:
                 hub.claim_settled(room, header.key, header.nickname)
-            post = readable(payload, header.freed_at)
+            post = None if self.routes.hold(seq, header, payload) else readable(payload, header.freed_at)
             if post is not None:
                 hub.deliver(room, Envelope(post))
         if kind is EventKind.GONE and mine:
