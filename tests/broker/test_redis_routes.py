@@ -202,3 +202,37 @@ async def test_what_comes_while_the_node_syncs_keeps_redis_order(
     finally:
         await direct.stop()
         await gated.stop()
+
+
+async def test_a_room_let_go_and_attended_again_before_redis_answered_is_read(
+    redis_nodes: Nodes, redis_server: RedisServer
+) -> None:
+    """A room attended, let go of (its socket came and went, REDIS_ROOM_LINGER=0) and attended again
+    before Redis confirmed the first subscription: each subscription is matched with its own
+    confirmation (Redis confirms them in order), the room is read, and the node stays up.
+
+    Why: the second subscription took the first one's confirmation for its own, and the first,
+    never confirmed, ended the node's session (all its rooms resynchronized) after ATTEND_TIMEOUT."""
+    one, first = await redis_nodes.start("one", attend=(), redis_room_linger=0)
+    two, _ = await redis_nodes.start("two")
+    assert isinstance(one, RedisBroker)
+    routes = one._session.routes
+    async with Redis.from_url(redis_server.url) as redis:
+        await redis.execute_command("CLIENT", "PAUSE", 500, "ALL")  # Redis answers nobody meanwhile
+    attending = asyncio.get_running_loop().create_task(one.attend(ROOM))
+    await wait_for(lambda: routes.receives(ROOM), 1)  # subscribing
+    first.counts[ROOM] = 1  # a socket joins and leaves at once: the room is let go
+    one.count_changed(ROOM)
+    first.counts[ROOM] = 0
+    one.count_changed(ROOM)
+    await wait_for(lambda: not routes.receives(ROOM), 1)
+    await attending
+    await one.attend(ROOM)  # another socket, once Redis answers again; it joins
+    first.counts[ROOM] = 1
+    one.count_changed(ROOM)
+
+    said = sample(1)
+    two.publish(ROOM, said)
+    await first.received(said.post)
+    await wait_for(lambda: not routes._tasks, 3)  # both subscriptions confirmed, nothing waits
+    assert one.healthy

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum, auto
@@ -80,7 +81,9 @@ class Routes:
         self._chosen: list[str] = []  # the rooms whose channels a session is subscribing to
         self._subscribed: dict[str, Route] = {}  # the rooms a session subscribed to as it began
         self._lingering: dict[str, asyncio.TimerHandle] = {}
-        self._confirms: dict[str, asyncio.Future[None]] = {}  # channel -> its subscription confirmed
+        # Channel -> its subscriptions waiting for Redis to confirm them, in the order they were
+        # sent (Redis confirms them in that order: a room let go of and attended again has two).
+        self._confirms: dict[str, deque[asyncio.Future[None]]] = {}
         self._hub: Node | None = None
         self._pubsub: PubSub | None = None
         self._client: Redis | None = None
@@ -160,8 +163,8 @@ class Routes:
         for route in self.routes.values():
             if not route.ready.done():
                 route.ready.set_result(None)
-        for confirm in self._confirms.values():
-            if not confirm.done():
+        for waiting in self._confirms.values():
+            for confirm in waiting:
                 confirm.cancel()
         for task in self._tasks:
             task.cancel()
@@ -171,8 +174,13 @@ class Routes:
     def confirmed(self, channel: bytes | str) -> None:
         """Redis confirmed a subscription (the reader saw it)."""
         name = channel.decode() if isinstance(channel, bytes) else channel
-        confirm = self._confirms.pop(name, None)
-        if confirm is not None and not confirm.done():
+        waiting = self._confirms.get(name)
+        if not waiting:
+            return
+        confirm = waiting.popleft()
+        if not waiting:
+            del self._confirms[name]
+        if not confirm.done():
             confirm.set_result(None)
 
     def on_message(self, seq: int, header: Header, payload: bytes) -> None:
@@ -220,11 +228,12 @@ class Routes:
         assert pubsub is not None
         channel = self.keys.room_channel(room)
         confirm: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._confirms[channel] = confirm
+        self._confirms.setdefault(channel, deque()).append(confirm)
         async with self._in_order:
             await pubsub.subscribe(channel)
         await asyncio.wait_for(confirm, ATTEND_TIMEOUT)
-        await self._load(room, route)
+        if self.routes.get(room) is route:  # not let go of meanwhile
+            await self._load(room, route)
 
     async def _load(self, room: str, route: Route) -> None:
         """The room's history and recent events as of a sequence number, then what was held."""
