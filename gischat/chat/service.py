@@ -371,6 +371,9 @@ class ChatService:
             raise NicknameTaken(exc.reason) from None
         if self.hub.taken(room, message.author):
             raise NicknameTaken(f"author '{message.author}' is registered by a user of room '{room}'")
+        if message.in_reply_to_id is not None and self.settings.reply_threads:
+            # The room's recent messages, the reply's possible targets, whether or not anyone is here.
+            await self.hub.attend(room)
         post = Post.of(message, self._reply_target(room, message.in_reply_to_id))
         self.hub.publish(room, post, keep=worth_keeping("text", message.text))
         logger.info("text posted over HTTP to %r by %r", room, message.author, extra=context(room=room))

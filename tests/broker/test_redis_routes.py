@@ -1,19 +1,25 @@
 """Per-room routing on Redis: a room a node's socket is in is read, whatever happened to the
 subscription meanwhile (a linger that passed during a handshake, a room attended while the node
-was subscribing again after an outage).
+was subscribing again after an outage, or let go of and attended again before Redis answered);
+what comes while a room's history loads keeps Redis's order; an HTTP reply checks its target in
+the room's current history.
 
 Real brokers on a real Redis, driven with the contract's recording nodes (`test_broker_contract`);
-one of them reaches Redis through a `TcpGate`, to be cut off alone and come back.
+one of them reaches Redis through a `TcpGate`, to be cut off alone and come back. The HTTP test
+runs real `gischat` processes.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
+import httpx
 import pytest
 from redis.asyncio import Redis
-from redis_nodes import RedisServer
+from redis_nodes import Cluster, RedisServer
 from tcp_gate import TcpGate
 from test_broker_contract import OTHER_ROOM, ROOM, Nodes, sample
 
@@ -21,7 +27,7 @@ from gischat.broker.base import Order, OrderKind
 from gischat.broker.redis.broker import RedisBroker
 from gischat.protocol import dialects
 
-from conftest import wait_for
+from conftest import TIMEOUT, text, wait_for
 
 pytestmark = pytest.mark.anyio
 
@@ -218,7 +224,7 @@ async def test_a_room_let_go_and_attended_again_before_redis_answered_is_read(
     assert isinstance(one, RedisBroker)
     routes = one._session.routes
     async with Redis.from_url(redis_server.url) as redis:
-        await redis.execute_command("CLIENT", "PAUSE", 500, "ALL")  # Redis answers nobody meanwhile
+        await redis.client_pause(500, all=True)  # Redis answers nobody meanwhile
     attending = asyncio.get_running_loop().create_task(one.attend(ROOM))
     await wait_for(lambda: routes.receives(ROOM), 1)  # subscribing
     first.counts[ROOM] = 1  # a socket joins and leaves at once: the room is let go
@@ -236,3 +242,27 @@ async def test_a_room_let_go_and_attended_again_before_redis_answered_is_read(
     await first.received(said.post)
     await wait_for(lambda: not routes._tasks, 3)  # both subscriptions confirmed, nothing waits
     assert one.healthy
+
+
+@pytest.fixture
+def cluster(redis_server: RedisServer, tmp_path: Path) -> Iterator[Cluster]:
+    started = Cluster(redis_server, tmp_path, f"r{uuid.uuid4().hex[:8]}")
+    yield started
+    started.stop()
+
+
+async def test_a_reply_posted_over_http_to_a_node_with_nobody_in_the_room(cluster: Cluster) -> None:
+    """A text PUT over HTTP (REPLY_THREADS) may reply to a message of the room's history said on
+    another node, though nobody is in the room on the node that takes the request.
+
+    Why: the node checks the reply against the room's recent messages, which it has only if it
+    reads the room (a 422 said the message was not of this conversation)."""
+    one = cluster.node(REPLY_THREADS="true", MAX_STORED_MESSAGES="5")
+    two = cluster.node(REPLY_THREADS="true", MAX_STORED_MESSAGES="5")
+    async with httpx.AsyncClient(timeout=TIMEOUT) as http:
+        said = await http.put(f"{one.http_url}/channel/QGIS/text", json=text("asker", "a question"))
+        assert said.status_code == 200, said.text
+        reply = {**text("answerer", "an answer"), "in_reply_to_id": said.json()["id"]}
+        answer = await http.put(f"{two.http_url}/channel/QGIS/text", json=reply)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["in_reply_to_id"] == said.json()["id"]
