@@ -200,6 +200,19 @@ async def test_a_node_cut_off_alone_gets_everything_said_meanwhile_beyond_the_hi
         await gate.stop()
 
 
+async def recent_events(cluster: Cluster) -> tuple[list[str], int, int]:
+    """The room's recent events as Redis holds them, the size it counts for them, and their TTL."""
+    redis = Redis.from_url(cluster.redis.url)
+    try:
+        key = f"{cluster.prefix}:recent:{ROOM}"
+        raw = [fields[b"e"] for _, fields in await redis.xrange(key) or [] if fields]
+        events = [event.decode() if isinstance(event, bytes) else event for event in raw]
+        size = int(await redis.get(f"{cluster.prefix}:recentbytes:{ROOM}") or 0)
+        return events, size, int(await redis.pttl(key))
+    finally:
+        await redis.aclose()
+
+
 async def test_the_recent_events_redis_keeps_are_bounded_by_count_and_age(cluster: Cluster) -> None:
     """What a node catches up from on its return costs Redis no more than the outage bounds."""
     node = cluster.node(OUTAGE_BUFFER_MESSAGES="4", OUTAGE_BUFFER_SECONDS="30")
@@ -208,14 +221,46 @@ async def test_the_recent_events_redis_keeps_are_bounded_by_count_and_age(cluste
         for i in range(10):
             await alice.send(text("alice", f"a{i}"))
         await texts(alice, 10, channel=False)
-    redis = Redis.from_url(cluster.redis.url)
-    try:
-        key = f"{cluster.prefix}:recent:{ROOM}"
-        raw = [fields[b"e"] for _, fields in await redis.xrange(key) or [] if fields]
-        events = [event.decode() if isinstance(event, bytes) else event for event in raw]
-        said = [f"a{i}" for i in range(6, 10)]  # the last four, oldest first
-        assert len(events) == 4
-        assert all(text in event for text, event in zip(said, events, strict=True))
-        assert 0 < await redis.pttl(key) <= 30_000
-    finally:
-        await redis.aclose()
+    events, size, ttl = await recent_events(cluster)
+    said = [f"a{i}" for i in range(6, 10)]  # the last four, oldest first
+    assert len(events) == 4
+    assert all(text in event for text, event in zip(said, events, strict=True))
+    assert size == sum(len(event.encode()) for event in events)
+    assert 0 < ttl <= 30_000
+
+
+async def test_the_recent_events_redis_keeps_are_bounded_by_bytes(cluster: Cluster) -> None:
+    """And by MAX_STORED_BYTES in all, as the history is: the oldest go first; a message larger
+    than the bound alone is not logged (nor kept in the history)."""
+    node = cluster.node(MAX_STORED_BYTES="1500", MAX_MESSAGE_LENGTH="2000")
+    async with socket(node, "room") as alice:
+        await alice.register("alice")
+        for i in range(8):
+            await alice.send(text("alice", f"a{i} " + "x" * 400))
+        await alice.send(text("alice", "huge " + "y" * 1800))
+        await texts(alice, 9, channel=False)
+    events, size, _ = await recent_events(cluster)
+    assert 0 < size <= 1500
+    assert size == sum(len(event.encode()) for event in events)
+    assert "a7 " in events[-1]  # the newest that fits; the huge one is not there
+    assert not any("a0 " in event for event in events)
+
+
+async def test_an_event_this_version_cannot_read_is_skipped(cluster: Cluster) -> None:
+    """Events in another format (another version of gischat on the same prefix) on the node-wide
+    channel and on a room's are skipped, said once, and the conversation goes on."""
+    a_node, b_node = cluster.node(), cluster.node()
+    async with socket(a_node, "room") as alice, socket(b_node, "channel") as bob:
+        await alice.register("alice")
+        await bob.expect("newcomer", newcomer="alice")
+        redis = Redis.from_url(cluster.redis.url)
+        try:
+            for channel in (f"{cluster.prefix}:events", f"{cluster.prefix}:events:{ROOM}"):
+                for garbage in (b"not an event", b'12 ["zz", "QGIS"]\npayload', b'x ["m"]\n'):
+                    await redis.publish(channel, garbage)
+        finally:
+            await redis.aclose()
+        await alice.send(text("alice", "still here"))
+        assert [m["text"] for m in await texts(bob, 1, channel=True)] == ["still here"]
+    assert (await broker(b_node))["state"] == "up"
+    assert b_node.output().count("an event this version cannot read was skipped") == 1

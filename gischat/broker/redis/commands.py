@@ -29,7 +29,8 @@ class Retention:
     """What Redis keeps of a room's messages: the history every newcomer is given (at most
     `history_messages`, none over `history_bytes`), and the recent events a node that was not
     listening catches up from when it is back (at most `recent_messages`, none older than
-    `recent_ms`: as much as a node keeps for the others while Redis is away)."""
+    `recent_ms`: as much as a node keeps for the others while Redis is away; `history_bytes` in
+    all)."""
 
     history_messages: int
     history_bytes: int
@@ -56,7 +57,7 @@ def emit_command(
         head.append(1)
     return Command(
         "emit",
-        [keys.seq, keys.room_channel(room), keys.history(room), keys.recent(room)],
+        [keys.seq, keys.room_channel(room), keys.history(room), keys.recent(room), keys.recent_bytes(room)],
         [
             orjson.dumps(head),
             envelope.post.encode(),

@@ -25,7 +25,7 @@ from gischat.broker.base import Envelope
 logger = logging.getLogger("gischat.broker")
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # compared by identity: the outbox takes out the very one
 class Command:
     """One script call in the outgoing queue, with what to deliver locally if its fate is unknown."""
 

@@ -241,25 +241,32 @@ class Routes:
         assert client is not None
         assert hub is not None
         keys = self.keys
+        # Sockets here already (joined while Redis was away) are owed what they never got; else
+        # the recent events' ids are only noted, and only they travel.
+        missed = hub.local_count(room) > 0
         seq_raw, history, recent = await client.evalsha(
-            self._sha["follow"], 3, keys.seq, keys.history(room), keys.recent(room)
+            self._sha["follow"],
+            3,
+            keys.seq,
+            keys.history(room),
+            keys.recent(room),
+            "events" if missed else "ids",
         )
         if self.routes.get(room) is not route:
             return  # let go of, or the session ended, meanwhile
         base = int(seq_raw)
-        # Sockets here already (joined while Redis was away): what they never got, in order, with
-        # what was held from the node-wide channel (messages held as of `base` are among `recent`).
-        missed = hub.local_count(room) > 0
         early = [item for item in route.held if item[0] <= base and item[1].kind is not EventKind.MESSAGE]
-        for _, header, payload in sorted([*map(parse_event, recent), *early], key=lambda item: item[0]):
-            if header.kind is not EventKind.MESSAGE:
-                self._replay(header, payload)
-            elif missed:
+        if missed:  # in Redis's order, with what was held from the node-wide channel
+            events = [event for event in map(parse_event, recent) if event is not None]
+        else:
+            events = []
+            for post_id in recent:
+                self.seen.first(post_id.decode(errors="replace"))
+        for _, header, payload in sorted([*events, *early], key=lambda item: item[0]):
+            if header.kind is EventKind.MESSAGE:
                 self.deliver(header, payload, in_history=True)
             else:
-                post = readable(payload)
-                if post is not None:
-                    self.seen.first(post.id)
+                self._replay(header, payload)
         kept = stored_posts(room, history)
         held = [(seq, header, payload) for seq, header, payload in route.held if seq > base]
         for _, header, payload in held:

@@ -29,8 +29,9 @@ import orjson
 # kept during the outage and published on return, `outage.py`).
 
 # A message: into the room's history when it is kept (at most ARGV[3] messages of up to ARGV[4]
-# bytes each), published, and logged in the room's recent events (KEYS[4]: at most ARGV[5] of
-# them, none older than ARGV[6] ms) for the nodes that were not listening (`Session._catch_up`).
+# bytes each), published, and logged in the room's recent events (KEYS[4], its bytes in KEYS[5]:
+# at most ARGV[5] of them, none older than ARGV[6] ms, ARGV[4] bytes in all) for the nodes that
+# were not listening (`routes.py`).
 EMIT = """
 local keep = tonumber(ARGV[3])
 if keep > 0 and #ARGV[2] <= tonumber(ARGV[4]) then
@@ -40,13 +41,23 @@ end
 local seq = redis.call('INCR', KEYS[1])
 local event = seq .. ' ' .. ARGV[1] .. '\\n' .. ARGV[2]
 redis.call('PUBLISH', KEYS[2], event)
-local recent, window = tonumber(ARGV[5]), tonumber(ARGV[6])
-if recent > 0 and window > 0 then
+local recent, window, limit = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[4])
+if recent > 0 and window > 0 and #event <= limit then
   local t = redis.call('TIME')
-  local now = t[1] * 1000 + math.floor(t[2] / 1000)
-  redis.call('XADD', KEYS[4], 'MAXLEN', recent, '*', 'e', event)
-  redis.call('XTRIM', KEYS[4], 'MINID', now - window)
+  local oldest = t[1] * 1000 + math.floor(t[2] / 1000) - window
+  redis.call('XADD', KEYS[4], '*', 'e', event)
+  local total = redis.call('INCRBY', KEYS[5], #event)
+  -- Oldest first, until the stream is within its count, its age and its bytes.
+  while true do
+    local head = redis.call('XRANGE', KEYS[4], '-', '+', 'COUNT', 1)[1]
+    if head == nil then break end
+    local at = tonumber(string.match(head[1], '^(%d+)'))
+    if at >= oldest and total <= limit and redis.call('XLEN', KEYS[4]) <= recent then break end
+    redis.call('XDEL', KEYS[4], head[1])
+    total = redis.call('DECRBY', KEYS[5], #head[2][2])
+  end
   redis.call('PEXPIRE', KEYS[4], window)
+  redis.call('PEXPIRE', KEYS[5], window)
 end
 return seq
 """
@@ -188,9 +199,17 @@ return {redis.call('GET', KEYS[1]) or '0', nodes, counts, nicks}
 
 # One room as of a sequence number, for a node that starts reading it (`routes.py`): its history
 # and its recent events (each as published).
+# ARGV[1] 'ids': only the post ids of the recent events (a node with nobody in the room notes them,
+# it has nothing to deliver: the payloads would cross the network for nothing).
 FOLLOW = """
-local events = {}
-for i, entry in ipairs(redis.call('XRANGE', KEYS[3], '-', '+')) do events[i] = entry[2][2] end
+local events, ids = {}, ARGV[1] == 'ids'
+for i, entry in ipairs(redis.call('XRANGE', KEYS[3], '-', '+')) do
+  if ids then
+    events[i] = string.match(entry[2][2], '\\n%S+ (%S+)') or ''
+  else
+    events[i] = entry[2][2]
+  end
+end
 return {redis.call('GET', KEYS[1]) or '0', redis.call('LRANGE', KEYS[2], 0, -1), events}
 """
 
@@ -317,6 +336,10 @@ class NodeKeys:
     def recent(self, room: str) -> str:
         return f"{self.prefix}:recent:{room}"
 
+    def recent_bytes(self, room: str) -> str:
+        """The size of the room's recent events, kept beside them by the script that adds one."""
+        return f"{self.prefix}:recentbytes:{room}"
+
     def room_channel(self, room: str) -> str:
         """The channel of a room's messages, read by the nodes with sockets there (`routes.py`)."""
         return f"{self.prefix}:events:{room}"
@@ -325,8 +348,12 @@ class NodeKeys:
         return f"{self.prefix}:nicks:{room}"
 
 
-def parse_event(data: bytes) -> tuple[int, Header, bytes]:
-    """An event as published: its sequence number, its header and its payload."""
+def parse_event(data: bytes) -> tuple[int, Header, bytes] | None:
+    """An event as published: its sequence number, its header and its payload; None for one this
+    version cannot read (another version's, on the same prefix), which the caller skips."""
     head, _, rest = data.partition(b" ")
     header_text, _, payload = rest.partition(b"\n")
-    return int(head), Header.parse(orjson.loads(header_text)), payload
+    try:
+        return int(head), Header.parse(orjson.loads(header_text)), payload
+    except (ValueError, TypeError, IndexError, KeyError):  # orjson's decode error is a ValueError
+        return None

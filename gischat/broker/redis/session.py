@@ -86,6 +86,7 @@ class Session:
         # The rooms whose messages this node reads (`routes.py`).
         self.routes = Routes(node, keys, settings.redis_room_linger, seen)
         self._flushed: asyncio.Future[Any] | None = None  # the kept messages are in Redis
+        self._unreadable_at = -60.0  # when an unreadable event was last logged
 
     # --- what the broker sees -------------------------------------------------------------------
 
@@ -361,7 +362,14 @@ class Session:
         hub = self._hub
         if hub is None:
             return
-        seq, header, payload = parse_event(data)
+        event = parse_event(data)
+        if event is None:  # another version's, on the same prefix: said once a minute at most
+            now = asyncio.get_running_loop().time()
+            if now - self._unreadable_at > 60:
+                self._unreadable_at = now
+                logger.warning("broker: an event this version cannot read was skipped (another version?)")
+            return
+        seq, header, payload = event
         kind, room = header.kind, header.room
         mine = header.node == self.node
         if mine and header.n:
