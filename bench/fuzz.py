@@ -28,10 +28,12 @@ them): on every node, innocent clients of both dialects in the fuzzed room and i
 with two nodes each also times the texts of its room's innocents on the other node, from their
 send to its arrival (a delivery across the broker).
 
-Meanwhile the machine's load is sampled every few seconds (the 1-minute load average, and the
-cores used by every process that is not this run's): the machine is shared, and a late round
-trip that coincides with other work is the machine's doing, which the worst round trips, listed
-with their moment and the load then, let one tell apart.
+Meanwhile the machine's load is sampled every few seconds (bench/machineload.py: the 1-minute
+load average, the cores used by every process that is not this run's, the CPU pressure): the
+machine is shared, and a late round trip that coincides with other work is the machine's doing.
+The worst round trips, and every one over its bar grouped by episode (late ones less than
+EPISODE_GAP s apart), are listed with their moment and the load then, to tell the two apart: a
+stall of the machine is one short episode where every room and node is late at once.
 
 At the end: a table (frames and bytes the fuzzer sent, its connections and how they ended, the
 innocents' messages sent, delivered and dropped, their round trips and cross-node deliveries,
@@ -50,7 +52,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import re
 import subprocess
 import sys
@@ -73,60 +74,18 @@ from harness import (
     gischat_nodes,
     gischat_revision,
     machine,
-    machine_busy,
     redis_server,
     tree_rss,
 )
 from innocents import CALM_ROOM, ECHO_GRACE, FUZZ_ROOM, ROOMS
+from machineload import Load, load_at, watch_load
 
 TRACEBACK = re.compile(rb"Traceback|Logging error|Exception")
 # Bars of bench/hostile.py: worst round trip in the attacked room and in another one.
 BARS_MS = {FUZZ_ROOM: 250.0, CALM_ROOM: 100.0}
 LABELS = {FUZZ_ROOM: "fuzzed room", CALM_ROOM: "other room"}
 LOAD_EVERY = 5.0  # seconds between two looks at the machine's load
-
-
-# --------------------------------------------------------------------------- the machine's load
-
-
-@dataclass(frozen=True)
-class Load:
-    """One look at the machine, at the end of a LOAD_EVERY window."""
-
-    wall: float  # time.time() at the end of the window
-    load1: float  # 1-minute load average
-    others: float  # cores used over the window by processes that are not this run's
-
-
-def own_cpu(me: psutil.Process) -> float:
-    """CPU seconds of this run: this process and its descendants (nodes, their workers, Redis,
-    the innocents), the children each one has reaped included, so that a worker that ends
-    moves its time into its parent's count instead of taking it away."""
-    total, members = 0.0, [me]
-    with contextlib.suppress(psutil.Error):
-        members += me.children(recursive=True)
-    for member in members:
-        with contextlib.suppress(psutil.Error):
-            times = member.cpu_times()
-            total += times.user + times.system + times.children_user + times.children_system
-    return total
-
-
-async def watch_load(samples: list[Load]) -> None:
-    """Append a `Load` every LOAD_EVERY seconds until cancelled."""
-    me = psutil.Process()
-    busy, ours, then = machine_busy(), own_cpu(me), time.monotonic()
-    while True:
-        await asyncio.sleep(LOAD_EVERY)
-        now_busy, now_ours, now = machine_busy(), own_cpu(me), time.monotonic()
-        others = max((now_busy - busy) - (now_ours - ours), 0.0) / (now - then)
-        samples.append(Load(time.time(), os.getloadavg()[0], others))
-        busy, ours, then = now_busy, now_ours, now
-
-
-def load_at(samples: list[Load], wall: float) -> Load | None:
-    """The sample whose window holds `wall` (the first after it)."""
-    return next((sample for sample in samples if sample.wall >= wall), samples[-1] if samples else None)
+EPISODE_GAP = 2.0  # late timings less than this many seconds apart are one episode
 
 
 # --------------------------------------------------------------------------- the run and its table
@@ -236,8 +195,9 @@ def table(outcome: Outcome) -> str:
                 f"{sum(data['refusals'].values())}, {len(data['disconnects'])}",
             )
         )
-    loads = outcome.loads or [Load(0.0, float("nan"), float("nan"))]
+    loads = outcome.loads or [Load(0.0, float("nan"), float("nan"), None)]
     load1, others = [s.load1 for s in loads], [s.others for s in loads]
+    pressure = [s.pressure for s in loads if s.pressure is not None] or [float("nan")]
     per_node = ", ".join(f"node{i} {n}" for i, n in enumerate(outcome.left))
     rss = ", ".join(f"node{i} {a / 1e6:.0f} / {b / 1e6:.0f} MB" for i, (a, b) in enumerate(outcome.rss))
     found = outcome.found
@@ -247,11 +207,42 @@ def table(outcome: Outcome) -> str:
         ("tracebacks in the servers' logs", f"{len(found)}" + (f" (first: {found[0]})" if found else "")),
         ("machine load average (1 min): min / mean / max", f"{min(load1):.2f} / {sum(load1) / len(load1):.2f} / {max(load1):.2f}"),
         (f"other work on the machine, cores ({LOAD_EVERY:g} s windows): mean / max", f"{sum(others) / len(others):.2f} / {max(others):.2f}"),
+        ("CPU pressure (some task waiting for a core): mean / max", f"{sum(pressure) / len(pressure):.0%} / {max(pressure):.0%}"),
     ]  # fmt: skip
     width = max(len(name) for name, _ in rows)
     lines = [f"| {'what'.ljust(width)} | value |", f"|{'-' * (width + 2)}|-------|"]
     lines += [f"| {name.ljust(width)} | {value} |" for name, value in rows]
     return "\n".join(lines)
+
+
+def episodes(outcome: Outcome) -> list[str]:
+    """The round trips and deliveries over their room's bar, grouped by moment (less than
+    EPISODE_GAP s apart), each with the machine's load then: a stall of the machine shows as one
+    short episode where every room and node was late at once."""
+    late = sorted(
+        (wall, ms, f"{LABELS[room]} {'round trip' if kind == 'echo' else 'cross-node'}", who)
+        for room in ROOMS
+        for kind in ("echo", "cross")
+        for ms, wall, who in outcome.report[room][kind]["slow"]
+        if ms > BARS_MS[room]
+    )
+    groups: list[list[tuple[float, float, str, str]]] = []
+    for item in late:
+        if groups and item[0] - groups[-1][-1][0] < EPISODE_GAP:
+            groups[-1].append(item)
+        else:
+            groups.append([item])
+    lines = []
+    for group in groups:
+        start, load = group[0][0], load_at(outcome.loads, group[0][0])
+        kinds = Counter(what for _, _, what, _ in group)
+        nodes = sorted({word for *_, who in group for word in who.split() if word.startswith("node")})
+        lines.append(
+            f"- {time.strftime('%H:%M:%S', time.localtime(start))}, {group[-1][0] - start:.1f} s: "
+            f"{len(group)} over the bar (max {max(ms for _, ms, *_ in group):.0f} ms; {counts(kinds)}; "
+            f"{', '.join(nodes)}); " + (load.describe() if load else "load not sampled")
+        )
+    return lines or ["- none"]
 
 
 def worst_moments(outcome: Outcome) -> list[str]:
@@ -266,7 +257,7 @@ def worst_moments(outcome: Outcome) -> list[str]:
     for ms, wall, what in sorted(worst, reverse=True)[:5]:
         load = load_at(outcome.loads, wall)
         at = time.strftime("%H:%M:%S", time.localtime(wall))
-        seen = f"load {load.load1:.2f}, other work {load.others:.2f} cores" if load else "load not sampled"
+        seen = load.describe() if load else "load not sampled"
         lines.append(f"- {ms:.1f} ms at {at} ({what}): {seen}")
     return lines
 
@@ -295,7 +286,7 @@ async def against(
     before = [tree_rss(tree) for tree in trees]
     starts = [log_size(log) for log in logs]
     loads: list[Load] = []
-    watcher = asyncio.create_task(watch_load(loads))
+    watcher = asyncio.create_task(watch_load(loads, LOAD_EVERY))
     innocent = await innocent_process(ports, seconds, args)
     stats = await fuzz(ports, seconds, args.workers, args.seed)
     assert innocent.stdout is not None
@@ -325,6 +316,9 @@ async def against(
             "",
             "Worst round trips and deliveries, with the machine's load at the time:",
             *worst_moments(outcome),
+            "",
+            "Round trips and deliveries over their bar, by episode:",
+            *episodes(outcome),
             "",
             f"Verdict: {'FAILED: ' + '; '.join(failed) if failed else 'passed'}.",
         ]

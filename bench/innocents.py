@@ -11,8 +11,9 @@ room on the other nodes, from their send to its arrival here (the same clock: on
 that a delivery across nodes (through the broker) is measured as well as the echo.
 
 Prints "ready" once every client has registered, and at the end one line of JSON: per room, what
-was sent, delivered and dropped, percentiles of both timings, the worst ones with their wall-clock
-time (to be matched with the machine's load at that moment), refusals and disconnects.
+was sent, delivered and dropped, percentiles of both timings, the worst ones and every one of
+SLOW_MS or more with their wall-clock time (to be matched with the machine's load at that
+moment), refusals and disconnects.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ CALM_ROOM = "calm"
 ROOMS = (FUZZ_ROOM, CALM_ROOM)
 ECHO_GRACE = 3.0  # after the last text, how long an echo may still come
 WORST_KEPT = 5  # the worst timings reported with their moment
+SLOW_MS = 100.0  # timings at least this long are all reported with their moment (the lower bar)
+SLOW_KEPT = 5000  # at most this many of them
 
 
 def ws_path(dialect: str, room: str) -> str:
@@ -51,11 +54,14 @@ class Timings:
 
     values: list[float] = field(default_factory=list)
     worst: list[tuple[float, float, str]] = field(default_factory=list)  # ms, wall-clock time, who
+    slow: list[tuple[float, float, str]] = field(default_factory=list)  # those of SLOW_MS or more
 
     def add(self, ms: float, who: str) -> None:
         self.values.append(ms)
         if len(self.worst) < WORST_KEPT or ms > self.worst[-1][0]:
             self.worst = sorted([*self.worst, (ms, time.time(), who)], reverse=True)[:WORST_KEPT]
+        if ms >= SLOW_MS and len(self.slow) < SLOW_KEPT:
+            self.slow.append((ms, time.time(), who))
 
     def summary(self) -> dict[str, Any]:
         values = self.values
@@ -65,6 +71,7 @@ class Timings:
             "p99": percentile(values, 99),
             "max": max(values, default=float("nan")),
             "worst": self.worst,
+            "slow": self.slow,
         }
 
 
