@@ -85,6 +85,7 @@ class Routes:
         # sent (Redis confirms them in that order: a room let go of and attended again has two).
         self._confirms: dict[str, deque[asyncio.Future[None]]] = {}
         self._hub: Node | None = None
+        self._flushed: asyncio.Future[Any] | None = None  # the session's kept messages in Redis
         self._pubsub: PubSub | None = None
         self._client: Redis | None = None
         self._sha: dict[str, str] = {}
@@ -137,11 +138,21 @@ class Routes:
         self._chosen = sorted(self.wanted)
         return [self.keys.channel, *(self.keys.room_channel(room) for room in self._chosen)]
 
-    def begin(self, hub: Node, client: Redis, pubsub: PubSub, sha: dict[str, str], fail: Any) -> None:
+    def begin(
+        self,
+        hub: Node,
+        client: Redis,
+        pubsub: PubSub,
+        sha: dict[str, str],
+        fail: Any,
+        flushed: asyncio.Future[Any],
+    ) -> None:
         """A session subscribed to `channels()`: those of its rooms still wanted are subscribing.
         The rooms attended or let go of while it subscribed (no session then) are subscribed to,
-        or unsubscribed from, on their own."""
+        or unsubscribed from, on their own. `flushed` is done once what this node kept while
+        Redis was away is in Redis: no room's history is loaded before (it would lack them)."""
         self._hub, self._client, self._pubsub, self._sha, self._fail = hub, client, pubsub, sha, fail
+        self._flushed = flushed
         loop = asyncio.get_running_loop()
         chosen, self._chosen = self._chosen, []
         self.routes = {room: Route(loop.create_future()) for room in chosen if room in self.wanted}
@@ -244,6 +255,8 @@ class Routes:
         # Sockets here already (joined while Redis was away) are owed what they never got; else
         # the recent events' ids are only noted, and only they travel.
         missed = hub.local_count(room) > 0
+        if self._flushed is not None and not self._flushed.done():
+            await asyncio.shield(self._flushed)
         seq_raw, history, recent = await client.evalsha(
             self._sha["follow"],
             3,

@@ -224,9 +224,9 @@ class Session:
         self._online = True
         self._state = NodeState.SYNCING
         assert self._hub is not None
-        self.routes.begin(self._hub, client, pubsub, self._sha, self.fail)
         # Registered first, then what was said here while Redis was away, then anything newer.
         self._flushed = loop.create_future()
+        self.routes.begin(self._hub, client, pubsub, self._sha, self.fail, self._flushed)
         kept = kept_commands(self.outage, self.keys, self.node, self._outbox.number, self._retention)
         commands = [self._sync_command(), *kept]
         commands[-1].future = self._flushed
