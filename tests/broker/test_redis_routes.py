@@ -23,6 +23,7 @@ from redis_nodes import Cluster, RedisServer
 from tcp_gate import TcpGate
 from test_broker_contract import OTHER_ROOM, ROOM, Nodes, sample
 
+from gischat.broker import Broker
 from gischat.broker.base import Order, OrderKind
 from gischat.broker.redis.broker import RedisBroker
 from gischat.protocol import dialects
@@ -44,6 +45,14 @@ async def gate(redis_server: RedisServer) -> AsyncIterator[TcpGate]:
     opened = await TcpGate(redis_server.port).start()
     yield opened
     await opened.stop()
+
+
+async def cut_off_and_back(gate: TcpGate, broker: Broker) -> None:
+    """The node behind `gate` loses Redis, then has it again (it subscribes anew)."""
+    gate.close()
+    await wait_for(lambda: not broker.healthy, 10)
+    gate.open()
+    await wait_for(lambda: broker.healthy, 10)
 
 
 async def test_a_room_let_go_before_its_socket_joined_is_read_again(redis_nodes: Nodes) -> None:
@@ -98,10 +107,7 @@ async def test_a_room_attended_while_the_node_subscribes_again_is_read(
             return chosen
 
         monkeypatch.setattr(routes, "channels", channels)
-        gate.close()
-        await wait_for(lambda: not one.healthy, 10)
-        gate.open()
-        await wait_for(lambda: one.healthy, 10)
+        await cut_off_and_back(gate, one)
         assert arrivals, "the node did not subscribe again"
         await arrivals[0]
 
@@ -141,10 +147,7 @@ async def test_a_room_let_go_while_the_node_subscribes_again_is_unsubscribed(
             return chosen
 
         monkeypatch.setattr(routes, "channels", channels)
-        gate.close()
-        await wait_for(lambda: not one.healthy, 10)
-        gate.open()
-        await wait_for(lambda: one.healthy, 10)
+        await cut_off_and_back(gate, one)
         assert first.counts[ROOM] == 0, "the node did not subscribe again"
         channel = one.keys.room_channel(ROOM)
         async with Redis.from_url(redis_server.url) as redis:
@@ -195,10 +198,7 @@ async def test_what_comes_while_the_node_syncs_keeps_redis_order(
             await load()
 
         monkeypatch.setattr(routes, "load", load_later)
-        gate.close()
-        await wait_for(lambda: not one.healthy, 10)
-        gate.open()
-        await wait_for(lambda: one.healthy, 10)
+        await cut_off_and_back(gate, one)
         two.publish(ROOM, after)
         await first.received(last.post, exiter, after.post)
         calls = [call for call in first.log if call in {("deliver", last.post.id), ("deliver", exiter.id)}]
