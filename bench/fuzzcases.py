@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 from harness import HOST
-from rawws import CLOSE, PING, TEXT, mask
+from rawws import CLOSE, PING, TEXT, mask, upgrade_lines
 
 CONT, BINARY, PONG = 0x0, 0x2, 0xA
 PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR42mOwbnIDAAH/AQTX7nkhAAAAAElFTkSuQmCC"
@@ -271,14 +271,7 @@ def deflate_frames(rng: random.Random, author: str) -> tuple[str, list[bytes]]:
 def garbage_head(rng: random.Random, path: str) -> bytes:
     """A damaged or hostile upgrade request (or no HTTP at all)."""
     key = base64.b64encode(os.urandom(16)).decode()
-    lines = [
-        f"GET {path} HTTP/1.1",
-        f"Host: {HOST}",
-        "Upgrade: websocket",
-        "Connection: Upgrade",
-        f"Sec-WebSocket-Key: {key}",
-        "Sec-WebSocket-Version: 13",
-    ]
+    lines = upgrade_lines(HOST, path, key)
     action = rng.randrange(9)
     if action == 0:
         return os.urandom(rng.randrange(1, 200))

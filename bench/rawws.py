@@ -76,17 +76,21 @@ class HandshakeRefused(Exception):
         self.head = head
 
 
-def upgrade_request(port: int, path: str, origin: str | None) -> bytes:
-    """A websocket upgrade request, optionally with a browser's Origin header."""
-    key = base64.b64encode(os.urandom(16)).decode()
-    lines = [
+def upgrade_lines(host: str, path: str, key: str) -> list[str]:
+    """The lines of a websocket upgrade request (the fuzzer damages them one by one)."""
+    return [
         f"GET {path} HTTP/1.1",
-        f"Host: {HOST}:{port}",
+        f"Host: {host}",
         "Upgrade: websocket",
         "Connection: Upgrade",
         f"Sec-WebSocket-Key: {key}",
         "Sec-WebSocket-Version: 13",
     ]
+
+
+def upgrade_request(port: int, path: str, origin: str | None) -> bytes:
+    """A websocket upgrade request, optionally with a browser's Origin header."""
+    lines = upgrade_lines(f"{HOST}:{port}", path, base64.b64encode(os.urandom(16)).decode())
     if origin is not None:
         lines.append(f"Origin: {origin}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
