@@ -280,17 +280,14 @@ class Routes:
                 self.deliver(header, payload, in_history=True)
             else:
                 self._replay(header, payload)
-        kept = stored_posts(room, history)
+        # The history as of `base`; what came after it is delivered as it would have been live
+        # (kept, if it is to be), so the history and the deliveries never hold a message twice.
+        hub.reset_history(room, stored_posts(room, history))
         held = [(seq, header, payload) for seq, header, payload in route.held if seq > base]
-        for _, header, payload in held:
-            post = readable(payload) if header.kind is EventKind.MESSAGE and header.keep else None
-            if post is not None:
-                kept.append(post)
-        hub.reset_history(room, kept)
         route.state, route.base, route.held = Reading.READING, base, []
         for _, header, payload in held:
             if header.kind is EventKind.MESSAGE:
-                self.deliver(header, payload, in_history=True)
+                self.deliver(header, payload, in_history=False)
             else:
                 self._replay(header, payload)
         hub.remote_changed(room)
