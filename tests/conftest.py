@@ -30,6 +30,7 @@ from gischat.settings import Settings
 from gischat.web.app import create_app
 
 if TYPE_CHECKING:
+    from cluster_nodes import ClusterServers
     from redis_nodes import RedisServer
 
 # A real Synapse for the Matrix bridge's tests (tests/synapse_homeserver.py): its fixtures.
@@ -256,3 +257,15 @@ def redis_server() -> Iterator[RedisServer]:
     server.start()
     yield server
     server.kill()
+
+
+@pytest.fixture(scope="module")
+def redis_cluster() -> Iterator[ClusterServers]:
+    """A real Redis Cluster (six servers on loopback: three primaries, a replica each) for a
+    module's tests of the cluster engine."""
+    from cluster_nodes import ClusterServers, require_cluster
+
+    servers = ClusterServers(*require_cluster())
+    servers.start()
+    yield servers
+    servers.stop()

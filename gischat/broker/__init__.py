@@ -42,7 +42,7 @@ def create_broker(settings: BrokerSettings) -> Broker:
     scheme = settings.broker_url.split("://", 1)[0]
     if scheme == "memory":
         return MemoryBroker()
-    if scheme in ("redis", "rediss", "redis+sentinel"):
+    if scheme in ("redis", "rediss", "redis+sentinel", "redis+cluster", "rediss+cluster"):
         from gischat.broker.redis.broker import RedisBroker
 
         return RedisBroker(settings)

@@ -184,7 +184,8 @@ class Settings(MatrixFields, BaseSettings):
     # Process.
     # Fan-out and presence shared by several processes: memory:// (one process) or
     # redis://[user:password@]host[:port][/db], rediss:// for TLS, or a primary Sentinel replaces when
-    # it fails: redis+sentinel://[[user]:password@]host[:port][,host[:port]...]/service[/db].
+    # it fails: redis+sentinel://[[user]:password@]host[:port][,host[:port]...]/service[/db], or a
+    # Redis Cluster: redis+cluster://[[user]:password@]host[:port][,host[:port]...].
     broker_url: str = "memory://"
     # Prefix of every Redis key and channel: several instances may share one Redis.
     redis_key_prefix: str = Field(

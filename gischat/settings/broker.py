@@ -3,9 +3,11 @@ quotes the URL (it may carry passwords).
 
 The forms are `memory://`, `redis://[[user]:password@]host[:port][/db]` (`rediss://` over TLS), and
 `redis+sentinel://[[user]:password@]host[:port][,host[:port]...]/service[/db]` with
-`?sentinel_username=...&sentinel_password=...` for sentinels that require them. The broker reads the
-last one itself (`gischat.broker.redis.connection.SentinelURL`, which this layer may not import);
-tests/broker/test_sentinel.py holds both to the same URLs.
+`?sentinel_username=...&sentinel_password=...` for sentinels that require them, and
+`redis+cluster://[[user]:password@]host[:port][,host[:port]...]` (`rediss+cluster://` over TLS) for a
+Redis Cluster. The broker reads the last two itself (`SentinelURL`, `ClusterURL` in
+`gischat.broker.redis.connection`, which this layer may not import); tests/broker/test_sentinel.py
+and test_cluster.py hold both sides to the same URLs.
 """
 
 from __future__ import annotations
@@ -23,13 +25,15 @@ SENTINEL_OPTIONS = ("sentinel_username", "sentinel_password")
 def check_broker_url(url: str) -> str:
     """`url` if it is a broker this server runs, else ValueError."""
     scheme = url.split("://", 1)[0] if "://" in url else ""
-    if scheme not in ("memory", "redis", "rediss", "redis+sentinel"):
+    if scheme not in ("memory", "redis", "rediss", "redis+sentinel", "redis+cluster", "rediss+cluster"):
         raise ValueError(
-            "unsupported broker: use memory://, redis://host:port, rediss://host:port "
-            "or redis+sentinel://host:26379,host:26379/service/0"
+            "unsupported broker: use memory://, redis://host:port, rediss://host:port, "
+            "redis+sentinel://host:26379,host:26379/service/0 or redis+cluster://host:6379,host:6379"
         )
     if scheme == "redis+sentinel":
         check_sentinel_url(url)
+    elif scheme in ("redis+cluster", "rediss+cluster"):
+        check_cluster_url(url)
     elif scheme != "memory":
         try:
             parsed = urlsplit(url)
@@ -41,6 +45,20 @@ def check_broker_url(url: str) -> str:
         if parsed.path not in ("", "/") and not parsed.path[1:].isdigit():
             raise ValueError("the path of a redis:// URL is a database number: redis://host:6379/0")
     return url
+
+
+def check_cluster_url(url: str) -> None:
+    """Some of the cluster's nodes as host[:port] separated by commas, and no database but 0."""
+    netloc, _, path = url.split("://", 1)[1].partition("#")[0].partition("?")[0].partition("/")
+    for entry in netloc.rpartition("@")[2].split(","):
+        match = SENTINEL_ADDRESS.fullmatch(entry.strip())
+        if match is None or not 1 <= int(match["port"] or 6379) <= 65535:
+            raise ValueError(
+                "a redis+cluster:// URL lists some of the cluster's nodes as host:port, separated by "
+                "commas: redis+cluster://host:6379,host:6379"
+            )
+    if path.strip("/") not in ("", "0"):
+        raise ValueError("a Redis Cluster has one database: a redis+cluster:// URL names none")
 
 
 def check_sentinel_url(url: str) -> None:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
 import pytest
+from cluster_nodes import ClusterServers
 from redis_nodes import RedisServer
 
 from gischat.broker import Broker, BrokerSettings, Envelope, Node, create_broker
@@ -197,6 +198,11 @@ class Nodes:
     def redis(self) -> bool:
         return not self.url.startswith("memory://")
 
+    @property
+    def sharded(self) -> bool:
+        """A Redis Cluster: rooms on different shards, each in its own order."""
+        return self.url.startswith("redis+cluster://")
+
     async def start(
         self, name: str, attend: tuple[str, ...] = (ROOM, OTHER_ROOM, QUIET_ROOM), **settings: Any
     ) -> tuple[Broker, RecordingNode]:
@@ -221,14 +227,23 @@ class Nodes:
             await broker.stop()  # stopping twice is harmless: some tests stop a node themselves
 
 
-@pytest.fixture(params=["memory", "redis"])
-def broker_url(request: pytest.FixtureRequest) -> str:
-    """Each implementation in turn; Redis is started only for the tests that need it."""
-    if request.param == "memory":
+def engine_url(request: pytest.FixtureRequest, engine: str) -> str:
+    """The broker URL of an engine; its server is started only for the tests that need it."""
+    if engine == "memory":
         return "memory://"
+    if engine == "cluster":
+        servers = request.getfixturevalue("redis_cluster")
+        assert isinstance(servers, ClusterServers)
+        return servers.url
     server = request.getfixturevalue("redis_server")
     assert isinstance(server, RedisServer)
     return server.url
+
+
+@pytest.fixture(params=["memory", "redis", "cluster"])
+def broker_url(request: pytest.FixtureRequest) -> str:
+    """Each implementation in turn: memory, one Redis, a Redis Cluster."""
+    return engine_url(request, request.param)
 
 
 @pytest.fixture
@@ -238,9 +253,10 @@ async def nodes(broker_url: str) -> AsyncIterator[Nodes]:
     await started.stop()
 
 
-@pytest.fixture
-async def redis_nodes(redis_server: RedisServer) -> AsyncIterator[Nodes]:
-    started = Nodes(redis_server.url)
+@pytest.fixture(params=["redis", "cluster"])
+async def redis_nodes(request: pytest.FixtureRequest) -> AsyncIterator[Nodes]:
+    """Several nodes on one Redis, then on a Redis Cluster."""
+    started = Nodes(engine_url(request, request.param))
     yield started
     await started.stop()
 
@@ -269,7 +285,10 @@ async def test_publish_order_and_content(nodes: Nodes) -> None:
         broker.publish(room, envelope)  # never awaited: publishing must not wait
 
     await node.received(*(envelope.post for _, envelope in sent))
-    assert node.shapes() == [shape(room, envelope) for room, envelope in sent]
+    for room in (ROOM, OTHER_ROOM):
+        assert node.shapes(room) == [shape(to, envelope) for to, envelope in sent if to == room]
+    if not nodes.sharded:  # on a cluster each room has its own order, on its own shard
+        assert node.shapes() == [shape(room, envelope) for room, envelope in sent]
     assert node.shapes(QUIET_ROOM) == []
 
 

@@ -23,6 +23,8 @@ from redis_nodes import Cluster, GischatNode, RedisServer
 from tcp_gate import TcpGate
 from websockets.asyncio.client import connect
 
+from gischat.broker.redis.keys import NodeKeys
+
 from conftest import TIMEOUT, Client, text, wait_for
 from wire import next_channel_frame, next_frame
 
@@ -204,10 +206,11 @@ async def recent_events(cluster: Cluster) -> tuple[list[str], int, int]:
     """The room's recent events as Redis holds them, the size it counts for them, and their TTL."""
     redis = Redis.from_url(cluster.redis.url)
     try:
-        key = f"{cluster.prefix}:recent:{ROOM}"
+        keys = NodeKeys.of(cluster.prefix, "")
+        key = keys.recent(ROOM)
         raw = [fields[b"e"] for _, fields in await redis.xrange(key) or [] if fields]
         events = [event.decode() if isinstance(event, bytes) else event for event in raw]
-        size = int(await redis.get(f"{cluster.prefix}:recentbytes:{ROOM}") or 0)
+        size = int(await redis.get(keys.recent_bytes(ROOM)) or 0)
         return events, size, int(await redis.pttl(key))
     finally:
         await redis.aclose()
@@ -255,7 +258,8 @@ async def test_an_event_this_version_cannot_read_is_skipped(cluster: Cluster) ->
         await bob.expect("newcomer", newcomer="alice")
         redis = Redis.from_url(cluster.redis.url)
         try:
-            for channel in (f"{cluster.prefix}:events", f"{cluster.prefix}:events:{ROOM}"):
+            keys = NodeKeys.of(cluster.prefix, "")
+            for channel in (keys.channel, keys.room_channel(ROOM)):
                 for garbage in (b"not an event", b'12 ["zz", "QGIS"]\npayload', b'x ["m"]\n'):
                     await redis.publish(channel, garbage)
         finally:

@@ -165,8 +165,8 @@ async def test_what_comes_while_the_node_syncs_keeps_redis_order(
     redis_server: RedisServer, gate: TcpGate, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Back on Redis, a node holds a room's messages until it has loaded the room's history; what
-    comes meanwhile on the node-wide channel about that room (an `exiter`, a moderator's kick) is
-    delivered in Redis's order with them: a user's last message before their `exiter`, what the
+    comes meanwhile about that room (an `exiter` on the node-wide channel, a moderator's kick on
+    the room's) is delivered in order with them: a user's last message before their `exiter`, what the
     kicked person said before the kick.
 
     Why: every socket of a room sees one order, the one Redis ran; "left" then "said" reads wrong."""

@@ -15,6 +15,8 @@ from redis_nodes import Cluster, GischatNode, RedisServer
 from test_dialects import position, shared_messages
 from websockets.asyncio.client import connect
 
+from gischat.broker.redis.keys import NodeKeys
+
 from conftest import TIMEOUT, Client, text, wait_for
 from wire import CHANNEL_KEYS, ENVELOPE, next_channel_frame, next_frame, wait_channel_type, wait_type
 
@@ -126,7 +128,8 @@ async def test_history_left_by_a_2x_node_is_skipped_not_fatal(
     legacy = Redis.from_url(redis_server.url)
     try:
         await legacy.rpush(
-            f"{cluster.prefix}:history:QGIS", '{"type":"text","author":"old","avatar":null,"text":"x"}'
+            NodeKeys.of(cluster.prefix, "").history("QGIS"),
+            '{"type":"text","author":"old","avatar":null,"text":"x"}',
         )
     finally:
         await legacy.aclose()

@@ -14,15 +14,16 @@ import secrets
 from typing import Any
 
 import orjson
-from redis.asyncio import Redis
 
 from gischat.broker.base import BrokerSettings, Envelope, Node, Order
 from gischat.broker.redis.commands import Retention, emit_command, exiter_wire
+from gischat.broker.redis.connection import Client
+from gischat.broker.redis.keys import NodeKeys
 from gischat.broker.redis.ledger import RedisLedger
 from gischat.broker.redis.mirror import Mirror
 from gischat.broker.redis.orders import NodeOrders
 from gischat.broker.redis.outbox import Command, Outbox
-from gischat.broker.redis.scripts import EventKind, NodeKeys
+from gischat.broker.redis.scripts import EventKind
 from gischat.broker.redis.session import Session
 from gischat.broker.redis.state import NodeReaped, NodeState
 from gischat.protocol.dialects import Post
@@ -40,7 +41,7 @@ class RedisBroker:
         self._mirror = Mirror(self.node, list(settings.rooms))
         # Moderators' orders, bans kept, sockets gathered: the node's life on Redis reached through
         # this broker (`orders.Link`), which the session below composes.
-        self._orders = NodeOrders(self.prefix, self.node, self.keys, self._outbox, self._mirror, self)
+        self._orders = NodeOrders(self.node, self.keys, self._outbox, self._mirror, self)
         self._session = Session(settings, self.node, self.keys, self._outbox, self._mirror, self._orders)
         self.ledger = RedisLedger(self.prefix, self._ledger_client)
 
@@ -54,11 +55,11 @@ class RedisBroker:
     def hub(self) -> Node | None:
         return self._session.hub
 
-    async def settled_client(self) -> Redis | None:
+    async def settled_client(self) -> Client | None:
         """The connection once the first attempt to connect is over (None: Redis is away)."""
         return await self._session.settled_client()
 
-    async def _ledger_client(self) -> Redis | None:
+    async def _ledger_client(self) -> Client | None:
         """The connection for the ledger while this node is online (None: answer from memory)."""
         if not self._session.online:
             return None
@@ -105,8 +106,10 @@ class RedisBroker:
             self._session.deliver_local(room, envelope)
             self._session.outage.keep(room, envelope)  # for the other nodes, once Redis is back
             return
+        session = self._session
+        n = self._outbox.number()
         command = emit_command(
-            self.keys, self.node, self._outbox.number(), room, envelope, self.retention, False
+            self.keys, self.node, n, room, envelope, self.retention, False, session.reached
         )
         command.echo = self._session.routes.receives(room)
         self._outbox.send(command)
@@ -127,17 +130,20 @@ class RedisBroker:
                 future=future,
                 local=(room, Envelope(payload)),
                 n=n,
+                channel=k.channel,
             )
         )
         result = await future
+        if result is not None and int(result) > 0:
+            self._session.claimed(int(result))  # its messages are delivered after its newcomer
         if result == -1:
             # Redis took this node for dead: register again; the nickname is claimed then.
             self._session.deliver_local(room, Envelope(payload))
             self._session.fail(NodeReaped("this node was reaped"))
             return True
         # None: Redis went away before answering; the node now serves alone, and claims the
-        # nickname again when it is back.
-        return result is None or int(result) > 0
+        # nickname again when it is back. -2: this node held it already.
+        return result is None or int(result) > 0 or int(result) == -2
 
     def release(self, room: str, key: str, nickname: str, payload: Post) -> None:
         if not self._session.online:
@@ -153,6 +159,7 @@ class RedisBroker:
                 [self.node, room, key, nickname, header, payload.encode()],
                 local=(room, Envelope(payload)),
                 n=n,
+                channel=k.channel,
             )
         )
 

@@ -14,8 +14,9 @@ from typing import Any
 import orjson
 
 from gischat.broker.base import BrokerSettings, Envelope
+from gischat.broker.redis.keys import NodeKeys
 from gischat.broker.redis.outbox import Command
-from gischat.broker.redis.scripts import EventKind, NodeKeys
+from gischat.broker.redis.scripts import EventKind
 from gischat.protocol import dialects
 
 # The most recent events a room keeps for the nodes that come back (OUTAGE_BUFFER_MESSAGES may be
@@ -48,16 +49,23 @@ class Retention:
 
 
 def emit_command(
-    keys: NodeKeys, node: str, n: int, room: str, envelope: Envelope, retention: Retention, quiet: bool
+    keys: NodeKeys,
+    node: str,
+    n: int,
+    room: str,
+    envelope: Envelope,
+    retention: Retention,
+    quiet: bool,
+    after: int = 0,
 ) -> Command:
     """EMIT: a message to every node (and the room's history when it is kept, and its recent
-    events); `quiet` when this node's sockets have it already."""
-    head: list[Any] = [EventKind.MESSAGE, room, node, n, envelope.to, envelope.keep]
-    if quiet:
-        head.append(1)
+    events); `quiet` when this node's sockets have it already; `after`: the node-wide sequence
+    number this node had reached (a node delivers the message once it has too: `routes.Barrier`)."""
+    head: list[Any] = [EventKind.MESSAGE, room, node, n, envelope.to, envelope.keep, int(quiet), after]
+    channel = keys.room_channel(room)
     return Command(
         "emit",
-        [keys.seq, keys.room_channel(room), keys.history(room), keys.recent(room), keys.recent_bytes(room)],
+        [keys.room_seq(room), channel, keys.history(room), keys.recent(room), keys.recent_bytes(room)],
         [
             orjson.dumps(head),
             envelope.post.encode(),
@@ -68,6 +76,7 @@ def emit_command(
         ],
         local=None if quiet else (room, envelope),
         n=n,
+        channel=channel,
     )
 
 

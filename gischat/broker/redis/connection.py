@@ -18,6 +18,12 @@ session listens to one sentinel for `+switch-master` (`RedisTarget.watch`): when
 is demoted alive, and they promote a replica, the node's session ends (as when Redis goes away) at
 their announcement, and the next one lands on the new primary. Nothing else in the engine knows.
 
+- `redis+cluster://[[user]:password@]host:port[,host:port...]` (`rediss+cluster://` over TLS): a Redis
+  Cluster, reached through any of the listed nodes (redis-py's `RedisCluster` learns the others
+  and the slots from them). A cluster has one database: the URL names none. Each room's keys
+  share a hash tag, so the room lives on one shard; its channel is a sharded channel there
+  (SPUBLISH, SSUBSCRIBE: `bus.py`).
+
 A broker URL may carry passwords: logs, `/status` and error messages show only where it points
 (and, with Sentinel, which primary the node is on), and every secret part is masked in whatever an
 exception says.
@@ -30,16 +36,22 @@ import contextlib
 import itertools
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeAlias
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+# What a node talks to Redis with: one server (or Sentinel's primary), or a cluster.
+Client: TypeAlias = Redis | RedisCluster
+
 SENTINEL_SCHEME = "redis+sentinel"
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+REDIS_PORT = 6379
 SENTINEL_PORT = 26379
 SENTINEL_OPTIONS = ("sentinel_username", "sentinel_password")
 SERVICE_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,128}")
@@ -73,7 +85,7 @@ class SentinelURL:
             user, colon, secret = userinfo.partition(":")
             username = unquote(user) or None
             password = unquote(secret) if colon else None
-        sentinels = [_address(entry) for entry in hosts.split(",")]
+        sentinels = [_address(entry, SENTINEL_PORT, SENTINEL_EXAMPLE) for entry in hosts.split(",")]
         parts = path.split("/") if path else []
         if not parts or not SERVICE_PATTERN.fullmatch(parts[0]) or len(parts) > 2:
             raise ValueError(
@@ -105,15 +117,59 @@ class SentinelURL:
         return [value for value in values if value]
 
 
-def _address(entry: str) -> tuple[str, int]:
+def _address(entry: str, default_port: int, example: str) -> tuple[str, int]:
     match = HOST_PATTERN.fullmatch(entry.strip())
-    port = int(match["port"]) if match and match["port"] else SENTINEL_PORT
+    port = int(match["port"]) if match and match["port"] else default_port
     if match is None or not 1 <= port <= 65535:
-        raise ValueError(
-            "a redis+sentinel:// URL lists its sentinels as host:port, separated by commas: "
-            "redis+sentinel://host:26379,host:26379/service/0"
-        )
+        raise ValueError(example)
     return match["ip6"] or match["host"], port
+
+
+@dataclass(frozen=True)
+class ClusterURL:
+    """A `redis+cluster://` URL, read into what redis-py's `RedisCluster` takes."""
+
+    nodes: list[tuple[str, int]]
+    tls: bool = False
+    username: str | None = None
+    password: str | None = None
+
+    @classmethod
+    def parse(cls, url: str) -> ClusterURL:
+        """Raises ValueError with a message that never quotes the URL (it may hold passwords)."""
+        scheme, _, rest = url.partition("://")
+        if scheme not in CLUSTER_SCHEMES:
+            raise ValueError("not a redis+cluster:// URL")
+        netloc, _, path = rest.partition("#")[0].partition("?")[0].partition("/")
+        if path.strip("/") not in ("", "0"):
+            raise ValueError("a Redis Cluster has one database: a redis+cluster:// URL names none")
+        userinfo, at, hosts = netloc.rpartition("@")
+        username = password = None
+        if at:
+            user, colon, secret = userinfo.partition(":")
+            username = unquote(user) or None
+            password = unquote(secret) if colon else None
+        nodes = [_address(entry, REDIS_PORT, CLUSTER_EXAMPLE) for entry in hosts.split(",")]
+        return cls(nodes, scheme == "rediss+cluster", username, password)
+
+    @property
+    def location(self) -> str:
+        hosts = ",".join(f"[{host}]:{port}" if ":" in host else f"{host}:{port}" for host, port in self.nodes)
+        return f"{'rediss' if self.tls else 'redis'}+cluster://{hosts}"
+
+    @property
+    def secrets(self) -> list[str]:
+        return [value for value in (self.password, self.username) if value]
+
+
+CLUSTER_EXAMPLE = (
+    "a redis+cluster:// URL lists some of the cluster's nodes as host:port, separated by commas: "
+    "redis+cluster://host:6379,host:6379"
+)
+SENTINEL_EXAMPLE = (
+    "a redis+sentinel:// URL lists its sentinels as host:port, separated by commas: "
+    "redis+sentinel://host:26379,host:26379/service/0"
+)
 
 
 class PrimarySwitched(Exception):
@@ -127,8 +183,14 @@ class RedisTarget:
     def __init__(self, url: str, node: str = "", connect_timeout: float = 5.0) -> None:
         self.url = url
         self.sentinel = SentinelURL.parse(url) if url.startswith(f"{SENTINEL_SCHEME}://") else None
-        self.location = self.sentinel.location if self.sentinel else redis_location(url)
-        self.secrets = redis_secrets(url, self.sentinel.secrets if self.sentinel else [])
+        self.cluster = ClusterURL.parse(url) if url.partition("://")[0] in CLUSTER_SCHEMES else None
+        if self.sentinel is not None:
+            self.location, more = self.sentinel.location, self.sentinel.secrets
+        elif self.cluster is not None:
+            self.location, more = self.cluster.location, self.cluster.secrets
+        else:
+            self.location, more = redis_location(url), []
+        self.secrets = redis_secrets(url, more)
         self.node = node
         self.connect_timeout = connect_timeout
         self._pool: SentinelConnectionPool | None = None
@@ -161,9 +223,27 @@ class RedisTarget:
             options["password"] = self.sentinel.options.get("sentinel_password") or None
         return options
 
-    def client(self) -> Redis:
+    @property
+    def sharded(self) -> bool:
+        """A cluster: channels are sharded channels (SPUBLISH, SSUBSCRIBE), one connection per shard."""
+        return self.cluster is not None
+
+    def client(self) -> Client:
         """A client with no read timeout (the subscriber waits for events as long as it takes).
-        With Sentinel, a new set of sentinel clients each time: each session asks afresh."""
+        With Sentinel, a new set of sentinel clients each time: each session asks afresh; with a
+        cluster, a client that learns the shards when it first connects."""
+        if self.cluster is not None:
+            return RedisCluster(
+                startup_nodes=[ClusterNode(host, port) for host, port in self.cluster.nodes],
+                username=self.cluster.username,
+                password=self.cluster.password,
+                ssl=self.cluster.tls,
+                socket_timeout=None,
+                decode_responses=False,
+                socket_connect_timeout=self.connect_timeout,
+                socket_keepalive=True,
+                client_name=f"gischat-{self.node}",
+            )
         if self.sentinel is None:
             return Redis.from_url(self.url, socket_timeout=None, decode_responses=False, **self._options())
         found = self.sentinel
@@ -186,12 +266,28 @@ class RedisTarget:
         self._pool = pool if isinstance(pool, SentinelConnectionPool) else None
         return client
 
-    async def close(self, client: Redis) -> None:
+    def shard_client(self, host: str, port: int) -> Redis:
+        """A connection to one node of the cluster, for the sharded channels it serves (`bus.py`)."""
+        assert self.cluster is not None
+        found = self.cluster
+        return Redis(
+            host=host,
+            port=port,
+            username=found.username,
+            password=found.password,
+            ssl=found.tls,
+            socket_timeout=None,
+            decode_responses=False,
+            **self._options(),
+        )
+
+    async def close(self, client: Client) -> None:
         """Close a client from `client`, and its sentinel clients with it."""
         await client.aclose()
-        pool = client.connection_pool
-        if isinstance(pool, SentinelConnectionPool):
-            await pool.sentinel_manager.aclose()
+        if isinstance(client, Redis):
+            pool = client.connection_pool
+            if isinstance(pool, SentinelConnectionPool):
+                await pool.sentinel_manager.aclose()
 
     async def watch(self) -> None:
         """Raise `PrimarySwitched` when the sentinels announce that the service's primary moved
@@ -259,7 +355,7 @@ def redis_location(url: str) -> str:
 def redis_secrets(url: str, more: list[str] | None = None) -> list[str]:
     """The parts of a URL that must never reach a log line or an answer."""
     found = [url]
-    if not url.startswith(f"{SENTINEL_SCHEME}://"):  # urlsplit refuses a list of hosts
+    if url.partition("://")[0] not in (SENTINEL_SCHEME, *CLUSTER_SCHEMES):  # urlsplit refuses a list of hosts
         parts = urlsplit(url)
         for part in (parts.password, parts.username):
             if part:

@@ -11,10 +11,10 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from gischat.broker.ledger import MemoryLedger
+from gischat.broker.redis.connection import Client
 
 logger = logging.getLogger("gischat.broker")
 # The longest a ledger call waits for Redis before the node answers from its own memory.
@@ -24,7 +24,7 @@ LEDGER_TIMEOUT = 2.0
 class RedisLedger:
     """Keys shared through Redis, with the node's own memory when Redis is away."""
 
-    def __init__(self, prefix: str, client: Callable[[], Awaitable[Redis | None]]) -> None:
+    def __init__(self, prefix: str, client: Callable[[], Awaitable[Client | None]]) -> None:
         self._prefix = f"{prefix}:ledger:"
         self._client = client
         self._local = MemoryLedger()

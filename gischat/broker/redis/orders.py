@@ -1,9 +1,10 @@
 """Moderators' orders across nodes: carried out by every node, bans kept in Redis, sockets gathered.
 
 An order (kick, ban, lift, delete) goes through the node's ordered outbox like a message, as one
-`order` script call: the script changes the shared state the order is about (a ban kept in the
-bans hash or lifted, a message taken out of the room's history list) and publishes the event,
-which every node, this one included, hands to `Node.obey`. So a ban made on one node is enforced
+script call: the script changes the shared state the order is about (a ban kept in the bans hash
+or lifted, a message taken out of the room's history list) and publishes the event, which every
+node, this one included, hands to `Node.obey`. A kick and a deletion travel on their room's
+channel, in order with its messages; a ban and its lifting on the node-wide one. So a ban made on one node is enforced
 on all of them, a node that starts (or comes back) loads the bans Redis keeps, and a deleted
 message is gone from the history every newcomer replays, wherever it connects.
 
@@ -23,13 +24,14 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import orjson
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from gischat.broker.base import Node, Order, OrderKind
+from gischat.broker.redis.connection import Client
+from gischat.broker.redis.keys import NodeKeys
 from gischat.broker.redis.mirror import Mirror
 from gischat.broker.redis.outbox import Command, Outbox
-from gischat.broker.redis.scripts import EventKind, Header, NodeKeys
+from gischat.broker.redis.scripts import EventKind, Header
 
 logger = logging.getLogger("gischat.broker")
 
@@ -37,15 +39,24 @@ logger = logging.getLogger("gischat.broker")
 GATHER_TIMEOUT = 1.0
 
 
-def order_command(prefix: str, keys: tuple[str, str], node: str, n: int, order: Order) -> Command:
-    """The `order` script call that carries out `order` in Redis and tells every node."""
+def order_command(keys: NodeKeys, node: str, n: int, order: Order) -> Command:
+    """The script call that carries out `order` in Redis and tells every node: a deletion or a
+    kick on the room's keys and channel (in the room's order among its messages: what the kicked
+    person said before, the message deleted), a ban or its lifting on the node-wide ones."""
     header = orjson.dumps([EventKind.ORDER, order.room or "", node, n])
     payload = orjson.dumps({"kind": order.kind, "room": order.room, "args": order.args})
     target = str(order.args.get("id", ""))
+    if order.kind in (OrderKind.DELETE, OrderKind.KICK) and order.room is not None:
+        room = order.room
+        return Command(
+            "room_order",
+            [keys.room_seq(room), keys.room_channel(room), keys.history(room)],
+            [header, payload, target if order.kind is OrderKind.DELETE else ""],
+            n=n,
+        )
     ban = payload if order.kind is OrderKind.BAN else b""
-    history = f"{prefix}:history:{order.room or ''}"
     return Command(
-        "order", [*keys, f"{prefix}:bans", history], [header, payload, order.kind, target, ban], n=n
+        "order", [keys.seq, keys.channel, keys.bans], [header, payload, order.kind, target, ban], n=n
     )
 
 
@@ -59,9 +70,8 @@ def read_order(payload: bytes) -> Order | None:
         return None
 
 
-async def load_bans(client: Redis, prefix: str) -> list[dict[str, Any]]:
-    """The bans Redis keeps that have not ended; ended ones are taken out on the way."""
-    key = f"{prefix}:bans"
+async def load_bans(client: Client, key: str) -> list[dict[str, Any]]:
+    """The bans Redis keeps (in hash `key`) that have not ended; ended ones are taken out on the way."""
     now = time.time()
     bans: list[dict[str, Any]] = []
     ended: list[bytes | str] = []
@@ -116,16 +126,16 @@ class Gatherer:
         return sockets
 
 
-def who_command(keys: tuple[str, str], node: str, n: int, room: str, ask: str) -> Command:
+def who_command(keys: NodeKeys, node: str, n: int, room: str, ask: str) -> Command:
     """The question to every node: which sockets of `room` do you hold?"""
     header = orjson.dumps([EventKind.WHO, room, node, n, ask])
-    return Command("emit", [*keys, ""], [header, b"", 0, 0], n=n)
+    return Command("say", [keys.seq, keys.channel], [header, b""], n=n)
 
 
-def sockets_command(keys: tuple[str, str], node: str, n: int, room: str, ask: str, sockets: Any) -> Command:
+def sockets_command(keys: NodeKeys, node: str, n: int, room: str, ask: str, sockets: Any) -> Command:
     """This node's answer to question `ask`."""
     header = orjson.dumps([EventKind.SOCKETS, room, node, n, ask])
-    return Command("emit", [*keys, ""], [header, orjson.dumps(sockets), 0, 0], n=n)
+    return Command("say", [keys.seq, keys.channel], [header, orjson.dumps(sockets)], n=n)
 
 
 class Link(Protocol):
@@ -139,7 +149,7 @@ class Link(Protocol):
     def hub(self) -> Node | None:
         """The rooms of this process, once the broker started."""
 
-    async def settled_client(self) -> Redis | None:
+    async def settled_client(self) -> Client | None:
         """The connection once the first attempt to connect is over (None: Redis is away)."""
 
 
@@ -149,10 +159,7 @@ class NodeOrders:
     It is given what it uses: the node's names and keys, the ordered outbox it sends through, the
     mirror that knows how many nodes answer, and the link to the node's life on Redis."""
 
-    def __init__(
-        self, prefix: str, node: str, keys: NodeKeys, outbox: Outbox, mirror: Mirror, link: Link
-    ) -> None:
-        self.prefix = prefix
+    def __init__(self, node: str, keys: NodeKeys, outbox: Outbox, mirror: Mirror, link: Link) -> None:
         self.node = node
         self.keys = keys
         self.outbox = outbox
@@ -160,8 +167,8 @@ class NodeOrders:
         self.link = link
         self.gatherer = Gatherer()
 
-    def _send(self, make: Callable[[tuple[str, str], int], Command]) -> None:
-        self.outbox.send(make((self.keys.seq, self.keys.channel), self.outbox.number()))
+    def _send(self, make: Callable[[NodeKeys, int], Command]) -> None:
+        self.outbox.send(make(self.keys, self.outbox.number()))
 
     def order(self, order: Order) -> None:
         if not self.link.online:
@@ -169,14 +176,14 @@ class NodeOrders:
             if hub is not None:
                 hub.obey(order)  # this node alone: Redis keeps nothing while it is away
             return
-        self._send(lambda keys, n: order_command(self.prefix, keys, self.node, n, order))
+        self._send(lambda keys, n: order_command(keys, self.node, n, order))
 
     async def load_bans(self) -> list[dict[str, Any]]:
         client = await self.link.settled_client()
         if client is None:
             return []
         try:
-            return await load_bans(client, self.prefix)
+            return await load_bans(client, self.keys.bans)
         except RedisError as exc:
             logger.warning("broker: loading the bans failed: %s", type(exc).__name__)
             return []

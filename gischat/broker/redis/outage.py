@@ -29,8 +29,8 @@ from dataclasses import dataclass
 
 from gischat.broker.base import Envelope
 from gischat.broker.redis.commands import Retention, emit_command
+from gischat.broker.redis.keys import NodeKeys
 from gischat.broker.redis.outbox import Command, Outbox
-from gischat.broker.redis.scripts import NodeKeys
 
 logger = logging.getLogger("gischat.broker")
 
@@ -147,6 +147,6 @@ def unconfirmed_messages(outbox: Outbox) -> list[tuple[str, Envelope]]:
     """Messages whose event never came back when Redis left: they may never have reached it."""
     return [
         command.local
-        for command in outbox.unconfirmed
-        if command.script == "emit" and command.local is not None and command.n > outbox.last_own
+        for command in outbox.pending()
+        if command.script == "emit" and command.local is not None
     ]

@@ -17,10 +17,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, ReadOnlyError
 
 from gischat.broker.base import Envelope
+from gischat.broker.redis.connection import Client
 
 logger = logging.getLogger("gischat.broker")
 
@@ -35,6 +35,7 @@ class Command:
     future: asyncio.Future[Any] | None = None
     local: tuple[str, Envelope] | None = None  # what this node's sockets would have got
     n: int = 0
+    channel: str = ""  # the channel its event comes back on (its own node confirms it there)
     on_result: Any = field(default=None)
     # Whether its event comes back to this node (a message to a room it does not read does not:
     # Redis's answer confirms it instead).
@@ -47,12 +48,13 @@ class Outbox:
     def __init__(self) -> None:
         self.queued: list[Command] = []
         self.inflight: list[Command] = []
-        self.unconfirmed: deque[Command] = deque()
+        # Channel -> the commands whose event has not come back on it yet, in the order sent
+        # (one channel's events come back in that order; several channels' may not, on a cluster).
+        self.unconfirmed: dict[str, deque[Command]] = {}
         self.dirty: set[str] = set()  # rooms whose socket count changed since the last counts
         self.wake = asyncio.Event()
         self.idle = asyncio.Event()  # the drainer has nothing left to send
         self.n = 0  # this node's commands, numbered
-        self.last_own = 0  # the last of them that came back through the channel
 
     def number(self) -> int:
         """The number of the next command of this node (it comes back in its event's header)."""
@@ -62,7 +64,7 @@ class Outbox:
     def send(self, command: Command) -> None:
         self.queued.append(command)
         if command.local is not None:
-            self.unconfirmed.append(command)
+            self.unconfirmed.setdefault(command.channel, deque()).append(command)
         self.wake.set()
 
     def send_first(self, command: Command) -> None:
@@ -74,21 +76,20 @@ class Outbox:
         self.dirty.add(room)
         self.wake.set()
 
-    def confirm(self, n: int) -> None:
-        """This node's command `n` came back through the channel: so did all before it."""
-        self.last_own = max(self.last_own, n)
-        unconfirmed = self.unconfirmed
-        while unconfirmed and unconfirmed[0].n <= n:
-            unconfirmed.popleft()
+    def confirm(self, channel: str, n: int) -> None:
+        """This node's command `n` came back on `channel`: so did all before it sent there."""
+        waiting = self.unconfirmed.get(channel)
+        while waiting and waiting[0].n <= n:
+            waiting.popleft()
+
+    def pending(self) -> list[Command]:
+        """The commands whose event has not come back, in the order they were sent."""
+        return sorted((command for waiting in self.unconfirmed.values() for command in waiting), key=_number)
 
     def abandon(self) -> list[tuple[str, Envelope]]:
         """Redis is away: answer every waiting caller with None, drop the queue, and return what
         this node's sockets were owed by commands whose event never came back."""
-        owed = [
-            command.local
-            for command in self.unconfirmed
-            if command.local is not None and command.n > self.last_own
-        ]
+        owed = [command.local for command in self.pending() if command.local is not None]
         self.unconfirmed.clear()
         for command in [*self.inflight, *self.queued]:
             if command.future is not None and not command.future.done():
@@ -100,7 +101,7 @@ class Outbox:
 
     async def drain(
         self,
-        client: Redis,
+        client: Client,
         sha: dict[str, str],
         counts_command: Callable[[set[str]], Command],
         describe: Callable[[BaseException], str],
@@ -136,13 +137,17 @@ class Outbox:
 
     def _ran(self, command: Command) -> None:
         """Redis ran a command whose event this node will not see: it is confirmed."""
-        with contextlib.suppress(ValueError):
-            self.unconfirmed.remove(command)
+        with contextlib.suppress(ValueError, KeyError):
+            self.unconfirmed[command.channel].remove(command)
+
+
+def _number(command: Command) -> int:
+    return command.n
 
 
 def settle(command: Command, result: Any) -> None:
     """A command's answer: to its callback and its waiting caller."""
-    if command.script in ("claim", "release") and result in (0, -1, 2):
+    if command.script in ("claim", "release") and result in (0, -1, -2):
         command.local = None  # nothing was published: nothing to make up for
     if command.on_result is not None:
         command.on_result(result)

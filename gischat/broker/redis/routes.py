@@ -13,9 +13,10 @@ numbered after it comes on the subscription; every one before is in what was loa
 come meanwhile are held, and delivered once the history is in place. A socket joins a room only once
 its node reads it (`attend`), so the history it is given is the room's, not a stale copy.
 
-On one Redis (or the primary Sentinel names) a subscriber gets the events in the order Redis ran
-them, across all its channels: a `newcomer` on the node-wide channel still comes before that
-newcomer's first message on the room's.
+A room's channel carries its messages and deletions, numbered by the room's own sequence; the
+node-wide channel the rest. A message waits at the `Barrier` until this node has read the
+node-wide events its sender had (a `newcomer` before that newcomer's first message, on a Redis
+Cluster too, where the two channels live on different shards).
 
 Back on Redis after an outage, the rooms this node reads are read again the same way, and what their
 recent events hold that this node's sockets never got (said elsewhere while it was not listening) is
@@ -33,15 +34,15 @@ from dataclasses import dataclass, field
 from enum import Enum, auto
 from typing import Any
 
-import orjson
-from redis.asyncio import Redis
-from redis.asyncio.client import PubSub
-
-from gischat.broker.base import Envelope, Node, OrderKind
+from gischat.broker.base import Envelope, Node
+from gischat.broker.redis.barrier import Barrier
+from gischat.broker.redis.bus import Bus
+from gischat.broker.redis.connection import Client
+from gischat.broker.redis.keys import NodeKeys
 from gischat.broker.redis.mirror import Buffered, readable
 from gischat.broker.redis.orders import read_order
 from gischat.broker.redis.outage import Seen
-from gischat.broker.redis.scripts import EventKind, Header, NodeKeys, parse_event
+from gischat.broker.redis.scripts import EventKind, Header, parse_event
 from gischat.protocol.dialects import Post
 
 logger = logging.getLogger("gischat.broker")
@@ -64,36 +65,32 @@ class Route:
 
     ready: asyncio.Future[None]  # done once READING (or the session ended)
     state: Reading = Reading.SUBSCRIBING
-    base: int = 0  # the sequence number the history was loaded at
-    held: list[Buffered] = field(default_factory=list)  # its messages, and what `hold` kept
+    base: int = 0  # the room's sequence number the history was loaded at
+    held: list[Buffered] = field(default_factory=list)  # its channel's events meanwhile
+    notes: list[Buffered] = field(default_factory=list)  # node-wide events about it meanwhile (`hold`)
 
 
 class Routes:
     """The rooms this node reads: wanted across sessions, subscribed within one."""
 
-    def __init__(self, node: str, keys: NodeKeys, linger: float, seen: Seen) -> None:
+    def __init__(self, node: str, keys: NodeKeys, linger: float, seen: Seen, patience: float) -> None:
         self.node = node
         self.keys = keys
         self.linger = linger
         self.seen = seen
+        self.barrier = Barrier(patience)
         self.wanted: set[str] = set()  # rooms read now, or as soon as Redis is back
         self.routes: dict[str, Route] = {}
         self._chosen: list[str] = []  # the rooms whose channels a session is subscribing to
         self._subscribed: dict[str, Route] = {}  # the rooms a session subscribed to as it began
         self._lingering: dict[str, asyncio.TimerHandle] = {}
-        # Channel -> its subscriptions waiting for Redis to confirm them, in the order they were
-        # sent (Redis confirms them in that order: a room let go of and attended again has two).
-        self._confirms: dict[str, deque[asyncio.Future[None]]] = {}
         self._hub: Node | None = None
         self._flushed: asyncio.Future[Any] | None = None  # the session's kept messages in Redis
-        self._pubsub: PubSub | None = None
-        self._client: Redis | None = None
+        self._bus: Bus | None = None
+        self._client: Client | None = None
         self._sha: dict[str, str] = {}
         self._fail: Callable[[BaseException], None] = lambda exc: None
         self._tasks: set[asyncio.Task[None]] = set()
-        # Subscriptions and unsubscriptions reach Redis in the order they were decided: a room
-        # let go of and attended again at once ends subscribed.
-        self._in_order = asyncio.Lock()
 
     # --- what the broker asks ---------------------------------------------------------------
 
@@ -102,7 +99,7 @@ class Routes:
         sockets are in it, and it is read when Redis is back)."""
         self.want(room)
         route = self.routes.get(room)
-        if route is None and self._pubsub is not None:
+        if route is None and self._bus is not None:
             route = self._start(room)
         if route is not None and not route.ready.done():
             with contextlib.suppress(TimeoutError):
@@ -118,7 +115,7 @@ class Routes:
         """This node's socket count of `room` changed: the last one gone starts the linger."""
         if local > 0:
             self.want(room)
-            if room not in self.routes and self._pubsub is not None:
+            if room not in self.routes and self._bus is not None:
                 self._start(room)  # let go of since it was attended (a linger shorter than a handshake)
         elif room in self.wanted and room not in self._lingering:
             loop = asyncio.get_running_loop()
@@ -141,8 +138,8 @@ class Routes:
     def begin(
         self,
         hub: Node,
-        client: Redis,
-        pubsub: PubSub,
+        client: Client,
+        bus: Bus,
         sha: dict[str, str],
         fail: Any,
         flushed: asyncio.Future[Any],
@@ -151,7 +148,7 @@ class Routes:
         The rooms attended or let go of while it subscribed (no session then) are subscribed to,
         or unsubscribed from, on their own. `flushed` is done once what this node kept while
         Redis was away is in Redis: no room's history is loaded before (it would lack them)."""
-        self._hub, self._client, self._pubsub, self._sha, self._fail = hub, client, pubsub, sha, fail
+        self._hub, self._client, self._bus, self._sha, self._fail = hub, client, bus, sha, fail
         self._flushed = flushed
         loop = asyncio.get_running_loop()
         chosen, self._chosen = self._chosen, []
@@ -161,7 +158,7 @@ class Routes:
             self._start(room)
         for room in chosen:
             if room not in self.wanted:
-                self._spawn(self._unsubscribe(pubsub, self.keys.room_channel(room)))
+                self._spawn(bus.unsubscribe(self.keys.room_channel(room)))
 
     async def load(self) -> None:
         """Read the rooms the session subscribed to as it began (their subscriptions are
@@ -170,50 +167,42 @@ class Routes:
         await asyncio.gather(*(self._load(room, route) for room, route in subscribed.items()))
 
     def end(self) -> None:
-        """The session is over: no room is read until the next one; `attend` returns at once."""
+        """The session is over: no room is read until the next one; `attend` returns at once.
+        Messages still at the barrier go on (they came from Redis: late, not lost)."""
+        self.barrier.release()
         for route in self.routes.values():
             if not route.ready.done():
                 route.ready.set_result(None)
-        for waiting in self._confirms.values():
-            for confirm in waiting:
-                confirm.cancel()
         for task in self._tasks:
             task.cancel()
-        self.routes, self._subscribed, self._confirms, self._tasks = {}, {}, {}, set()
-        self._pubsub = self._client = None
+        self.routes, self._subscribed, self._tasks = {}, {}, set()
+        self._bus = self._client = None
 
-    def confirmed(self, channel: bytes | str) -> None:
-        """Redis confirmed a subscription (the reader saw it)."""
-        name = channel.decode() if isinstance(channel, bytes) else channel
-        waiting = self._confirms.get(name)
-        if not waiting:
-            return
-        confirm = waiting.popleft()
-        if not waiting:
-            del self._confirms[name]
-        if not confirm.done():
-            confirm.set_result(None)
-
-    def on_message(self, seq: int, header: Header, payload: bytes) -> None:
-        """A message event from a room's channel."""
+    def on_room_event(self, seq: int, header: Header, payload: bytes) -> None:
+        """An event from a room's channel: a message, a kick or a deletion."""
         route = self.routes.get(header.room)
         if route is None:
             return  # a room let go of: its subscription is ending
         if route.state is Reading.SUBSCRIBING:
             route.held.append((seq, header, payload))
         elif seq > route.base:
-            self.deliver(header, payload, in_history=False)
+            self._pass_on(header, payload)
 
     def hold(self, seq: int, header: Header, payload: bytes) -> bool:
-        """A `newcomer`, an `exiter`, a kick or a deletion in a room (from the node-wide channel): held,
-        if the room's messages are, to go to the node in Redis's order with them (`_replay`)."""
+        """A `newcomer` or an `exiter` in a room (from the node-wide channel): held, if the room's
+        messages are, to go to the node in order with them (`_load`)."""
         route = self.routes.get(header.room)
         if route is None or route.state is not Reading.SUBSCRIBING:
             return False
-        if header.kind is EventKind.ORDER and not among_messages(payload):
-            return False  # a ban or its lifting: nothing to do with the room's messages
-        route.held.append((seq, header, payload))
+        route.notes.append((seq, header, payload))
         return True
+
+    def _pass_on(self, header: Header, payload: bytes) -> None:
+        """A room's event to the node, through the barrier (behind what waits there)."""
+        if header.kind is EventKind.MESSAGE:
+            self.barrier.pass_on(header.after, lambda: self.deliver(header, payload, in_history=False))
+        elif header.kind is EventKind.ORDER:
+            self.barrier.pass_on(0, lambda: self._obey(payload))
 
     def deliver(self, header: Header, payload: bytes, *, in_history: bool) -> None:
         """A message event to this node's sockets, unless they had it already; `in_history`:
@@ -235,14 +224,9 @@ class Routes:
         return route
 
     async def _subscribe_and_load(self, room: str, route: Route) -> None:
-        pubsub = self._pubsub
-        assert pubsub is not None
-        channel = self.keys.room_channel(room)
-        confirm: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._confirms.setdefault(channel, deque()).append(confirm)
-        async with self._in_order:
-            await pubsub.subscribe(channel)
-        await asyncio.wait_for(confirm, ATTEND_TIMEOUT)
+        bus = self._bus
+        assert bus is not None
+        await asyncio.wait_for(bus.subscribe(self.keys.room_channel(room)), ATTEND_TIMEOUT)
         if self.routes.get(room) is route:  # not let go of meanwhile
             await self._load(room, route)
 
@@ -260,7 +244,7 @@ class Routes:
         seq_raw, history, recent = await client.evalsha(
             self._sha["follow"],
             3,
-            keys.seq,
+            keys.room_seq(room),
             keys.history(room),
             keys.recent(room),
             "events" if missed else "ids",
@@ -268,44 +252,51 @@ class Routes:
         if self.routes.get(room) is not route:
             return  # let go of, or the session ended, meanwhile
         base = int(seq_raw)
-        early = [item for item in route.held if item[0] <= base and item[1].kind is not EventKind.MESSAGE]
-        if missed:  # in Redis's order, with what was held from the node-wide channel
-            events = [event for event in map(parse_event, recent) if event is not None]
+        # The node-wide events about the room that came meanwhile go to the node among its
+        # messages: each before the first message whose sender had read it (`after`).
+        notes = deque(route.notes)
+        if missed:  # in the room's order
+            for event in map(parse_event, recent):
+                if event is not None and event[1].kind is EventKind.MESSAGE:
+                    self._replay(notes, event[1].after)
+                    self.deliver(event[1], event[2], in_history=True)
         else:
-            events = []
             for post_id in recent:
                 self.seen.first(post_id.decode(errors="replace"))
-        for _, header, payload in sorted([*events, *early], key=lambda item: item[0]):
-            if header.kind is EventKind.MESSAGE:
-                self.deliver(header, payload, in_history=True)
-            else:
-                self._replay(header, payload)
-        # The history as of `base`; what came after it is delivered as it would have been live
-        # (kept, if it is to be), so the history and the deliveries never hold a message twice.
+        # The history as of `base`; what came after it goes on as it would have live (kept, if it
+        # is to be), so the history and the deliveries never hold a message twice.
         hub.reset_history(room, stored_posts(room, history))
-        held = [(seq, header, payload) for seq, header, payload in route.held if seq > base]
-        route.state, route.base, route.held = Reading.READING, base, []
-        for _, header, payload in held:
-            if header.kind is EventKind.MESSAGE:
-                self.deliver(header, payload, in_history=False)
-            else:
-                self._replay(header, payload)
+        # Messages up to `base` are in the history; an order held (a kick, a deletion) is carried
+        # out even so: this node's sockets were here when it was given.
+        held = [
+            (header, payload)
+            for seq, header, payload in route.held
+            if seq > base or header.kind is not EventKind.MESSAGE
+        ]
+        route.state, route.base, route.held, route.notes = Reading.READING, base, [], []
+        for header, payload in held:
+            self._replay(notes, header.after)
+            self._pass_on(header, payload)
+        self._replay(notes, None)
         hub.remote_changed(room)
         if not route.ready.done():
             route.ready.set_result(None)
 
-    def _replay(self, header: Header, payload: bytes) -> None:
-        """What `hold` kept, to the node now."""
+    def _replay(self, notes: deque[Buffered], upto: int | None) -> None:
+        """What `hold` kept, numbered up to `upto` (None: all of it), to the node now."""
         hub = self._hub
         assert hub is not None
-        if header.kind is EventKind.ORDER:
-            order = read_order(payload)
-            if order is not None:
-                hub.obey(order)
-            return
-        post = readable(payload, header.freed_at)
-        if post is not None:
-            hub.deliver(header.room, Envelope(post))
+        while notes and (upto is None or notes[0][0] <= upto):
+            _, header, payload = notes.popleft()
+            post = readable(payload, header.freed_at)
+            if post is not None:
+                hub.deliver(header.room, Envelope(post))
+
+    def _obey(self, payload: bytes) -> None:
+        """A kick or a deletion, in its place among the room's messages."""
+        order = read_order(payload)
+        if order is not None and self._hub is not None:
+            self._hub.obey(order)
 
     def _let_go(self, room: str) -> None:
         """Nobody here in `room` for the linger: stop reading it."""
@@ -314,12 +305,8 @@ class Routes:
         route = self.routes.pop(room, None)
         if route is not None and not route.ready.done():
             route.ready.set_result(None)
-        if self._pubsub is not None:
-            self._spawn(self._unsubscribe(self._pubsub, self.keys.room_channel(room)))
-
-    async def _unsubscribe(self, pubsub: PubSub, channel: str) -> None:
-        async with self._in_order:
-            await pubsub.unsubscribe(channel)
+        if self._bus is not None:
+            self._spawn(self._bus.unsubscribe(self.keys.room_channel(room)))
 
     def _spawn(self, work: Any) -> None:
         """Run `work` for this session; a failure ends the session (the connection is suspect)."""
@@ -332,16 +319,6 @@ class Routes:
         error = None if task.cancelled() else task.exception()
         if error is not None:
             self._fail(error)
-
-
-def among_messages(payload: bytes) -> bool:
-    """Whether an order acts on a room's sockets or history (a kick, a deletion), where what comes
-    before or after it in the room's messages matters."""
-    try:
-        data = orjson.loads(payload)
-    except orjson.JSONDecodeError:
-        return False
-    return isinstance(data, dict) and data.get("kind") in (OrderKind.KICK, OrderKind.DELETE)
 
 
 def stored_posts(room: str, items: list[bytes]) -> list[Post]:

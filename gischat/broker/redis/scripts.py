@@ -14,16 +14,22 @@ from typing import Any
 import orjson
 
 # Events are "<seq> <header JSON>\n<payload>"; the header is a JSON array:
-#   ["m", room, node, n, to, keep[, q]]     a message (payload: the post, `Post.encode()`)
+#   ["m", room, node, n, to, keep, q, after]  a message (payload: the post, `Post.encode()`;
+#                                            `after`: the node-wide sequence number its node had
+#                                            reached when it sent it, `routes.Barrier`)
 #   ["c", room, node, n, key, nickname, q]  a nickname claimed (payload: the newcomer post)
 #   ["r", room, node, n, key, nickname, q[, t]]  a nickname freed (payload: the exiter post;
 #                                            `t`: Redis's clock when a script freed it for a dead
 #                                            or split node, the exiter's timestamp on every node)
 #   ["n", "", node, n, {room: count}]       a node's socket counts
 #   ["g", "", node, 0]                      a node is gone
-#   ["o", room, node, n]                    a moderator's order (payload: {"kind", "args"} JSON)
+#   ["o", room, node, n]                    a moderator's order (payload: {"kind", "args"} JSON);
+#                                            a kick or a deletion travels on the room's channel
 #   ["w", room, node, n, ask]               who is in `room`? (ask: the question's id)
 #   ["s", room, node, n, ask]               a node's answer (payload: its sockets, JSON)
+# Messages, kicks and deletions travel on their room's channel, numbered by the room's own sequence
+# (`NodeKeys.room_seq`): a room's keys share one hash tag, so on a Redis Cluster the room lives on
+# one shard. The rest travels on the node-wide channel, numbered by the node-wide sequence.
 # `n` numbers a node's own commands (0: written by a script on another node's behalf); `q`
 # (quiet) marks what the node's own sockets were already told while Redis was away (a message:
 # kept during the outage and published on return, `outage.py`).
@@ -62,28 +68,31 @@ end
 return seq
 """
 
+# A nickname claimed: its `newcomer` event's sequence number (> 0); 0 another holds it, -1 this
+# node is not registered (reaped), -2 this node holds it already.
 CLAIM = """
 if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return -1 end
 local mine = ARGV[1] .. '\\0' .. ARGV[4]
 local owner = redis.call('HGET', KEYS[4], ARGV[3])
 if owner then
-  if owner == mine then return 2 end
+  if owner == mine then return -2 end
   return 0
 end
 redis.call('HSET', KEYS[4], ARGV[3], mine)
 redis.call('HSET', KEYS[5], ARGV[2] .. '\\0' .. ARGV[3], ARGV[4] .. '\\0' .. ARGV[7])
 local seq = redis.call('INCR', KEYS[2])
 redis.call('PUBLISH', KEYS[3], seq .. ' ' .. ARGV[5] .. '\\n' .. ARGV[6])
-return 1
+return seq
 """
 
+# A nickname freed: its `exiter` event's sequence number; 0 this node did not hold it.
 RELEASE = """
 if redis.call('HGET', KEYS[3], ARGV[3]) ~= ARGV[1] .. '\\0' .. ARGV[4] then return 0 end
 redis.call('HDEL', KEYS[3], ARGV[3])
 redis.call('HDEL', KEYS[4], ARGV[2] .. '\\0' .. ARGV[3])
 local seq = redis.call('INCR', KEYS[1])
 redis.call('PUBLISH', KEYS[2], seq .. ' ' .. ARGV[5] .. '\\n' .. ARGV[6])
-return 1
+return seq
 """
 
 COUNTS = """
@@ -213,18 +222,28 @@ end
 return {redis.call('GET', KEYS[1]) or '0', redis.call('LRANGE', KEYS[2], 0, -1), events}
 """
 
-# A moderator's order, with what it changes in the shared state: a ban kept (or lifted) in the
-# bans hash, a message taken out of the room's history (entries are `Post.encode()` text, whose
-# first line starts "<type> <id> "), then the event every node carries out.
+# A moderator's order about the whole instance, with what it changes in the shared state: a ban
+# kept (or lifted) in the bans hash, then the event every node carries out.
 ORDER = """
 local kind = ARGV[3]
 if kind == 'ban' then
   redis.call('HSET', KEYS[3], ARGV[4], ARGV[5])
 elseif kind == 'lift' then
   redis.call('HDEL', KEYS[3], ARGV[4])
-elseif kind == 'delete' then
-  for _, item in ipairs(redis.call('LRANGE', KEYS[4], 0, -1)) do
-    if string.match(item, '^%S+ (%S+) ') == ARGV[4] then redis.call('LREM', KEYS[4], 1, item) end
+end
+local seq = redis.call('INCR', KEYS[1])
+redis.call('PUBLISH', KEYS[2], seq .. ' ' .. ARGV[1] .. '\\n' .. ARGV[2])
+return seq
+"""
+
+# A moderator's order about a room's messages or sockets (a deletion, a kick), on the room's
+# channel, in the room's order: after what came before it, wherever the nodes stand. A deletion
+# (ARGV[3], the message's id) takes the message out of the room's history first (entries are
+# `Post.encode()` text, whose first line starts "<type> <id> ").
+ROOM_ORDER = """
+if ARGV[3] ~= '' then
+  for _, item in ipairs(redis.call('LRANGE', KEYS[3], 0, -1)) do
+    if string.match(item, '^%S+ (%S+) ') == ARGV[3] then redis.call('LREM', KEYS[3], 1, item) end
   end
 end
 local seq = redis.call('INCR', KEYS[1])
@@ -232,8 +251,17 @@ redis.call('PUBLISH', KEYS[2], seq .. ' ' .. ARGV[1] .. '\\n' .. ARGV[2])
 return seq
 """
 
+# An event with nothing kept: a question to every node about a room's sockets, or an answer.
+SAY = """
+local seq = redis.call('INCR', KEYS[1])
+redis.call('PUBLISH', KEYS[2], seq .. ' ' .. ARGV[1] .. '\\n' .. ARGV[2])
+return seq
+"""
+
 SCRIPTS = {
     "order": ORDER,
+    "room_order": ROOM_ORDER,
+    "say": SAY,
     "emit": EMIT,
     "claim": CLAIM,
     "release": RELEASE,
@@ -244,6 +272,15 @@ SCRIPTS = {
     "snapshot": SNAPSHOT,
     "follow": FOLLOW,
 }
+
+
+def scripts(sharded: bool) -> dict[str, str]:
+    """The scripts as a node loads them: on a Redis Cluster they publish with SPUBLISH, whose
+    channel lives on the shard of its hash slot (the room's keys' shard), where PUBLISH would
+    be relayed to every node of the cluster."""
+    if not sharded:
+        return dict(SCRIPTS)
+    return {name: source.replace("'PUBLISH'", "'SPUBLISH'") for name, source in SCRIPTS.items()}
 
 
 class EventKind(StrEnum):
@@ -284,7 +321,7 @@ class Header:
         return bool(self.rest[1])
 
     # A claim or a release: the nickname's key, the nickname, whether the node's sockets were
-    # told already (quiet), and for a release by a script, Redis's clock at that moment.
+    # told already (quiet, a message's too), and for a release by a script, Redis's clock then.
     @property
     def key(self) -> str:
         return str(self.rest[0])
@@ -298,6 +335,11 @@ class Header:
         return len(self.rest) > 2 and bool(self.rest[2])
 
     @property
+    def after(self) -> int:
+        """A message: the node-wide sequence number its node had reached when it sent it."""
+        return int(self.rest[3]) if self.kind is EventKind.MESSAGE and len(self.rest) > 3 else 0
+
+    @property
     def freed_at(self) -> int | None:
         return int(self.rest[3]) if self.kind is EventKind.FREED and len(self.rest) > 3 else None
 
@@ -305,47 +347,6 @@ class Header:
     @property
     def counts(self) -> dict[str, int]:
         return {str(room): int(count) for room, count in self.rest[0].items()}
-
-
-@dataclass(frozen=True, slots=True)
-class NodeKeys:
-    """The Redis keys one node's scripts are given, all under the key prefix: named once, here,
-    so that the node's interface, its life and its orders write to the same keys."""
-
-    prefix: str
-    channel: str  # the node-wide event channel every node subscribes to (all but messages)
-    seq: str  # the events' sequence number
-    nodes: str  # the nodes alive, scored by their last heartbeat
-    counts: str  # this node's socket count per room
-    index: str  # the nicknames this node's sockets hold, across rooms
-
-    @classmethod
-    def of(cls, prefix: str, node: str) -> NodeKeys:
-        return cls(
-            prefix=prefix,
-            channel=f"{prefix}:events",
-            seq=f"{prefix}:seq",
-            nodes=f"{prefix}:nodes",
-            counts=f"{prefix}:counts:{node}",
-            index=f"{prefix}:nodenicks:{node}",
-        )
-
-    def history(self, room: str) -> str:
-        return f"{self.prefix}:history:{room}"
-
-    def recent(self, room: str) -> str:
-        return f"{self.prefix}:recent:{room}"
-
-    def recent_bytes(self, room: str) -> str:
-        """The size of the room's recent events, kept beside them by the script that adds one."""
-        return f"{self.prefix}:recentbytes:{room}"
-
-    def room_channel(self, room: str) -> str:
-        """The channel of a room's messages, read by the nodes with sockets there (`routes.py`)."""
-        return f"{self.prefix}:events:{room}"
-
-    def nicks(self, room: str) -> str:
-        return f"{self.prefix}:nicks:{room}"
 
 
 def parse_event(data: bytes) -> tuple[int, Header, bytes] | None:

@@ -16,18 +16,17 @@ import contextlib
 import logging
 from typing import Any
 
-from redis.asyncio import Redis
-from redis.asyncio.client import PubSub
-
 from gischat.broker.base import BrokerSettings, Envelope, Node
+from gischat.broker.redis.bus import Bus
 from gischat.broker.redis.commands import Retention
-from gischat.broker.redis.connection import RedisTarget, describe
+from gischat.broker.redis.connection import Client, RedisTarget, describe
+from gischat.broker.redis.keys import NodeKeys
 from gischat.broker.redis.mirror import Buffered, Mirror, readable
 from gischat.broker.redis.orders import NodeOrders
 from gischat.broker.redis.outage import SEEN_IDS, OutageBuffer, Seen, kept_commands, unconfirmed_messages
 from gischat.broker.redis.outbox import Command, Outbox
 from gischat.broker.redis.routes import Routes
-from gischat.broker.redis.scripts import SCRIPTS, EventKind, NodeKeys, parse_event
+from gischat.broker.redis.scripts import EventKind, Header, parse_event, scripts
 from gischat.broker.redis.state import NodeCommands, NodeReaped, NodeState
 
 logger = logging.getLogger("gischat.broker")
@@ -65,7 +64,7 @@ class Session:
         self._online = False  # commands go to Redis (else: everything stays on this node)
         self._hub: Node | None = None
         self._runner: asyncio.Task[None] | None = None
-        self._client: Redis | None = None
+        self._client: Client | None = None
         self._sha: dict[str, str] = {}
         self._settled = asyncio.Event()  # the first connection attempt is over, either way
         self._sessions = 0  # times this node got up on Redis
@@ -84,7 +83,8 @@ class Session:
         seen = Seen(max(SEEN_IDS, len(self.rooms) * per_room + settings.outage_buffer_messages))
         self._seen = seen
         # The rooms whose messages this node reads (`routes.py`).
-        self.routes = Routes(node, keys, settings.redis_room_linger, seen)
+        self.routes = Routes(node, keys, settings.redis_room_linger, seen, settings.node_timeout)
+        self._own = 0  # the node-wide sequence number of this node's last claim, this session
         self._flushed: asyncio.Future[Any] | None = None  # the kept messages are in Redis
         self._unreadable_at = -60.0  # when an unreadable event was last logged
 
@@ -102,7 +102,17 @@ class Session:
     def hub(self) -> Node | None:
         return self._hub
 
-    async def settled_client(self) -> Redis | None:
+    @property
+    def reached(self) -> int:
+        """The node-wide sequence number this node has reached: read on the channel, or its own
+        claim's (a message it sends now is delivered after those: `barrier.py`)."""
+        return max(self.routes.barrier.reached, self._own)
+
+    def claimed(self, seq: int) -> None:
+        """This node's claim was published as event `seq`."""
+        self._own = max(self._own, seq)
+
+    async def settled_client(self) -> Client | None:
         """The connection once the first attempt to connect is over (None: Redis is away)."""
         await self._settled.wait()
         return self._client
@@ -144,14 +154,14 @@ class Session:
 
     # --- the connection's life ------------------------------------------------------------------
 
-    async def _leave(self, client: Redis) -> None:
+    async def _leave(self, client: Client) -> None:
         """Send what is queued, then leave at once: the other nodes drop this one's users now,
         not after a timeout."""
         self._outbox.wake.set()
         await self._outbox.idle.wait()
         keys = self.keys
         await client.evalsha(
-            self._sha["reap"], 3, keys.nodes, keys.seq, keys.channel, keys.prefix, 0, self.node
+            self._sha["reap"], 3, keys.nodes, keys.seq, keys.channel, keys.home, 0, self.node
         )
 
     async def _run(self) -> None:
@@ -180,9 +190,10 @@ class Session:
         self._client = client
         loop = asyncio.get_running_loop()
         tasks: list[asyncio.Task[Any]] = [loop.create_task(self.where.watch())]  # the primary moved
+        bus = Bus(self.where, client, self._on_event)
         try:
-            pubsub = await self._subscribe(client)
-            tasks += self._go_online(client, pubsub)
+            await self._subscribe(client, bus)
+            tasks += self._go_online(client, bus)
             await self._load_mirror(client, tasks)
             self._come_up()
             tasks.append(loop.create_task(self._beat()))
@@ -198,24 +209,17 @@ class Session:
                     raise error
             return True
         finally:
-            await self._close(client, tasks)
+            await self._close(client, bus, tasks)
 
-    async def _subscribe(self, client: Redis) -> PubSub:
-        """Reach Redis, load the scripts, and listen to the event channel before registering."""
+    async def _subscribe(self, client: Client, bus: Bus) -> None:
+        """Reach Redis, load the scripts (on every primary of a cluster), and listen to the
+        event channels before registering."""
         async with asyncio.timeout(max(2.0, self.node_timeout)):
             await client.ping()
-            self._sha = {name: await client.script_load(source) for name, source in SCRIPTS.items()}
-            pubsub = client.pubsub()
-            channels = self.routes.channels()
-            await pubsub.subscribe(*channels)
-            pending = set(channels)
-            while pending:
-                message = await pubsub.get_message(timeout=1.0)
-                if message is not None and message["type"] == "subscribe":
-                    pending.discard(message["channel"].decode())
-        return pubsub
+            self._sha = await load_scripts(client, self.where.sharded)
+            await bus.subscribe(*self.routes.channels())
 
-    def _go_online(self, client: Redis, pubsub: PubSub) -> list[asyncio.Task[Any]]:
+    def _go_online(self, client: Client, bus: Bus) -> list[asyncio.Task[Any]]:
         """From here on, this node's commands go to Redis, behind the one that registers it;
         events are buffered until the snapshot is loaded. Returns the reader and the drainer."""
         loop = asyncio.get_running_loop()
@@ -223,21 +227,23 @@ class Session:
         self._buffer = []
         self._online = True
         self._state = NodeState.SYNCING
+        self._own = 0
+        self.routes.barrier.reset(0)
         assert self._hub is not None
         # Registered first, then what was said here while Redis was away, then anything newer.
         self._flushed = loop.create_future()
-        self.routes.begin(self._hub, client, pubsub, self._sha, self.fail, self._flushed)
+        self.routes.begin(self._hub, client, bus, self._sha, self.fail, self._flushed)
         kept = kept_commands(self.outage, self.keys, self.node, self._outbox.number, self._retention)
         commands = [self._sync_command(), *kept]
         commands[-1].future = self._flushed
         for command in reversed(commands):
             self._outbox.send_first(command)
         return [
-            loop.create_task(self._read(pubsub)),
+            loop.create_task(bus.failed()),
             loop.create_task(self._outbox.drain(client, self._sha, self._counts_command, self._describe)),
         ]
 
-    async def _load_mirror(self, client: Redis, tasks: list[asyncio.Task[Any]]) -> None:
+    async def _load_mirror(self, client: Client, tasks: list[asyncio.Task[Any]]) -> None:
         """The others' state as of a snapshot, then the events buffered meanwhile; the session
         fails if its reader or drainer does first."""
         loop = asyncio.get_running_loop()
@@ -252,6 +258,7 @@ class Session:
         assert self._hub is not None
         self._base = self._mirror.load(snapshot_task.result(), self._buffer or [], self._hub)
         self._buffer = None
+        self.routes.barrier.advance(self._base)
         # Then the rooms this node reads: their history, and what their sockets missed.
         async with asyncio.timeout(max(2.0, self.node_timeout)):
             await self.routes.load()
@@ -265,26 +272,27 @@ class Session:
             logger.info("broker: connected to %s as node %s", self.where, self.node)
         self._down_since_logged = False
 
-    async def _close(self, client: Redis, tasks: list[asyncio.Task[Any]]) -> None:
+    async def _close(self, client: Client, bus: Bus, tasks: list[asyncio.Task[Any]]) -> None:
         self.routes.end()
         for task in tasks:
             task.cancel()
         for task in tasks:
             with contextlib.suppress(BaseException):
                 await task
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(1):
+                await bus.close()
         self._client = None
         with contextlib.suppress(Exception):
             async with asyncio.timeout(1):
                 await self.where.close(client)
 
-    async def _snapshot(self, client: Redis) -> list[Any]:
+    async def _snapshot(self, client: Client) -> list[Any]:
         if self._flushed is not None:
             # After the kept messages: the snapshot's history and sequence number include them.
             await self._flushed
         keys = self.keys
-        result = await client.evalsha(
-            self._sha["snapshot"], 2, keys.seq, keys.nodes, keys.prefix, *self.rooms
-        )
+        result = await client.evalsha(self._sha["snapshot"], 2, keys.seq, keys.nodes, keys.home, *self.rooms)
         assert isinstance(result, list)
         return result
 
@@ -308,7 +316,7 @@ class Session:
             future: asyncio.Future[Any] = loop.create_future()
             self._outbox.send(Command("heartbeat", [k.nodes], [self.node], future=future))
             if loop.time() >= reap_from:
-                self._outbox.send(Command("reap", [k.nodes, k.seq, k.channel], [k.prefix, timeout_ms, ""]))
+                self._outbox.send(Command("reap", [k.nodes, k.seq, k.channel], [k.home, timeout_ms, ""]))
             try:
                 async with asyncio.timeout(self.node_timeout):
                     alive = await future
@@ -347,21 +355,11 @@ class Session:
 
     # --- what comes back ------------------------------------------------------------------------
 
-    async def _read(self, pubsub: PubSub) -> None:
-        while True:
-            message = await pubsub.get_message(timeout=None)
-            if message is None:
-                continue
-            if message["type"] == "message":
-                self._on_event(message["data"])
-            elif message["type"] == "subscribe":
-                self.routes.confirmed(message["channel"])
-
-    def _on_event(self, data: bytes) -> None:
-        """An event from the node-wide channel, or a message from a room's."""
+    def _on_event(self, channel: str, data: bytes) -> None:
+        """An event from the node-wide channel, or from a room's."""
         hub = self._hub
-        if hub is None:
-            return
+        if hub is None or not self._online:
+            return  # before this session registered: its snapshot covers it
         event = parse_event(data)
         if event is None:  # another version's, on the same prefix: said once a minute at most
             now = asyncio.get_running_loop().time()
@@ -370,16 +368,20 @@ class Session:
                 logger.warning("broker: an event this version cannot read was skipped (another version?)")
             return
         seq, header, payload = event
+        if header.node == self.node and header.n:
+            self._outbox.confirm(channel, header.n)
+        if channel != self.keys.channel:
+            self.routes.on_room_event(seq, header, payload)
+            return
+        self._on_node_event(hub, seq, header, payload)
+        self.routes.barrier.advance(seq)
+
+    def _on_node_event(self, hub: Node, seq: int, header: Header, payload: bytes) -> None:
+        """Presence, counts, nodes, orders and questions: the node-wide channel."""
         kind, room = header.kind, header.room
         mine = header.node == self.node
-        if mine and header.n:
-            self._outbox.confirm(header.n)
         if kind in (EventKind.ORDER, EventKind.WHO, EventKind.SOCKETS):
-            if kind is not EventKind.ORDER or not self.routes.hold(seq, header, payload):
-                self._orders.on_event(header, mine, payload)
-            return
-        if kind is EventKind.MESSAGE:
-            self.routes.on_message(seq, header, payload)
+            self._orders.on_event(header, mine, payload)
             return
         if kind in (EventKind.CLAIMED, EventKind.FREED) and not (mine and header.quiet):
             if kind is EventKind.CLAIMED and mine:
@@ -397,3 +399,12 @@ class Session:
             self._buffer.append((seq, header, payload))
         elif seq > self._base:
             self._mirror.apply(header, hub)
+
+
+async def load_scripts(client: Client, sharded: bool) -> dict[str, str]:
+    """Load the scripts; on a cluster, on every primary (a script runs on the shard of its keys)."""
+    sha: dict[str, str] = {}
+    for name, source in scripts(sharded).items():
+        loaded = await client.script_load(source)  # a cluster client sends it to every primary
+        sha[name] = next(iter(loaded.values())) if isinstance(loaded, dict) else loaded
+    return sha

@@ -11,8 +11,8 @@ from enum import StrEnum
 
 from gischat.broker.base import Node
 from gischat.broker.redis.commands import counts_command, sync_command
+from gischat.broker.redis.keys import NodeKeys
 from gischat.broker.redis.outbox import Command
-from gischat.broker.redis.scripts import NodeKeys
 from gischat.protocol.refusals import SPLIT_REASON
 
 
@@ -50,7 +50,7 @@ class NodeCommands:
 
         k = self.keys
         command_keys = [k.nodes, k.seq, k.channel, k.counts, k.index]
-        return sync_command(k.prefix, self.node, self.n, command_keys, counts, held, lost)
+        return sync_command(k.home, self.node, self.n, command_keys, counts, held, lost)
 
     def counts(self, rooms: set[str]) -> Command:
         """The absolute socket counts of the rooms that changed, as one command."""
