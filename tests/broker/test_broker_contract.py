@@ -23,8 +23,10 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
+import orjson
 import pytest
 from cluster_nodes import ClusterServers
+from redis.asyncio import Redis
 from redis_nodes import RedisServer
 
 from gischat.broker import Broker, BrokerSettings, Envelope, Node, create_broker
@@ -786,3 +788,26 @@ async def test_redis_gathers_every_nodes_sockets(redis_nodes: Nodes) -> None:
     await first_node.wait_until(lambda: first.remote_count(ROOM) == 1, "the second node's count")
     assert await first.gather(ROOM) == [{"node": "second", "room": ROOM}]
     assert await first.gather(QUIET_ROOM) == []
+
+
+async def test_redis_carries_over_what_an_earlier_version_kept(redis_server: RedisServer) -> None:
+    """On one Redis, a room's history and the bans an earlier gischat kept under names with no
+    hash tag are the service's after the upgrade, and Redis holds them under the new names only.
+
+    Why: an operator upgrading must not lose the conversation or let banned people back in."""
+    nodes = Nodes(redis_server.url)
+    client = Redis.from_url(redis_server.url)
+    said = sample(1, keep=True).post
+    kept_ban = ban("kept", time.time() + 600)
+    try:
+        await client.rpush(f"{nodes.prefix}:history:{ROOM}", said.encode())
+        await client.hset(
+            f"{nodes.prefix}:bans", "kept", orjson.dumps({"kind": "ban", "room": None, "args": kept_ban})
+        )
+        broker, node = await nodes.start("upgraded", max_stored_messages=10)
+        assert [post.id for post in node.histories[ROOM]] == [said.id]
+        assert await broker.load_bans() == [kept_ban]
+        assert await client.exists(f"{nodes.prefix}:history:{ROOM}", f"{nodes.prefix}:bans") == 0
+    finally:
+        await nodes.stop()
+        await client.aclose()

@@ -68,6 +68,15 @@ class NodeKeys:
         """The size of the room's recent events, kept beside them by the script that adds one."""
         return f"{self._room(room)}:recentbytes"
 
+    def former(self, rooms: list[str]) -> list[tuple[str, str]]:
+        """What an earlier gischat kept under names with no hash tag, worth carrying over on one
+        Redis: the bans, and each room's history (former name, name now)."""
+        prefix = self.prefix
+        return [
+            (f"{prefix}:bans", self.bans),
+            *((f"{prefix}:history:{room}", self.history(room)) for room in rooms),
+        ]
+
     def room_channel(self, room: str) -> str:
         """The channel of a room's messages, read by the nodes with sockets there (`routes.py`)."""
         return f"{self._room(room)}:events"

@@ -258,6 +258,17 @@ redis.call('PUBLISH', KEYS[2], seq .. ' ' .. ARGV[1] .. '\\n' .. ARGV[2])
 return seq
 """
 
+# Keys in pairs (former name, name now): each renamed if it exists and its new name does not. Run
+# once per session on one Redis only (a cluster holds nothing written under the former names).
+CARRY_OVER = """
+for i = 1, #KEYS, 2 do
+  if redis.call('EXISTS', KEYS[i]) == 1 and redis.call('EXISTS', KEYS[i + 1]) == 0 then
+    redis.call('RENAME', KEYS[i], KEYS[i + 1])
+  end
+end
+return 0
+"""
+
 SCRIPTS = {
     "order": ORDER,
     "room_order": ROOM_ORDER,

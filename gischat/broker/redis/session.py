@@ -26,7 +26,7 @@ from gischat.broker.redis.orders import NodeOrders
 from gischat.broker.redis.outage import SEEN_IDS, OutageBuffer, Seen, kept_commands, unconfirmed_messages
 from gischat.broker.redis.outbox import Command, Outbox
 from gischat.broker.redis.routes import Routes
-from gischat.broker.redis.scripts import EventKind, Header, parse_event, scripts
+from gischat.broker.redis.scripts import CARRY_OVER, EventKind, Header, parse_event, scripts
 from gischat.broker.redis.state import NodeCommands, NodeReaped, NodeState
 
 logger = logging.getLogger("gischat.broker")
@@ -217,6 +217,9 @@ class Session:
         async with asyncio.timeout(max(2.0, self.node_timeout)):
             await client.ping()
             self._sha = await load_scripts(client, self.where.sharded)
+            if not self.where.sharded:  # history and bans an earlier version kept, under their new names
+                pairs = [key for pair in self.keys.former(self.rooms) for key in pair]
+                await client.eval(CARRY_OVER, len(pairs), *pairs)
             await bus.subscribe(*self.routes.channels())
 
     def _go_online(self, client: Client, bus: Bus) -> list[asyncio.Task[Any]]:
