@@ -11,6 +11,8 @@ served the room or the node-wide keys.
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -34,10 +36,13 @@ from chatters import (
 from cluster_nodes import ClusterServers, require_cluster, wait_until
 from redis import Redis
 from redis_nodes import Cluster, GischatNode, RedisServer
+from test_broker_contract import Nodes, sample
 
 from gischat.broker.redis.connection import ClusterURL, RedisTarget, describe
 from gischat.broker.redis.keys import NodeKeys
 from gischat.settings import SettingsError, load_settings
+
+from conftest import TEST_ROOMS
 
 PASSWORD = "s3cret-cluster"
 
@@ -295,3 +300,58 @@ async def test_nodes_follow_a_planned_failover(servers: ClusterServers, gischat:
     await failover_under_traffic(
         servers, gischat, key, hand_over, handed_over, "CLUSTER FAILOVER of the room's shard"
     )
+
+
+@pytest.mark.anyio
+async def test_a_listener_hears_its_room_again_after_the_shard_froze_and_failed_over(
+    servers: ClusterServers,
+) -> None:
+    """A room's primary frozen (SIGSTOP: a hung host, a partition; no connection is closed) is
+    replaced by the cluster; a node that only listens in that room (it sends nothing there that
+    could fail) notices the silence of its connection to the frozen shard and reads the room on
+    the new primary. Brokers in this process: nothing but the cluster is real here."""
+    nodes = Nodes(servers.url, prefix=f"frozen-{uuid.uuid4().hex[:8]}")
+    keys = NodeKeys.of(nodes.prefix, "")
+    home = owner(servers, keys.channel)
+    room = next(name for name in TEST_ROOMS if owner(servers, keys.room_channel(name)) != home)
+    frozen = owner(servers, keys.room_channel(room))
+    try:
+        listener, heard = await nodes.start("listener", attend=(room,), node_timeout=3)
+        heard.counts[room] = 1  # a socket there
+        listener.count_changed(room)
+        speaker, said = await nodes.start("speaker", attend=(room,), node_timeout=3)
+        before = sample(1)
+        speaker.publish(room, before)
+        await heard.received(before.post)
+
+        os.kill(servers.processes[frozen].pid, signal.SIGSTOP)
+        try:
+            await asyncio.to_thread(
+                wait_until,
+                lambda: owner_among(servers, keys.room_channel(room), frozen) != frozen,
+                20,
+                "failover",
+            )
+            after = sample(2)
+            speaker.publish(room, after)
+            await said.wait_until(lambda: after.post.id in said.ids(), "the speaker's own message", 30)
+            await heard.wait_until(lambda: after.post.id in heard.ids(), "the listener hears the room", 30)
+        finally:
+            os.kill(servers.processes[frozen].pid, signal.SIGCONT)
+    finally:
+        await nodes.stop()
+
+
+def owner_among(servers: ClusterServers, key: str, frozen: int) -> int:
+    """The primary serving `key`'s slot, asked of a node that is not frozen."""
+    with Redis(
+        host="127.0.0.1",
+        port=next(p for p in servers.alive() if p != frozen),
+        password=PASSWORD,
+        socket_timeout=2,
+    ) as node:
+        slot = int(node.execute_command("CLUSTER", "KEYSLOT", key))
+        for first, last, primary, *_ in node.execute_command("CLUSTER", "SLOTS"):
+            if int(first) <= slot <= int(last):
+                return int(primary[1])
+    raise AssertionError(f"no primary serves slot {slot}")

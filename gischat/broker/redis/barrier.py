@@ -10,8 +10,11 @@ first message could overtake the `newcomer` announcing them, on another node.
 So each message carries `after`, the node-wide sequence number its node had reached when it sent
 it (at least that of its sender's `newcomer`, which the claim's answer gives), and a node hands it
 on only once it has read that far on the node-wide channel. Messages wait in one queue, in the
-order they came, so a room's order is kept (a deletion waits behind the message it deletes). On
-one Redis nothing ever waits. If the node-wide events do not come (a shard lost mid-way, whose loss
+order they came, so a room's order is kept (a deletion waits behind the message it deletes). The
+other way round, a `newcomer` or an `exiter` carries `sent`, the room's sequence number of its
+node's last message there, and waits until this node has read the room that far (`routes.py`): a
+user's last words before their `exiter`. Until it is handed on, this node has not reached it, and
+the messages sent after it wait too. On one Redis nothing ever waits. If the events do not come (a shard lost mid-way, whose loss
 soon ends the session), what waited goes on after `patience` seconds: late, never lost.
 """
 
@@ -28,6 +31,8 @@ class Barrier:
     def __init__(self, patience: float) -> None:
         self.patience = patience
         self.reached = 0
+        self._read = 0  # the last node-wide event read
+        self._blocked: set[int] = set()  # node-wide events read but not handed on yet (`block`)
         self._waiting: deque[tuple[int, Callable[[], None]]] = deque()
         self._timer: asyncio.TimerHandle | None = None
 
@@ -37,7 +42,8 @@ class Barrier:
     def reset(self, base: int) -> None:
         """A new session, whose snapshot was taken at `base`: what waited goes on first."""
         self.release()
-        self.reached = base
+        self._blocked.clear()
+        self.reached = self._read = base
 
     def pass_on(self, after: int, deliver: Callable[[], None]) -> None:
         """`deliver` now if this node has read to `after` and nothing waits, else in turn."""
@@ -48,10 +54,22 @@ class Barrier:
         if self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(self.patience, self.release)
 
+    def block(self, seq: int) -> None:
+        """Node-wide event `seq` (a `newcomer`, an `exiter`) waits for a message its node sent
+        before it: this node has not reached it until it is handed on (`unblock`)."""
+        self._blocked.add(seq)
+        self.advance(self._read)
+
+    def unblock(self, seq: int) -> None:
+        self._blocked.discard(seq)
+        self.advance(self._read)
+
     def advance(self, seq: int) -> None:
         """This node read the node-wide event numbered `seq`."""
-        if seq > self.reached:
-            self.reached = seq
+        self._read = max(self._read, seq)
+        reached = min(self._read, min(self._blocked) - 1) if self._blocked else self._read
+        if reached > self.reached:
+            self.reached = reached
         waiting = self._waiting
         while waiting and waiting[0][0] <= self.reached:
             waiting.popleft()[1]()

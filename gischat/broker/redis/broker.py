@@ -13,10 +13,8 @@ import asyncio
 import secrets
 from typing import Any
 
-import orjson
-
 from gischat.broker.base import BrokerSettings, Envelope, Node, Order
-from gischat.broker.redis.commands import Retention, emit_command, exiter_wire
+from gischat.broker.redis.commands import Retention, emit_command, exiter_wire, presence_stamp
 from gischat.broker.redis.connection import Client
 from gischat.broker.redis.keys import NodeKeys
 from gischat.broker.redis.ledger import RedisLedger
@@ -102,44 +100,47 @@ class RedisBroker:
         await self._session.stop()
 
     def publish(self, room: str, envelope: Envelope) -> None:
-        if not self._session.online:
-            self._session.deliver_local(room, envelope)
-            self._session.outage.keep(room, envelope)  # for the other nodes, once Redis is back
-            return
         session = self._session
+        if not session.online:
+            session.deliver_local(room, envelope)
+            session.outage.keep(room, envelope)  # for the other nodes, once Redis is back
+            return
         n = self._outbox.number()
-        command = emit_command(
-            self.keys, self.node, n, room, envelope, self.retention, False, session.reached
-        )
-        command.echo = self._session.routes.receives(room)
+        command = emit_command(self.keys, self.node, n, room, envelope, self.retention, False, session.reach)
+        command.echo = session.routes.receives(room)
         self._outbox.send(command)
 
     async def claim(self, room: str, key: str, nickname: str, payload: Post) -> bool:
-        if not self._session.online:
-            self._session.deliver_local(room, Envelope(payload))
+        session = self._session
+        if not session.online:
+            session.deliver_local(room, Envelope(payload))
             return True
         n = self._outbox.number()
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        header = orjson.dumps([EventKind.CLAIMED, room, self.node, n, key, nickname, 0])
         k = self.keys
+
+        def answered(result: Any) -> None:  # before anything this node sends next is stamped
+            if isinstance(result, int) and result > 0:
+                session.claimed(result)
+
         self._outbox.send(
             Command(
                 "claim",
                 [k.nodes, k.seq, k.channel, k.nicks(room), k.index],
-                [self.node, room, key, nickname, header, payload.encode(), exiter_wire(nickname)],
+                [self.node, room, key, nickname, b"", payload.encode(), exiter_wire(nickname)],
                 future=future,
                 local=(room, Envelope(payload)),
                 n=n,
                 channel=k.channel,
+                on_result=answered,
+                stamp=self._presence_stamp(EventKind.CLAIMED, room, n, key, nickname),
             )
         )
         result = await future
-        if result is not None and int(result) > 0:
-            self._session.claimed(int(result))  # its messages are delivered after its newcomer
         if result == -1:
             # Redis took this node for dead: register again; the nickname is claimed then.
-            self._session.deliver_local(room, Envelope(payload))
-            self._session.fail(NodeReaped("this node was reaped"))
+            session.deliver_local(room, Envelope(payload))
+            session.fail(NodeReaped("this node was reaped"))
             return True
         # None: Redis went away before answering; the node now serves alone, and claims the
         # nickname again when it is back. -2: this node held it already.
@@ -150,18 +151,25 @@ class RedisBroker:
             self._session.deliver_local(room, Envelope(payload))
             return
         n = self._outbox.number()
-        header = orjson.dumps([EventKind.FREED, room, self.node, n, key, nickname, 0])
         k = self.keys
         self._outbox.send(
             Command(
                 "release",
                 [k.seq, k.channel, k.nicks(room), k.index],
-                [self.node, room, key, nickname, header, payload.encode()],
+                [self.node, room, key, nickname, b"", payload.encode()],
                 local=(room, Envelope(payload)),
                 n=n,
                 channel=k.channel,
+                stamp=self._presence_stamp(EventKind.FREED, room, n, key, nickname),
             )
         )
+
+    def _presence_stamp(self, kind: EventKind, room: str, n: int, key: str, nickname: str) -> Any:
+        """The header of a claim or a release, written as it is sent: after this node's last
+        message in the room (`barrier.py`)."""
+        channel = self.keys.room_channel(room)
+        published = self._outbox.published
+        return presence_stamp([kind, room, self.node, n, key, nickname, 0], lambda: published.get(channel, 0))
 
     async def attend(self, room: str) -> None:
         routes = self._session.routes

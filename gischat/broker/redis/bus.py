@@ -40,6 +40,7 @@ class Shard:
     client: Redis | None  # the connection of its own, on a cluster (closed with it)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # its commands, in call order
     reader: asyncio.Task[None] | None = None
+    pongs: deque[asyncio.Future[None]] = field(default_factory=deque)  # its pings, unanswered
 
 
 class Bus:
@@ -56,6 +57,7 @@ class Bus:
         # sent (a channel let go of and read again at once has two).
         self._confirms: dict[str, deque[asyncio.Future[None]]] = {}
         self._leaving: dict[str, int] = {}  # channel -> unsubscriptions not confirmed yet
+        self._on: dict[str, Shard] = {}  # channel -> the connection it was subscribed on
         self._failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     async def subscribe(self, *channels: str) -> None:
@@ -63,7 +65,7 @@ class Bus:
         loop = asyncio.get_running_loop()
         waiting: list[asyncio.Future[None]] = []
         for channel in channels:
-            shard = self._shard(channel)
+            shard = self._on[channel] = self._shard(channel)
             confirm: asyncio.Future[None] = loop.create_future()
             self._confirms.setdefault(channel, deque()).append(confirm)
             waiting.append(confirm)
@@ -77,7 +79,9 @@ class Bus:
         await asyncio.gather(*waiting)
 
     async def unsubscribe(self, channel: str) -> None:
-        shard = self._shard(channel)
+        shard = self._on.get(channel)
+        if shard is None:
+            return
         self._leaving[channel] = self._leaving.get(channel, 0) + 1
         async with shard.lock:
             if self._sharded:
@@ -89,17 +93,46 @@ class Bus:
         """Wait until a reading connection fails, and raise why."""
         await asyncio.shield(self._failed)
 
+    async def watch(self, interval: float, patience: float) -> None:
+        """Ping every reading connection each `interval`; raise if one does not answer within
+        `patience` seconds. A shard's primary that freezes, or is cut off without a word, keeps its
+        connections open: only its silence tells, and the cluster may have promoted a replica
+        that this node would otherwise never hear from."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(interval)
+            pongs = []
+            for shard in list(self._shards.values()):
+                if shard.reader is None:
+                    continue
+                pong: asyncio.Future[None] = loop.create_future()
+                shard.pongs.append(pong)
+                pongs.append(pong)
+                async with shard.lock:
+                    await shard.pubsub.ping()
+            try:
+                async with asyncio.timeout(patience):
+                    await asyncio.gather(*pongs)
+            except TimeoutError:
+                raise ConnectionError(
+                    f"a connection reading channels did not answer within {patience:g} s"
+                ) from None
+
     async def close(self) -> None:
+        """Each connection closed on its own, each within a second (one that hangs keeps no other open)."""
         for shard in self._shards.values():
             if shard.reader is not None:
                 shard.reader.cancel()
                 with contextlib.suppress(BaseException):
                     await shard.reader
             with contextlib.suppress(Exception):
-                await shard.pubsub.aclose()
-                if shard.client is not None:
-                    await shard.client.aclose()
-        self._shards = {}
+                async with asyncio.timeout(1):
+                    await shard.pubsub.aclose()
+            if shard.client is not None:
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(1):
+                        await shard.client.aclose()
+        self._shards, self._on = {}, {}
         for waiting in self._confirms.values():
             for confirm in waiting:
                 confirm.cancel()
@@ -128,8 +161,15 @@ class Bus:
         try:
             while True:
                 message = await shard.pubsub.get_message(timeout=None)
-                if message is not None:
-                    self._take(message)
+                if message is None:
+                    continue
+                if message["type"] == "pong":
+                    if shard.pongs:
+                        pong = shard.pongs.popleft()
+                        if not pong.done():
+                            pong.set_result(None)
+                    continue
+                self._take(message)
         except asyncio.CancelledError:
             raise
         except Exception as exc:

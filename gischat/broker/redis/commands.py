@@ -56,18 +56,23 @@ def emit_command(
     envelope: Envelope,
     retention: Retention,
     quiet: bool,
-    after: int = 0,
+    reached: Callable[[], int],
 ) -> Command:
     """EMIT: a message to every node (and the room's history when it is kept, and its recent
-    events); `quiet` when this node's sockets have it already; `after`: the node-wide sequence
-    number this node had reached (a node delivers the message once it has too: `routes.Barrier`)."""
-    head: list[Any] = [EventKind.MESSAGE, room, node, n, envelope.to, envelope.keep, int(quiet), after]
+    events); `quiet` when this node's sockets have it already. Its header says, as it is sent,
+    how far this node had `reached` on the node-wide channel (a node delivers the message once it
+    has read as far: `barrier.py`)."""
+    head: list[Any] = [EventKind.MESSAGE, room, node, n, envelope.to, envelope.keep, int(quiet)]
+
+    def stamp(command: Command) -> None:
+        command.args[0] = orjson.dumps([*head, reached()])
+
     channel = keys.room_channel(room)
     return Command(
         "emit",
         [keys.room_seq(room), channel, keys.history(room), keys.recent(room), keys.recent_bytes(room)],
         [
-            orjson.dumps(head),
+            b"",  # the header, written by `stamp`
             envelope.post.encode(),
             retention.history_messages if envelope.keep else 0,
             retention.history_bytes,
@@ -77,7 +82,18 @@ def emit_command(
         local=None if quiet else (room, envelope),
         n=n,
         channel=channel,
+        stamp=stamp,
     )
+
+
+def presence_stamp(head: list[Any], published: Callable[[], int]) -> Callable[[Command], None]:
+    """A claim's or a release's header (args[4]) as it is sent: with the room's sequence number of
+    this node's last message there (the `newcomer` or `exiter` reaches a node after it)."""
+
+    def stamp(command: Command) -> None:
+        command.args[4] = orjson.dumps([*head, None, published()])
+
+    return stamp
 
 
 def counts_command(node: str, n: int, keys: list[str], counts: dict[str, int]) -> Command:
@@ -97,9 +113,12 @@ def sync_command(
     counts: dict[str, int],
     held: list[tuple[str, str, str]],
     lost: Callable[[str, str, str], None],
+    reached: Callable[[int], None],
 ) -> Command:
     """SYNC: register the node (again) with its counts and the nicknames its sockets hold
-    (`held`: room, key, nickname); `lost` is told of each one another node took meanwhile."""
+    (`held`: room, key, nickname); `lost` is told of each one another node took meanwhile,
+    `reached` of the node-wide sequence number of its last event (what the node says next is
+    delivered after its `newcomer`s: `barrier.py`)."""
     header = orjson.dumps([EventKind.COUNTS, "", node, n, counts])
     args: list[Any] = [prefix, node, header, len(counts)]
     for room, count in counts.items():
@@ -109,11 +128,12 @@ def sync_command(
         args += [room, key, nickname, claim_header, newcomer_wire(nickname), exiter_wire(nickname)]
 
     def settle(results: Any) -> None:
-        if not isinstance(results, list):
+        if not isinstance(results, list) or not results:
             return
-        for (room, key, nickname), result in zip(held, results, strict=False):
+        for (room, key, nickname), result in zip(held, results[:-1], strict=False):
             if int(result) == 0:
                 lost(room, key, nickname)
+        reached(int(results[-1]))
 
     return Command("sync", keys, args, n=n, on_result=settle)
 

@@ -233,16 +233,17 @@ class RedisTarget:
         With Sentinel, a new set of sentinel clients each time: each session asks afresh; with a
         cluster, a client that learns the shards when it first connects."""
         if self.cluster is not None:
+            # Commands only (the channels have connections of their own, `bus.py`): a shard that
+            # stops answering (frozen, cut off) fails the command in bounded time, and the session
+            # with it, rather than holding the outbox; no retries of redis-py's own either.
             return RedisCluster(
                 startup_nodes=[ClusterNode(host, port) for host, port in self.cluster.nodes],
                 username=self.cluster.username,
                 password=self.cluster.password,
                 ssl=self.cluster.tls,
-                socket_timeout=None,
+                socket_timeout=max(2.0, self.connect_timeout),
                 decode_responses=False,
-                socket_connect_timeout=self.connect_timeout,
-                socket_keepalive=True,
-                client_name=f"gischat-{self.node}",
+                **self._options(),
             )
         if self.sentinel is None:
             return Redis.from_url(self.url, socket_timeout=None, decode_responses=False, **self._options())

@@ -127,13 +127,18 @@ class Seen:
 
 
 def kept_commands(
-    buffer: OutageBuffer, keys: NodeKeys, node: str, number: Callable[[], int], retention: Retention
+    buffer: OutageBuffer,
+    keys: NodeKeys,
+    node: str,
+    number: Callable[[], int],
+    retention: Retention,
+    reached: Callable[[], int],
 ) -> list[Command]:
     """The messages kept during the outage, as the node's next commands: marked quiet (its own
     sockets have them), each let go once Redis ran it."""
     commands = []
     for item in buffer.pending():
-        command = emit_command(keys, node, number(), item.room, item.envelope, retention, True)
+        command = emit_command(keys, node, number(), item.room, item.envelope, retention, True, reached)
         command.on_result = _letting_go(buffer, item)
         commands.append(command)
     return commands

@@ -37,6 +37,10 @@ class Command:
     n: int = 0
     channel: str = ""  # the channel its event comes back on (its own node confirms it there)
     on_result: Any = field(default=None)
+    # Writes the event's header as the command is sent (`Outbox.drain`): how far this node has
+    # read, and what it has published, then (`barrier.py`).
+    stamp: Callable[[Command], None] | None = None
+    seq: int = 0  # a message: its number in its room's sequence, once Redis ran it
     # Whether its event comes back to this node (a message to a room it does not read does not:
     # Redis's answer confirms it instead).
     echo: bool = True
@@ -52,6 +56,8 @@ class Outbox:
         # (one channel's events come back in that order; several channels' may not, on a cluster).
         self.unconfirmed: dict[str, deque[Command]] = {}
         self.dirty: set[str] = set()  # rooms whose socket count changed since the last counts
+        # Room channel -> the last number Redis gave one of this node's messages there.
+        self.published: dict[str, int] = {}
         self.wake = asyncio.Event()
         self.idle = asyncio.Event()  # the drainer has nothing left to send
         self.n = 0  # this node's commands, numbered
@@ -81,6 +87,26 @@ class Outbox:
         waiting = self.unconfirmed.get(channel)
         while waiting and waiting[0].n <= n:
             waiting.popleft()
+
+    def covered(self, channel: str, seq: int) -> None:
+        """A room's history was loaded as of `seq`: this node's messages Redis ran by then are
+        there, and their events, sent before this node heard the room, never come back to it."""
+        waiting = self.unconfirmed.get(channel)
+        if waiting:
+            kept = [command for command in waiting if not 0 < command.seq <= seq]
+            waiting.clear()
+            waiting.extend(kept)
+
+    def let_go(self, channel: str) -> None:
+        """This node stopped reading `channel`: its messages there are confirmed by Redis's
+        answer from now on (those it answered already are)."""
+        waiting = self.unconfirmed.get(channel)
+        if waiting:
+            for command in waiting:
+                command.echo = False
+            kept = [command for command in waiting if command.seq == 0]
+            waiting.clear()
+            waiting.extend(kept)
 
     def pending(self) -> list[Command]:
         """The commands whose event has not come back, in the order they were sent."""
@@ -116,10 +142,12 @@ class Outbox:
             if self.dirty:
                 rooms, self.dirty = self.dirty, set()
                 self.queued.append(counts_command(rooms))
-            batch, self.queued = self.queued, []
+            batch = self._next_batch()
             self.inflight = batch
             pipe = client.pipeline(transaction=False)
             for command in batch:
+                if command.stamp is not None:
+                    command.stamp(command)
                 pipe.evalsha(sha[command.script], len(command.keys), *command.keys, *command.args)
             results = await pipe.execute(raise_on_error=False)
             self.inflight = []
@@ -131,14 +159,43 @@ class Outbox:
                 if isinstance(result, Exception):
                     logger.error("broker: %s failed: %s", command.script, describe(result))
                     result = 0
-                elif not command.echo and command.local is not None:
-                    self._ran(command)
+                else:
+                    self._answered(command, result)
                 settle(command, result)
+
+    def _next_batch(self) -> list[Command]:
+        """What is queued, up to a command that presence hangs on (a claim, a release, a
+        registration): that one goes alone, once Redis answered everything before it, and what
+        comes after it once it is answered. On a cluster the commands of one batch run on their
+        shards at once; these ones must follow what this node said before them (their `newcomer`
+        or `exiter` after its messages), and what it says after them must follow them."""
+        queued = self.queued
+        end = len(queued)
+        for i, command in enumerate(queued):
+            if command.script in SEQUENCED:
+                end = i if i > 0 else 1
+                break
+        batch, self.queued = queued[:end], queued[end:]
+        if self.queued:
+            self.wake.set()
+        return batch
+
+    def _answered(self, command: Command, result: Any) -> None:
+        if command.script == "emit" and isinstance(result, int) and result > 0:
+            command.seq = result
+            if result > self.published.get(command.channel, 0):
+                self.published[command.channel] = result
+        if not command.echo and command.local is not None:
+            self._ran(command)
 
     def _ran(self, command: Command) -> None:
         """Redis ran a command whose event this node will not see: it is confirmed."""
         with contextlib.suppress(ValueError, KeyError):
             self.unconfirmed[command.channel].remove(command)
+
+
+# The scripts whose event others order a room's messages by (`barrier.py`).
+SEQUENCED = frozenset({"claim", "release", "sync"})
 
 
 def _number(command: Command) -> int:

@@ -42,6 +42,7 @@ from gischat.broker.redis.keys import NodeKeys
 from gischat.broker.redis.mirror import Buffered, readable
 from gischat.broker.redis.orders import read_order
 from gischat.broker.redis.outage import Seen
+from gischat.broker.redis.outbox import Outbox
 from gischat.broker.redis.scripts import EventKind, Header, parse_event
 from gischat.protocol.dialects import Post
 
@@ -68,13 +69,19 @@ class Route:
     base: int = 0  # the room's sequence number the history was loaded at
     held: list[Buffered] = field(default_factory=list)  # its channel's events meanwhile
     notes: list[Buffered] = field(default_factory=list)  # node-wide events about it meanwhile (`hold`)
+    received: int = 0  # the room's events read: up to this number
+    # Presence waiting for the message its node sent before it (`presence`), in node-wide order.
+    waiting: deque[Buffered] = field(default_factory=deque)
 
 
 class Routes:
     """The rooms this node reads: wanted across sessions, subscribed within one."""
 
-    def __init__(self, node: str, keys: NodeKeys, linger: float, seen: Seen, patience: float) -> None:
+    def __init__(
+        self, node: str, keys: NodeKeys, linger: float, seen: Seen, patience: float, outbox: Outbox
+    ) -> None:
         self.node = node
+        self.outbox = outbox  # this node's messages, confirmed by what a room's history holds
         self.keys = keys
         self.linger = linger
         self.seen = seen
@@ -169,10 +176,12 @@ class Routes:
     def end(self) -> None:
         """The session is over: no room is read until the next one; `attend` returns at once.
         Messages still at the barrier go on (they came from Redis: late, not lost)."""
-        self.barrier.release()
         for route in self.routes.values():
+            while route.waiting:
+                self._hand_on(route.waiting.popleft())
             if not route.ready.done():
                 route.ready.set_result(None)
+        self.barrier.release()
         for task in self._tasks:
             task.cancel()
         self.routes, self._subscribed, self._tasks = {}, {}, set()
@@ -187,20 +196,51 @@ class Routes:
             route.held.append((seq, header, payload))
         elif seq > route.base:
             self._pass_on(header, payload)
+            route.received = max(route.received, seq)
+            if route.waiting:
+                self._presence_due(route)
 
-    def hold(self, seq: int, header: Header, payload: bytes) -> bool:
-        """A `newcomer` or an `exiter` in a room (from the node-wide channel): held, if the room's
-        messages are, to go to the node in order with them (`_load`)."""
+    def presence(self, seq: int, header: Header, payload: bytes) -> bool:
+        """A `newcomer` or an `exiter` in a room (from the node-wide channel): held while the
+        room's messages are, to go to the node in order with them (`_load`); or waiting for the
+        message its node sent before it, which this node has not read yet. False: hand it on now."""
         route = self.routes.get(header.room)
-        if route is None or route.state is not Reading.SUBSCRIBING:
+        if route is None:
             return False
-        route.notes.append((seq, header, payload))
+        if route.state is Reading.SUBSCRIBING:
+            route.notes.append((seq, header, payload))
+            return True
+        if not route.waiting and header.sent <= route.received:
+            return False
+        self._wait(route, (seq, header, payload))
         return True
 
-    def _pass_on(self, header: Header, payload: bytes) -> None:
+    def _wait(self, route: Route, note: Buffered) -> None:
+        route.waiting.append(note)
+        self.barrier.block(note[0])
+        loop = asyncio.get_running_loop()
+        loop.call_later(self.barrier.patience, self._give_up, route, note[0])
+
+    def _give_up(self, route: Route, seq: int) -> None:
+        """What a presence event waited for did not come: it goes on, late, with those before it."""
+        while route.waiting and route.waiting[0][0] <= seq:
+            self._hand_on(route.waiting.popleft())
+
+    def _presence_due(self, route: Route) -> None:
+        """The room was read further: the presence events waiting for it go on, in order."""
+        waiting = route.waiting
+        while waiting and waiting[0][1].sent <= route.received:
+            self._hand_on(waiting.popleft())
+
+    def _hand_on(self, note: Buffered) -> None:
+        seq, header, payload = note
+        self._announce(header, payload)
+        self.barrier.unblock(seq)
+
+    def _pass_on(self, header: Header, payload: bytes, in_history: bool = False) -> None:
         """A room's event to the node, through the barrier (behind what waits there)."""
         if header.kind is EventKind.MESSAGE:
-            self.barrier.pass_on(header.after, lambda: self.deliver(header, payload, in_history=False))
+            self.barrier.pass_on(header.after, lambda: self.deliver(header, payload, in_history=in_history))
         elif header.kind is EventKind.ORDER:
             self.barrier.pass_on(0, lambda: self._obey(payload))
 
@@ -252,6 +292,7 @@ class Routes:
         if self.routes.get(room) is not route:
             return  # let go of, or the session ended, meanwhile
         base = int(seq_raw)
+        self.outbox.covered(keys.room_channel(room), base)
         # The node-wide events about the room that came meanwhile go to the node among its
         # messages: each before the first message whose sender had read it (`after`).
         notes = deque(route.notes)
@@ -259,7 +300,7 @@ class Routes:
             for event in map(parse_event, recent):
                 if event is not None and event[1].kind is EventKind.MESSAGE:
                     self._replay(notes, event[1].after)
-                    self.deliver(event[1], event[2], in_history=True)
+                    self._pass_on(event[1], event[2], in_history=True)
         else:
             for post_id in recent:
                 self.seen.first(post_id.decode(errors="replace"))
@@ -273,24 +314,31 @@ class Routes:
             for seq, header, payload in route.held
             if seq > base or header.kind is not EventKind.MESSAGE
         ]
+        route.received = max([base, *(seq for seq, _, _ in route.held)])
         route.state, route.base, route.held, route.notes = Reading.READING, base, [], []
         for header, payload in held:
             self._replay(notes, header.after)
             self._pass_on(header, payload)
-        self._replay(notes, None)
+        for note in notes:  # the rest, once the room is read as far as each one's node had sent
+            if route.waiting or note[1].sent > route.received:
+                self._wait(route, note)
+            else:
+                self._announce(note[1], note[2])
         hub.remote_changed(room)
         if not route.ready.done():
             route.ready.set_result(None)
 
-    def _replay(self, notes: deque[Buffered], upto: int | None) -> None:
-        """What `hold` kept, numbered up to `upto` (None: all of it), to the node now."""
-        hub = self._hub
-        assert hub is not None
-        while notes and (upto is None or notes[0][0] <= upto):
+    def _replay(self, notes: deque[Buffered], upto: int) -> None:
+        """What `presence` held, numbered up to `upto`, to the node now."""
+        while notes and notes[0][0] <= upto:
             _, header, payload = notes.popleft()
-            post = readable(payload, header.freed_at)
-            if post is not None:
-                hub.deliver(header.room, Envelope(post))
+            self._announce(header, payload)
+
+    def _announce(self, header: Header, payload: bytes) -> None:
+        """A `newcomer` or an `exiter` to the node."""
+        post = readable(payload, header.freed_at)
+        if post is not None and self._hub is not None:
+            self._hub.deliver(header.room, Envelope(post))
 
     def _obey(self, payload: bytes) -> None:
         """A kick or a deletion, in its place among the room's messages."""
@@ -303,8 +351,12 @@ class Routes:
         self._lingering.pop(room, None)
         self.wanted.discard(room)
         route = self.routes.pop(room, None)
-        if route is not None and not route.ready.done():
-            route.ready.set_result(None)
+        if route is not None:
+            while route.waiting:
+                self._hand_on(route.waiting.popleft())
+            if not route.ready.done():
+                route.ready.set_result(None)
+        self.outbox.let_go(self.keys.room_channel(room))
         if self._bus is not None:
             self._spawn(self._bus.unsubscribe(self.keys.room_channel(room)))
 

@@ -17,8 +17,10 @@ import orjson
 #   ["m", room, node, n, to, keep, q, after]  a message (payload: the post, `Post.encode()`;
 #                                            `after`: the node-wide sequence number its node had
 #                                            reached when it sent it, `routes.Barrier`)
-#   ["c", room, node, n, key, nickname, q]  a nickname claimed (payload: the newcomer post)
-#   ["r", room, node, n, key, nickname, q[, t]]  a nickname freed (payload: the exiter post;
+#   ["c", room, node, n, key, nickname, q[, null, sent]]  a nickname claimed (payload: the
+#                                            newcomer post; `sent`: the room's sequence number of
+#                                            the node's last message there, `barrier.py`)
+#   ["r", room, node, n, key, nickname, q[, t, sent]]  a nickname freed (payload: the exiter post;
 #                                            `t`: Redis's clock when a script freed it for a dead
 #                                            or split node, the exiter's timestamp on every node)
 #   ["n", "", node, n, {room: count}]       a node's socket counts
@@ -193,6 +195,7 @@ for i = first, #ARGV, 6 do
 end
 local seq = redis.call('INCR', KEYS[2])
 redis.call('PUBLISH', KEYS[3], seq .. ' ' .. ARGV[3] .. '\\n')
+results[#results + 1] = seq
 return results
 """
 )
@@ -352,7 +355,15 @@ class Header:
 
     @property
     def freed_at(self) -> int | None:
-        return int(self.rest[3]) if self.kind is EventKind.FREED and len(self.rest) > 3 else None
+        if self.kind is not EventKind.FREED or len(self.rest) < 4 or self.rest[3] is None:
+            return None
+        return int(self.rest[3])
+
+    @property
+    def sent(self) -> int:
+        """A claim or a release: the room's sequence number of its node's last message there
+        when it was sent (it reaches a node after that message: `barrier.py`)."""
+        return int(self.rest[4]) if len(self.rest) > 4 and self.kind is not EventKind.MESSAGE else 0
 
     # Counts: room -> this node's sockets there.
     @property

@@ -83,7 +83,7 @@ class Session:
         seen = Seen(max(SEEN_IDS, len(self.rooms) * per_room + settings.outage_buffer_messages))
         self._seen = seen
         # The rooms whose messages this node reads (`routes.py`).
-        self.routes = Routes(node, keys, settings.redis_room_linger, seen, settings.node_timeout)
+        self.routes = Routes(node, keys, settings.redis_room_linger, seen, settings.node_timeout, outbox)
         self._own = 0  # the node-wide sequence number of this node's last claim, this session
         self._flushed: asyncio.Future[Any] | None = None  # the kept messages are in Redis
         self._unreadable_at = -60.0  # when an unreadable event was last logged
@@ -102,14 +102,13 @@ class Session:
     def hub(self) -> Node | None:
         return self._hub
 
-    @property
-    def reached(self) -> int:
+    def reach(self) -> int:
         """The node-wide sequence number this node has reached: read on the channel, or its own
-        claim's (a message it sends now is delivered after those: `barrier.py`)."""
+        claims' and registration's (a message it sends now is delivered after those: `barrier.py`)."""
         return max(self.routes.barrier.reached, self._own)
 
     def claimed(self, seq: int) -> None:
-        """This node's claim was published as event `seq`."""
+        """This node's claim (or registration) was published as event `seq`."""
         self._own = max(self._own, seq)
 
     async def settled_client(self) -> Client | None:
@@ -232,17 +231,21 @@ class Session:
         self._state = NodeState.SYNCING
         self._own = 0
         self.routes.barrier.reset(0)
+        self._outbox.published.clear()  # the rooms' sequences as of this session (Redis may be new)
         assert self._hub is not None
         # Registered first, then what was said here while Redis was away, then anything newer.
         self._flushed = loop.create_future()
         self.routes.begin(self._hub, client, bus, self._sha, self.fail, self._flushed)
-        kept = kept_commands(self.outage, self.keys, self.node, self._outbox.number, self._retention)
+        kept = kept_commands(
+            self.outage, self.keys, self.node, self._outbox.number, self._retention, self.reach
+        )
         commands = [self._sync_command(), *kept]
         commands[-1].future = self._flushed
         for command in reversed(commands):
             self._outbox.send_first(command)
         return [
             loop.create_task(bus.failed()),
+            loop.create_task(bus.watch(self.beat_interval, self.node_timeout)),
             loop.create_task(self._outbox.drain(client, self._sha, self._counts_command, self._describe)),
         ]
 
@@ -302,7 +305,9 @@ class Session:
     def _sync_command(self) -> Command:
         """Register (again), rewrite the counts, free what was given up and claim what was taken."""
         assert self._hub is not None
-        return NodeCommands(self._hub, self.keys, self.node, self._outbox.number()).sync(self.rooms)
+        return NodeCommands(self._hub, self.keys, self.node, self._outbox.number()).sync(
+            self.rooms, self.claimed
+        )
 
     def _counts_command(self, rooms: set[str]) -> Command:
         """The absolute socket counts of the rooms that changed, as one command."""
@@ -389,7 +394,7 @@ class Session:
         if kind in (EventKind.CLAIMED, EventKind.FREED) and not (mine and header.quiet):
             if kind is EventKind.CLAIMED and mine:
                 hub.claim_settled(room, header.key, header.nickname)
-            post = None if self.routes.hold(seq, header, payload) else readable(payload, header.freed_at)
+            post = None if self.routes.presence(seq, header, payload) else readable(payload, header.freed_at)
             if post is not None:
                 hub.deliver(room, Envelope(post))
         if kind is EventKind.GONE and mine:

@@ -6,6 +6,7 @@ registration or a count change writes, from the hub's own books.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -39,7 +40,7 @@ class NodeCommands:
     node: str
     n: int
 
-    def sync(self, rooms: list[str]) -> Command:
+    def sync(self, rooms: list[str], reached: Callable[[int], None]) -> Command:
         """Register (again), rewrite the counts, free what was given up and claim what was taken."""
         hub = self.hub
         counts = {room: hub.local_count(room) for room in rooms}
@@ -50,7 +51,7 @@ class NodeCommands:
 
         k = self.keys
         command_keys = [k.nodes, k.seq, k.channel, k.counts, k.index]
-        return sync_command(k.home, self.node, self.n, command_keys, counts, held, lost)
+        return sync_command(k.home, self.node, self.n, command_keys, counts, held, lost, reached)
 
     def counts(self, rooms: set[str]) -> Command:
         """The absolute socket counts of the rooms that changed, as one command."""
