@@ -57,9 +57,11 @@ def emit_command(
     retention: Retention,
     quiet: bool,
     reached: Callable[[], int],
+    unsure: bool = False,
 ) -> Command:
     """EMIT: a message to every node (and the room's history when it is kept, and its recent
-    events); `quiet` when this node's sockets have it already. Its header says, as it is sent,
+    events); `quiet` when this node's sockets have it already; `unsure` when Redis may hold it
+    already (then it is published only if the room's recent events do not). Its header says, as it is sent,
     how far this node had `reached` on the node-wide channel (a node delivers the message once it
     has read as far: `barrier.py`)."""
     head: list[Any] = [EventKind.MESSAGE, room, node, n, envelope.to, envelope.keep, int(quiet)]
@@ -78,6 +80,7 @@ def emit_command(
             retention.history_bytes,
             retention.recent_messages,
             retention.recent_ms,
+            envelope.post.id if unsure else "",
         ],
         local=None if quiet else (room, envelope),
         n=n,

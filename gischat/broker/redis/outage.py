@@ -45,6 +45,9 @@ class Kept:
     room: str
     envelope: Envelope
     at: float  # monotonic time it was published
+    # Perhaps in Redis already (it ran, its fate unknown, or a primary that then failed over ran
+    # it): published again only if the room's recent events do not hold it.
+    unsure: bool = False
 
 
 class OutageBuffer:
@@ -61,11 +64,11 @@ class OutageBuffer:
     def __len__(self) -> int:
         return len(self.kept)
 
-    def keep(self, room: str, envelope: Envelope) -> None:
+    def keep(self, room: str, envelope: Envelope, unsure: bool = False) -> None:
         if self.limit <= 0 or self.max_age <= 0:
             self._drop(1)
             return
-        self.kept.append(Kept(room, envelope, self.clock()))
+        self.kept.append(Kept(room, envelope, self.clock(), unsure))
         self._expire()
         if len(self.kept) > self.limit:
             excess = len(self.kept) - self.limit
@@ -138,7 +141,9 @@ def kept_commands(
     sockets have them), each let go once Redis ran it."""
     commands = []
     for item in buffer.pending():
-        command = emit_command(keys, node, number(), item.room, item.envelope, retention, True, reached)
+        command = emit_command(
+            keys, node, number(), item.room, item.envelope, retention, True, reached, unsure=item.unsure
+        )
         command.on_result = _letting_go(buffer, item)
         commands.append(command)
     return commands
@@ -149,9 +154,9 @@ def _letting_go(buffer: OutageBuffer, item: Kept) -> Callable[[object], None]:
 
 
 def unconfirmed_messages(outbox: Outbox) -> list[tuple[str, Envelope]]:
-    """Messages whose event never came back when Redis left: they may never have reached it."""
-    return [
-        command.local
-        for command in outbox.pending()
-        if command.script == "emit" and command.local is not None
-    ]
+    """Messages whose event never came back when Redis left, and those confirmed in the last
+    moments: the first may never have reached Redis, the others may be on a primary whose replica
+    takes over without them (replication is asynchronous). Each is published again unless the
+    room's recent events hold it."""
+    unsure = [command for command in outbox.pending() if command.script == "emit"]
+    return [command.local for command in [*outbox.lately(), *unsure] if command.local is not None]

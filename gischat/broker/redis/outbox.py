@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -58,6 +59,8 @@ class Outbox:
         self.dirty: set[str] = set()  # rooms whose socket count changed since the last counts
         # Room channel -> the last number Redis gave one of this node's messages there.
         self.published: dict[str, int] = {}
+        # This node's messages confirmed in the last LATELY seconds, with when (`lately`).
+        self._lately: deque[tuple[float, Command]] = deque()
         self.wake = asyncio.Event()
         self.idle = asyncio.Event()  # the drainer has nothing left to send
         self.n = 0  # this node's commands, numbered
@@ -86,7 +89,23 @@ class Outbox:
         """This node's command `n` came back on `channel`: so did all before it sent there."""
         waiting = self.unconfirmed.get(channel)
         while waiting and waiting[0].n <= n:
-            waiting.popleft()
+            self._confirmed(waiting.popleft())
+
+    def _confirmed(self, command: Command) -> None:
+        if command.script != "emit":
+            return
+        now = time.monotonic()
+        lately = self._lately
+        lately.append((now, command))
+        while lately and lately[0][0] < now - LATELY:
+            lately.popleft()
+
+    def lately(self) -> list[Command]:
+        """This node's messages confirmed in the last LATELY seconds."""
+        now = time.monotonic()
+        found = [command for at, command in self._lately if at >= now - LATELY]
+        self._lately.clear()
+        return found
 
     def covered(self, channel: str, seq: int) -> None:
         """A room's history was loaded as of `seq`: this node's messages Redis ran by then are
@@ -192,7 +211,12 @@ class Outbox:
         """Redis ran a command whose event this node will not see: it is confirmed."""
         with contextlib.suppress(ValueError, KeyError):
             self.unconfirmed[command.channel].remove(command)
+            self._confirmed(command)
 
+
+# Seconds a message confirmed by Redis is still published again if the session ends: a primary
+# that fails over may have confirmed it without passing it on to the replica that replaces it.
+LATELY = 2.0
 
 # The scripts whose event others order a room's messages by (`barrier.py`).
 SEQUENCED = frozenset({"claim", "release", "sync"})

@@ -41,6 +41,13 @@ import orjson
 # at most ARGV[5] of them, none older than ARGV[6] ms, ARGV[4] bytes in all) for the nodes that
 # were not listening (`routes.py`).
 EMIT = """
+if ARGV[7] ~= '' then
+  -- A message that may be here already (ARGV[7]: its id): nothing to do if the room's last
+  -- recent events hold it.
+  for _, entry in ipairs(redis.call('XREVRANGE', KEYS[4], '+', '-', 'COUNT', 2000)) do
+    if string.find(entry[2][2], ARGV[7], 1, true) then return 0 end
+  end
+end
 local keep = tonumber(ARGV[3])
 if keep > 0 and #ARGV[2] <= tonumber(ARGV[4]) then
   redis.call('RPUSH', KEYS[3], ARGV[2])

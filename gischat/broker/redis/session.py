@@ -346,7 +346,7 @@ class Session:
         for room, envelope in self._outbox.abandon():
             self.deliver_local(room, envelope)
         for room, envelope in unsure:
-            self.outage.keep(room, envelope)
+            self.outage.keep(room, envelope, unsure=True)
         self._mirror.clear()
         if self._hub is not None:
             for room in self.rooms:
