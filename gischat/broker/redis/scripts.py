@@ -13,6 +13,8 @@ from typing import Any
 
 import orjson
 
+from gischat.broker.redis.connection import Client
+
 # Events are "<seq> <header JSON>\n<payload>"; the header is a JSON array:
 #   ["m", room, node, n, to, keep, q, after]  a message (payload: the post, `Post.encode()`;
 #                                            `after`: the node-wide sequence number its node had
@@ -387,3 +389,12 @@ def parse_event(data: bytes) -> tuple[int, Header, bytes] | None:
         return int(head), Header.parse(orjson.loads(header_text)), payload
     except (ValueError, TypeError, IndexError, KeyError):  # orjson's decode error is a ValueError
         return None
+
+
+async def load_scripts(client: Client, sharded: bool) -> dict[str, str]:
+    """Load the scripts; on a cluster, on every primary (a script runs on the shard of its keys)."""
+    sha: dict[str, str] = {}
+    for name, source in scripts(sharded).items():
+        loaded = await client.script_load(source)  # a cluster client sends it to every primary
+        sha[name] = next(iter(loaded.values())) if isinstance(loaded, dict) else loaded
+    return sha

@@ -26,7 +26,7 @@ from gischat.broker.redis.orders import NodeOrders
 from gischat.broker.redis.outage import SEEN_IDS, OutageBuffer, Seen, kept_commands, unconfirmed_messages
 from gischat.broker.redis.outbox import Command, Outbox
 from gischat.broker.redis.routes import Routes
-from gischat.broker.redis.scripts import CARRY_OVER, EventKind, Header, parse_event, scripts
+from gischat.broker.redis.scripts import CARRY_OVER, EventKind, Header, load_scripts, parse_event
 from gischat.broker.redis.state import NodeCommands, NodeReaped, NodeState
 
 logger = logging.getLogger("gischat.broker")
@@ -407,12 +407,3 @@ class Session:
             self._buffer.append((seq, header, payload))
         elif seq > self._base:
             self._mirror.apply(header, hub)
-
-
-async def load_scripts(client: Client, sharded: bool) -> dict[str, str]:
-    """Load the scripts; on a cluster, on every primary (a script runs on the shard of its keys)."""
-    sha: dict[str, str] = {}
-    for name, source in scripts(sharded).items():
-        loaded = await client.script_load(source)  # a cluster client sends it to every primary
-        sha[name] = next(iter(loaded.values())) if isinstance(loaded, dict) else loaded
-    return sha
