@@ -266,3 +266,35 @@ async def test_a_reply_posted_over_http_to_a_node_with_nobody_in_the_room(cluste
         answer = await http.put(f"{two.http_url}/channel/QGIS/text", json=reply)
     assert answer.status_code == 200, answer.text
     assert answer.json()["in_reply_to_id"] == said.json()["id"]
+
+
+async def test_a_deletion_made_while_a_node_was_away_is_carried_out_on_its_return(
+    redis_server: RedisServer, gate: TcpGate
+) -> None:
+    """A node cut off while a message is said and a moderator deletes it elsewhere: back, its
+    sockets get the message from the room's recent events, then its deletion, in that order.
+
+    Why: a deleted message must not linger on the nodes that were away when it was deleted."""
+    gated = Nodes(f"redis://127.0.0.1:{gate.port}/0")
+    direct = Nodes(redis_server.url, prefix=gated.prefix)
+    try:
+        one, first = await gated.start("one", attend=(ROOM,), max_stored_messages=10)
+        two, second = await direct.start("two", max_stored_messages=10)
+        first.counts[ROOM] = 1  # a socket of its own there
+        one.count_changed(ROOM)
+        said = sample(1, keep=True)
+        deletion = Order(OrderKind.DELETE, ROOM, {"id": said.post.id})
+        gate.close()
+        await wait_for(lambda: not one.healthy, 10)
+        two.publish(ROOM, said)
+        two.order(deletion)
+        await second.wait_until(lambda: deletion in second.orders, "the deletion, on node two")
+        gate.open()
+        await wait_for(lambda: one.healthy, 10)
+        await first.wait_until(lambda: deletion in first.orders, "the deletion, on node one")
+        calls = [call for call in first.log if call in {("deliver", said.post.id), ("order", "delete")}]
+        assert calls == [("deliver", said.post.id), ("order", "delete")]
+        assert said.post.id not in [post.id for post in first.histories[ROOM]]
+    finally:
+        await direct.stop()
+        await gated.stop()

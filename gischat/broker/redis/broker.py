@@ -39,7 +39,7 @@ class RedisBroker:
         self._mirror = Mirror(self.node, list(settings.rooms))
         # Moderators' orders, bans kept, sockets gathered: the node's life on Redis reached through
         # this broker (`orders.Link`), which the session below composes.
-        self._orders = NodeOrders(self.node, self.keys, self._outbox, self._mirror, self)
+        self._orders = NodeOrders(self.node, self.keys, self._outbox, self._mirror, self, self.retention)
         self._session = Session(settings, self.node, self.keys, self._outbox, self._mirror, self._orders)
         self.ledger = RedisLedger(self.prefix, self._ledger_client)
 

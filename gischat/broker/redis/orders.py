@@ -27,6 +27,7 @@ import orjson
 from redis.exceptions import RedisError
 
 from gischat.broker.base import Node, Order, OrderKind
+from gischat.broker.redis.commands import Retention
 from gischat.broker.redis.connection import Client
 from gischat.broker.redis.keys import NodeKeys
 from gischat.broker.redis.mirror import Mirror
@@ -39,7 +40,7 @@ logger = logging.getLogger("gischat.broker")
 GATHER_TIMEOUT = 1.0
 
 
-def order_command(keys: NodeKeys, node: str, n: int, order: Order) -> Command:
+def order_command(keys: NodeKeys, node: str, n: int, order: Order, retention: Retention) -> Command:
     """The script call that carries out `order` in Redis and tells every node: a deletion or a
     kick on the room's keys and channel (in the room's order among its messages: what the kicked
     person said before, the message deleted), a ban or its lifting on the node-wide ones."""
@@ -50,8 +51,21 @@ def order_command(keys: NodeKeys, node: str, n: int, order: Order) -> Command:
         room = order.room
         return Command(
             "room_order",
-            [keys.room_seq(room), keys.room_channel(room), keys.history(room)],
-            [header, payload, target if order.kind is OrderKind.DELETE else ""],
+            [
+                keys.room_seq(room),
+                keys.room_channel(room),
+                keys.history(room),
+                keys.recent(room),
+                keys.recent_bytes(room),
+            ],
+            [
+                header,
+                payload,
+                target if order.kind is OrderKind.DELETE else "",
+                retention.recent_messages,
+                retention.recent_ms,
+                retention.history_bytes,
+            ],
             n=n,
         )
     ban = payload if order.kind is OrderKind.BAN else b""
@@ -159,8 +173,11 @@ class NodeOrders:
     It is given what it uses: the node's names and keys, the ordered outbox it sends through, the
     mirror that knows how many nodes answer, and the link to the node's life on Redis."""
 
-    def __init__(self, node: str, keys: NodeKeys, outbox: Outbox, mirror: Mirror, link: Link) -> None:
+    def __init__(
+        self, node: str, keys: NodeKeys, outbox: Outbox, mirror: Mirror, link: Link, retention: Retention
+    ) -> None:
         self.node = node
+        self.retention = retention  # a deletion is kept among the room's recent events as its messages are
         self.keys = keys
         self.outbox = outbox
         self.mirror = mirror
@@ -176,7 +193,7 @@ class NodeOrders:
             if hub is not None:
                 hub.obey(order)  # this node alone: Redis keeps nothing while it is away
             return
-        self._send(lambda keys, n: order_command(keys, self.node, n, order))
+        self._send(lambda keys, n: order_command(keys, self.node, n, order, self.retention))
 
     async def load_bans(self) -> list[dict[str, Any]]:
         client = await self.link.settled_client()

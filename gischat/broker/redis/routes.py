@@ -297,8 +297,8 @@ class Routes:
         # messages: each before the first message whose sender had read it (`after`).
         notes = deque(route.notes)
         if missed:  # in the room's order
-            for event in map(parse_event, recent):
-                if event is not None and event[1].kind is EventKind.MESSAGE:
+            for event in map(parse_event, recent):  # messages, and deletions
+                if event is not None:
                     self._replay(notes, event[1].after)
                     self._pass_on(event[1], event[2], in_history=True)
         else:

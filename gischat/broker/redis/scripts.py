@@ -38,14 +38,39 @@ from gischat.broker.redis.connection import Client
 # (quiet) marks what the node's own sockets were already told while Redis was away (a message:
 # kept during the outage and published on return, `outage.py`).
 
+# Shared by EMIT and ROOM_ORDER: an event logged in the room's recent events (a stream, its bytes
+# counted beside it) for the nodes that were not listening (`routes.py`): at most `count` of them,
+# none older than `window` ms, `limit` bytes in all.
+RECENT = """
+local function remember(stream, bytes, event, count, window, limit)
+  if count <= 0 or window <= 0 or #event > limit then return end
+  local t = redis.call('TIME')
+  local oldest = t[1] * 1000 + math.floor(t[2] / 1000) - window
+  redis.call('XADD', stream, '*', 'e', event)
+  local total = redis.call('INCRBY', bytes, #event)
+  -- Oldest first, until the stream is within its count, its age and its bytes.
+  while true do
+    local head = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)[1]
+    if head == nil then break end
+    local at = tonumber(string.match(head[1], '^(%d+)'))
+    if at >= oldest and total <= limit and redis.call('XLEN', stream) <= count then break end
+    redis.call('XDEL', stream, head[1])
+    total = redis.call('DECRBY', bytes, #head[2][2])
+  end
+  redis.call('PEXPIRE', stream, window)
+  redis.call('PEXPIRE', bytes, window)
+end
+"""
+
 # A message: into the room's history when it is kept (at most ARGV[3] messages of up to ARGV[4]
 # bytes each), published, and logged in the room's recent events (KEYS[4], its bytes in KEYS[5]:
-# at most ARGV[5] of them, none older than ARGV[6] ms, ARGV[4] bytes in all) for the nodes that
-# were not listening (`routes.py`).
-EMIT = """
+# at most ARGV[5] of them, none older than ARGV[6] ms, ARGV[4] bytes in all).
+EMIT = (
+    RECENT
+    + """
 if ARGV[7] ~= '' then
   -- A message that may be here already (ARGV[7]: its id): nothing to do if the room's last
-  -- recent events hold it.
+  -- recent events hold it (or its deletion).
   for _, entry in ipairs(redis.call('XREVRANGE', KEYS[4], '+', '-', 'COUNT', 2000)) do
     if string.find(entry[2][2], ARGV[7], 1, true) then return 0 end
   end
@@ -58,26 +83,10 @@ end
 local seq = redis.call('INCR', KEYS[1])
 local event = seq .. ' ' .. ARGV[1] .. '\\n' .. ARGV[2]
 redis.call('PUBLISH', KEYS[2], event)
-local recent, window, limit = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[4])
-if recent > 0 and window > 0 and #event <= limit then
-  local t = redis.call('TIME')
-  local oldest = t[1] * 1000 + math.floor(t[2] / 1000) - window
-  redis.call('XADD', KEYS[4], '*', 'e', event)
-  local total = redis.call('INCRBY', KEYS[5], #event)
-  -- Oldest first, until the stream is within its count, its age and its bytes.
-  while true do
-    local head = redis.call('XRANGE', KEYS[4], '-', '+', 'COUNT', 1)[1]
-    if head == nil then break end
-    local at = tonumber(string.match(head[1], '^(%d+)'))
-    if at >= oldest and total <= limit and redis.call('XLEN', KEYS[4]) <= recent then break end
-    redis.call('XDEL', KEYS[4], head[1])
-    total = redis.call('DECRBY', KEYS[5], #head[2][2])
-  end
-  redis.call('PEXPIRE', KEYS[4], window)
-  redis.call('PEXPIRE', KEYS[5], window)
-end
+remember(KEYS[4], KEYS[5], event, tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[4]))
 return seq
 """
+)
 
 # A nickname claimed: its `newcomer` event's sequence number (> 0); 0 another holds it, -1 this
 # node is not registered (reaped), -2 this node holds it already.
@@ -251,17 +260,26 @@ return seq
 # A moderator's order about a room's messages or sockets (a deletion, a kick), on the room's
 # channel, in the room's order: after what came before it, wherever the nodes stand. A deletion
 # (ARGV[3], the message's id) takes the message out of the room's history first (entries are
-# `Post.encode()` text, whose first line starts "<type> <id> ").
-ROOM_ORDER = """
+# `Post.encode()` text, whose first line starts "<type> <id> "), and the deletion is logged in the
+# room's recent events (KEYS[4], KEYS[5]; ARGV[4..6] as EMIT's ARGV[5], [6], [4]): a node that was
+# not listening carries it out on its return too.
+ROOM_ORDER = (
+    RECENT
+    + """
 if ARGV[3] ~= '' then
   for _, item in ipairs(redis.call('LRANGE', KEYS[3], 0, -1)) do
     if string.match(item, '^%S+ (%S+) ') == ARGV[3] then redis.call('LREM', KEYS[3], 1, item) end
   end
 end
 local seq = redis.call('INCR', KEYS[1])
-redis.call('PUBLISH', KEYS[2], seq .. ' ' .. ARGV[1] .. '\\n' .. ARGV[2])
+local event = seq .. ' ' .. ARGV[1] .. '\\n' .. ARGV[2]
+redis.call('PUBLISH', KEYS[2], event)
+if ARGV[3] ~= '' then
+  remember(KEYS[4], KEYS[5], event, tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]))
+end
 return seq
 """
+)
 
 # An event with nothing kept: a question to every node about a room's sockets, or an answer.
 SAY = """
