@@ -57,8 +57,8 @@ Redis going away
 (connect, register, snapshot, heartbeat, degraded mode, resync) and the events it reads; `routes.py`
 which rooms' messages it reads; `bus.py` the connections that read the channels; `barrier.py` the
 messages waiting for the node-wide events their sender had read; `outbox.py` the ordered command
-queue; `keys.py` the names of everything in Redis; `scripts.py` the Lua scripts and the events they
-publish; `commands.py` the calls of those scripts; `mirror.py` the other nodes as this one knows
+queue; `keys.py` the names of everything in Redis; `scripts.py` the Lua scripts; `events.py` the events
+they publish; `commands.py` the calls of those scripts; `mirror.py` the other nodes as this one knows
 them; `orders.py` moderators' orders across nodes; `connection.py` the client (one Redis, the
 primary Sentinel names, or a cluster) and what of the URL may be shown.
 """

@@ -16,12 +16,12 @@ from typing import Any
 from gischat.broker.base import BrokerSettings, Envelope, Node, Order
 from gischat.broker.redis.commands import Retention, emit_command, exiter_wire, presence_stamp
 from gischat.broker.redis.connection import Client
+from gischat.broker.redis.events import EventKind
 from gischat.broker.redis.keys import NodeKeys
 from gischat.broker.redis.ledger import RedisLedger
 from gischat.broker.redis.mirror import Mirror
 from gischat.broker.redis.orders import NodeOrders
 from gischat.broker.redis.outbox import Command, Outbox
-from gischat.broker.redis.scripts import EventKind
 from gischat.broker.redis.session import Session
 from gischat.broker.redis.state import NodeReaped, NodeState
 from gischat.protocol.dialects import Post

@@ -14,9 +14,9 @@ from typing import Any
 import orjson
 
 from gischat.broker.base import BrokerSettings, Envelope
+from gischat.broker.redis.events import EventKind
 from gischat.broker.redis.keys import NodeKeys
 from gischat.broker.redis.outbox import Command
-from gischat.broker.redis.scripts import EventKind
 from gischat.protocol import dialects
 
 # The most recent events a room keeps for the nodes that come back (OUTAGE_BUFFER_MESSAGES may be

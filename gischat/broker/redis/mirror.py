@@ -11,7 +11,7 @@ import logging
 from typing import Any, TypeAlias
 
 from gischat.broker.base import Node
-from gischat.broker.redis.scripts import EventKind, Header
+from gischat.broker.redis.events import EventKind, Header
 from gischat.protocol.dialects import Post
 
 logger = logging.getLogger("gischat.broker")

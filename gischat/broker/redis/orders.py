@@ -29,10 +29,10 @@ from redis.exceptions import RedisError
 from gischat.broker.base import Node, Order, OrderKind
 from gischat.broker.redis.commands import Retention
 from gischat.broker.redis.connection import Client
+from gischat.broker.redis.events import EventKind, Header
 from gischat.broker.redis.keys import NodeKeys
 from gischat.broker.redis.mirror import Mirror
 from gischat.broker.redis.outbox import Command, Outbox
-from gischat.broker.redis.scripts import EventKind, Header
 
 logger = logging.getLogger("gischat.broker")
 

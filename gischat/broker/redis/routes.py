@@ -38,12 +38,12 @@ from gischat.broker.base import Envelope, Node
 from gischat.broker.redis.barrier import Barrier
 from gischat.broker.redis.bus import Bus
 from gischat.broker.redis.connection import Client
+from gischat.broker.redis.events import EventKind, Header, parse_event
 from gischat.broker.redis.keys import NodeKeys
 from gischat.broker.redis.mirror import Buffered, readable
 from gischat.broker.redis.orders import read_order
 from gischat.broker.redis.outage import Seen
 from gischat.broker.redis.outbox import Outbox
-from gischat.broker.redis.scripts import EventKind, Header, parse_event
 from gischat.protocol.dialects import Post
 
 logger = logging.getLogger("gischat.broker")

@@ -20,13 +20,14 @@ from gischat.broker.base import BrokerSettings, Envelope, Node
 from gischat.broker.redis.bus import Bus
 from gischat.broker.redis.commands import Retention
 from gischat.broker.redis.connection import Client, RedisTarget, describe
+from gischat.broker.redis.events import EventKind, Header, parse_event
 from gischat.broker.redis.keys import NodeKeys
 from gischat.broker.redis.mirror import Buffered, Mirror, readable
 from gischat.broker.redis.orders import NodeOrders
 from gischat.broker.redis.outage import SEEN_IDS, OutageBuffer, Seen, kept_commands, unconfirmed_messages
 from gischat.broker.redis.outbox import Command, Outbox
 from gischat.broker.redis.routes import Routes
-from gischat.broker.redis.scripts import CARRY_OVER, EventKind, Header, load_scripts, parse_event
+from gischat.broker.redis.scripts import CARRY_OVER, load_scripts
 from gischat.broker.redis.state import NodeCommands, NodeReaped, NodeState
 
 logger = logging.getLogger("gischat.broker")
