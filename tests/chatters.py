@@ -22,7 +22,8 @@ import asyncio
 import contextlib
 import statistics
 import time
-from collections.abc import Callable, Iterable
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -273,3 +274,20 @@ async def stop(group: list[Chatter], tasks: list[asyncio.Task[None]]) -> None:
     await asyncio.wait(tasks, timeout=10)
     for task in tasks:
         task.cancel()
+
+
+@contextlib.asynccontextmanager
+async def chatting(ports: list[int]) -> AsyncIterator[list[Chatter]]:
+    """A room socket and a channel socket on each node (by its port), each sending 20 texts a second."""
+    tag = uuid.uuid4().hex[:4]
+    group = [
+        Chatter(f"ws://127.0.0.1:{port}", f"{dialect[0]}{tag}-{number}", dialect, interval=0.05)
+        for number, port in enumerate(ports)
+        for dialect in ("room", "channel")
+    ]
+    tasks = [asyncio.get_running_loop().create_task(chatter.run()) for chatter in group]
+    try:
+        await asyncio.wait_for(asyncio.gather(*(chatter.registered.wait() for chatter in group)), 20)
+        yield group
+    finally:
+        await stop(group, tasks)

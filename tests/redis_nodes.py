@@ -195,6 +195,13 @@ class GischatNode:
         data = response.json() if response.status_code == 200 else None
         return data if isinstance(data, dict) else None
 
+    async def broker(self) -> dict[str, Any]:
+        """What `/status` says of the node's broker."""
+        async with httpx.AsyncClient(base_url=self.http_url, timeout=10) as http:
+            body = (await http.get("/status")).json()
+        assert isinstance(body["broker"], dict)
+        return body["broker"]
+
     def output(self) -> str:
         return self.log.read_text(errors="replace")
 

@@ -15,24 +15,11 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
-from chatters import (
-    ROOM,
-    Chatter,
-    assert_delivered_once,
-    heard_since,
-    settle,
-    stop,
-    tally,
-    traffic_for,
-    until,
-)
+from chatters import ROOM, assert_delivered_once, chatting, heard_since, settle, tally, traffic_for, until
 from cluster_nodes import ClusterServers, require_cluster, wait_until
 from redis import Redis
 from redis_nodes import Cluster, GischatNode, RedisServer
@@ -167,30 +154,6 @@ def on_node(port: int) -> Redis:
     return Redis(host="127.0.0.1", port=port, password=PASSWORD)
 
 
-async def broker(node: GischatNode) -> dict[str, Any]:
-    async with httpx.AsyncClient(base_url=node.http_url, timeout=5) as http:
-        body = (await http.get("/status")).json()
-    assert isinstance(body["broker"], dict)
-    return body["broker"]
-
-
-@asynccontextmanager
-async def chatting(nodes: list[GischatNode]) -> AsyncIterator[list[Chatter]]:
-    """A room socket and a channel socket on each node, each sending 20 texts a second."""
-    tag = uuid.uuid4().hex[:4]
-    group = [
-        Chatter(f"ws://127.0.0.1:{node.port}", f"{dialect[0]}{tag}-{number}", dialect, interval=0.05)
-        for number, node in enumerate(nodes)
-        for dialect in ("room", "channel")
-    ]
-    tasks = [asyncio.get_running_loop().create_task(chatter.run()) for chatter in group]
-    try:
-        await asyncio.wait_for(asyncio.gather(*(chatter.registered.wait() for chatter in group)), 20)
-        yield group
-    finally:
-        await stop(group, tasks)
-
-
 def two_nodes(servers: ClusterServers, gischat: Cluster) -> tuple[GischatNode, GischatNode]:
     # NODE_TIMEOUT 3: a loaded machine's late heartbeats must not get a node reaped.
     a_node, b_node = (
@@ -207,7 +170,7 @@ async def test_nodes_chat_across_a_cluster_each_room_on_its_shard(
     the shard of its tag, read by both nodes (they have sockets there), and by nobody elsewhere."""
     a_node, b_node = two_nodes(servers, gischat)
     keys = NodeKeys.of(gischat.prefix, "")
-    async with chatting([a_node, b_node]) as chatters:
+    async with chatting([a_node.port, b_node.port]) as chatters:
         await traffic_for(chatters, 10)
         await settle(chatters, every_sent=True)
         assert_delivered_once(tally(chatters), chatters)
@@ -222,7 +185,7 @@ async def test_nodes_chat_across_a_cluster_each_room_on_its_shard(
             with on_node(port) as other:
                 assert other.execute_command("PUBSUB", "SHARDNUMSUB", keys.room_channel(ROOM))[1] == 0
     for node in (a_node, b_node):
-        status = await broker(node)
+        status = await node.broker()
         assert (status["state"], status["url"], status["reading"]) == (
             "up",
             servers.url.replace(f":{PASSWORD}@", ""),
@@ -245,7 +208,7 @@ async def failover_under_traffic(
     every message everywhere once; the time from the loss to every client hearing every other
     again printed beside the cluster's own failover."""
     a_node, b_node = two_nodes(servers, gischat)
-    async with chatting([a_node, b_node]) as chatters:
+    async with chatting([a_node.port, b_node.port]) as chatters:
         await traffic_for(chatters, 10)
         old = owner(servers, key)
         failed_at = time.monotonic()
@@ -266,7 +229,7 @@ async def failover_under_traffic(
         assert_delivered_once(result, chatters)
     assert owner(servers, key) != old
     for node in (a_node, b_node):
-        assert (await broker(node))["state"] == "up"
+        assert (await node.broker())["state"] == "up"
 
 
 @pytest.mark.anyio

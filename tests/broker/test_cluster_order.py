@@ -40,8 +40,9 @@ async def cluster_nodes(redis_cluster: ClusterServers) -> AsyncIterator[Nodes]:
     await started.stop()
 
 
-async def start_skewed(nodes: Nodes, name: str) -> tuple[RedisBroker, RecordingNode]:
-    """A broker whose node-wide events reach it SKEW seconds late, in order."""
+async def start_skewed(nodes: Nodes, name: str, late: str) -> tuple[RedisBroker, RecordingNode]:
+    """A broker that reads one kind of channel SKEW seconds late, in order: `late` is "node-wide"
+    (its node-wide shard's connection is slower) or "room" (its rooms')."""
     node = RecordingNode(name)
     broker = create_broker(
         project(BrokerSettings, make_settings(broker_url=nodes.url, redis_key_prefix=nodes.prefix))
@@ -50,14 +51,14 @@ async def start_skewed(nodes: Nodes, name: str) -> tuple[RedisBroker, RecordingN
     session = broker._session
     original = session._on_event
     home = session.keys.channel
-    late: deque[tuple[str, bytes]] = deque()
+    held: deque[tuple[str, bytes]] = deque()
 
     def on_event(channel: str, data: bytes) -> None:
-        if channel != home:
+        if (channel == home) != (late == "node-wide"):
             original(channel, data)
             return
-        late.append((channel, data))
-        asyncio.get_running_loop().call_later(SKEW, lambda: original(*late.popleft()))
+        held.append((channel, data))
+        asyncio.get_running_loop().call_later(SKEW, lambda: original(*held.popleft()))
 
     session._on_event = on_event  # type: ignore[method-assign]
     await broker.start(node)
@@ -77,7 +78,7 @@ def newcomer_index(node: RecordingNode, nickname: str) -> int:
 async def test_live_claim_newcomer_before_first_message_across_shards(cluster_nodes: Nodes) -> None:
     """A newcomer before its first words, on a node that reads the node-wide shard late."""
     one, first = await cluster_nodes.start("one", attend=(ROOM,))
-    _, second = await start_skewed(cluster_nodes, "two")
+    _, second = await start_skewed(cluster_nodes, "two", "node-wide")
     first.counts[ROOM] = 1
     assert await one.claim(ROOM, "alice", "Alice", dialects.newcomer("Alice"))
     said = sample(1, "Alice")
@@ -90,7 +91,7 @@ async def test_live_claim_newcomer_before_first_message_across_shards(cluster_no
 async def test_kept_message_after_its_newcomer_across_shards(cluster_nodes: Nodes, monkeypatch: Any) -> None:
     """A nickname taken and a message said while Redis was away: on return, the newcomer first."""
     one, first = await cluster_nodes.start("one", attend=(ROOM,))
-    _, second = await start_skewed(cluster_nodes, "two")
+    _, second = await start_skewed(cluster_nodes, "two", "node-wide")
     assert isinstance(one, RedisBroker)
     session = one._session
     connect = session.where.client
@@ -122,37 +123,10 @@ async def test_kept_message_after_its_newcomer_across_shards(cluster_nodes: Node
     ]
 
 
-async def start_room_skewed(nodes: Nodes, name: str) -> tuple[RedisBroker, RecordingNode]:
-    """A broker whose rooms' events reach it SKEW seconds late, in order (the room's shard slower)."""
-    node = RecordingNode(name)
-    broker = create_broker(
-        project(BrokerSettings, make_settings(broker_url=nodes.url, redis_key_prefix=nodes.prefix))
-    )
-    assert isinstance(broker, RedisBroker)
-    session = broker._session
-    original = session._on_event
-    home = session.keys.channel
-    late: deque[tuple[str, bytes]] = deque()
-
-    def on_event(channel: str, data: bytes) -> None:
-        if channel == home:
-            original(channel, data)
-            return
-        late.append((channel, data))
-        asyncio.get_running_loop().call_later(SKEW, lambda: original(*late.popleft()))
-
-    session._on_event = on_event  # type: ignore[method-assign]
-    await broker.start(node)
-    nodes.started.append(broker)
-    await wait_for(lambda: broker.healthy, 10)
-    await broker.attend(ROOM)
-    return broker, node
-
-
 async def test_last_message_before_its_exiter_across_shards(cluster_nodes: Nodes) -> None:
     """A user's last message before their `exiter`, on a node that reads the room's shard late."""
     one, first = await cluster_nodes.start("one", attend=(ROOM,))
-    _, second = await start_room_skewed(cluster_nodes, "two")
+    _, second = await start_skewed(cluster_nodes, "two", "room")
     first.counts[ROOM] = 1
     newcomer, exiter = dialects.newcomer("Bob"), dialects.exiter("Bob")
     assert await one.claim(ROOM, "bob", "Bob", newcomer)

@@ -15,6 +15,8 @@ from redis_nodes import RedisServer, require_redis
 from tcp_gate import TcpGate
 from test_broker_contract import ROOM, Nodes, sample
 
+from gischat.protocol.dialects import Post
+
 from conftest import wait_for
 
 pytestmark = pytest.mark.anyio
@@ -46,47 +48,45 @@ async def stored(url: str, prefix: str, post_id: str) -> int:
     return sum(post_id.encode() in item for item in items)
 
 
-async def test_a_message_confirmed_by_a_primary_that_lost_it_is_published_again(
-    redis_server: RedisServer, replica: RedisServer, gate: TcpGate
-) -> None:
+async def said_then_back(gate: TcpGate, target: int) -> tuple[Nodes, Post]:
+    """A node behind `gate` says a kept message and has it confirmed; then its connection is cut
+    and it comes back through the gate, now to the Redis on port `target`, and sends what it kept."""
     nodes = Nodes(f"redis://127.0.0.1:{gate.port}/0")
+    one, first = await nodes.start("one", max_stored_messages=10)
+    said = sample(1, keep=True)
+    one.publish(ROOM, said)
+    await first.received(said.post)  # confirmed: its event came back
+    gate.target = target
+    gate.close()
+    gate.open()
+    await wait_for(lambda: not one.healthy, 10)
+    await wait_for(lambda: one.healthy, 10)
+    await wait_for(lambda: (one.status() or {})["kept"] == 0, 10)
+    assert first.ids().count(said.post.id) == 1, "its own sockets had it: not again"
+    return nodes, said.post
+
+
+async def test_a_message_confirmed_by_a_primary_that_lost_it_is_published_again(
+    replica: RedisServer, gate: TcpGate
+) -> None:
+    """The failover: the replica, without the message, is the primary now."""
+    nodes, said = await said_then_back(gate, replica.port)
+    later = Nodes(replica.url, prefix=nodes.prefix)
     try:
-        one, first = await nodes.start("one", max_stored_messages=10)
-        said = sample(1, keep=True)
-        one.publish(ROOM, said)
-        await first.received(said.post)  # confirmed: its event came back
-        gate.target = replica.port  # the failover: the replica, without it, is the primary now
-        gate.close()
-        gate.open()
-        await wait_for(lambda: not one.healthy, 10)
-        await wait_for(lambda: one.healthy, 10)
-        await wait_for(lambda: (one.status() or {})["kept"] == 0, 10)
-        assert await stored(replica.url, nodes.prefix, said.post.id) == 1
-        assert first.ids().count(said.post.id) == 1, "its own sockets had it: not again"
-        later = Nodes(replica.url, prefix=nodes.prefix)
-        try:
-            _, newcomer = await later.start("later", max_stored_messages=10)
-            assert [post.id for post in newcomer.histories[ROOM]] == [said.post.id]
-        finally:
-            await later.stop()
+        assert await stored(replica.url, nodes.prefix, said.id) == 1
+        _, newcomer = await later.start("later", max_stored_messages=10)
+        assert [post.id for post in newcomer.histories[ROOM]] == [said.id]
     finally:
+        await later.stop()
         await nodes.stop()
 
 
 async def test_a_message_the_primary_kept_is_not_published_twice(
     redis_server: RedisServer, gate: TcpGate
 ) -> None:
-    nodes = Nodes(f"redis://127.0.0.1:{gate.port}/0")
+    """The connection lost, the same Redis back: it has the message already."""
+    nodes, said = await said_then_back(gate, redis_server.port)
     try:
-        one, first = await nodes.start("one", max_stored_messages=10)
-        said = sample(1, keep=True)
-        one.publish(ROOM, said)
-        await first.received(said.post)
-        gate.close()  # the connection lost, the same Redis back: it has the message
-        gate.open()
-        await wait_for(lambda: not one.healthy, 10)
-        await wait_for(lambda: one.healthy, 10)
-        await wait_for(lambda: (one.status() or {})["kept"] == 0, 10)
-        assert await stored(redis_server.url, nodes.prefix, said.post.id) == 1
+        assert await stored(redis_server.url, nodes.prefix, said.id) == 1
     finally:
         await nodes.stop()

@@ -47,16 +47,9 @@ async def socket(node: GischatNode, dialect: str) -> AsyncIterator[Client]:
         yield Client(ws)
 
 
-async def broker(node: GischatNode) -> dict[str, Any]:
-    async with httpx.AsyncClient(base_url=node.http_url, timeout=TIMEOUT) as http:
-        body = (await http.get("/status")).json()
-    assert isinstance(body["broker"], dict)
-    return body["broker"]
-
-
 async def states_are(nodes: list[GischatNode], state: str) -> None:
     async def check() -> bool:
-        return all([(await broker(node))["state"] == state for node in nodes])
+        return all([(await node.broker())["state"] == state for node in nodes])
 
     await wait_for(check, 15)
 
@@ -106,7 +99,7 @@ async def test_messages_said_while_redis_was_away_reach_the_other_node_once_in_o
             seen_on_b = await texts(b_watch, 5, channel=False)
             assert [m["text"] for m in seen_on_b] == [f"b{i}" for i in range(5)]
             assert [m["text"] for m in await texts(bob, 5, channel=True)] == [f"b{i}" for i in range(5)]
-            assert (await broker(a_node))["kept"] == 5
+            assert (await a_node.broker())["kept"] == 5
         finally:
             cluster.redis.start()
         await states_are([a_node, b_node], "up")
@@ -122,13 +115,13 @@ async def test_messages_said_while_redis_was_away_reach_the_other_node_once_in_o
         on_a = await texts(a_watch, 7, channel=True)
         assert [m["text"] for m in on_a if m["author"] == "bob"] == [*(f"b{i}" for i in range(5)), "b-after"]
         assert [m["text"] for m in on_a if m["author"] == "alice"] == ["a-after"]
-        assert (await broker(a_node))["kept"] == 0
+        assert (await a_node.broker())["kept"] == 0
         # And the shared history, on both nodes and for whoever joins next.
         for node in (a_node, b_node):
             said = [m["text"] for m in await history(node)]
             assert [t for t in said if t.startswith("a")] == [*(f"a{i}" for i in range(5)), "a-after"]
             assert [t for t in said if t.startswith("b")] == [*(f"b{i}" for i in range(5)), "b-after"]
-        assert (await broker(a_node))["dropped"] == 0
+        assert (await a_node.broker())["dropped"] == 0
 
 
 async def test_what_the_bound_drops_is_counted_and_logged_once(cluster: Cluster) -> None:
@@ -143,7 +136,7 @@ async def test_what_the_bound_drops_is_counted_and_logged_once(cluster: Cluster)
             for i in range(5):
                 await alice.send(text("alice", f"a{i}"))
             await texts(alice, 5, channel=False)
-            status = await broker(a_node)
+            status = await a_node.broker()
             assert (status["kept"], status["dropped"]) == (3, 2)
         finally:
             cluster.redis.start()
@@ -266,5 +259,5 @@ async def test_an_event_this_version_cannot_read_is_skipped(cluster: Cluster) ->
             await redis.aclose()
         await alice.send(text("alice", "still here"))
         assert [m["text"] for m in await texts(bob, 1, channel=True)] == ["still here"]
-    assert (await broker(b_node))["state"] == "up"
+    assert (await b_node.broker())["state"] == "up"
     assert b_node.output().count("an event this version cannot read was skipped") == 1

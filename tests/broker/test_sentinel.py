@@ -18,15 +18,12 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
-from chatters import Chatter, assert_delivered_once, heard_since, settle, stop, tally, traffic_for, until
-from redis_nodes import Cluster, GischatNode, require_redis
+from chatters import assert_delivered_once, chatting, heard_since, settle, tally, traffic_for, until
+from redis_nodes import Cluster, require_redis
 from sentinel_nodes import SERVICE, SentinelGroup
 
 from gischat.broker.redis.connection import RedisTarget, SentinelURL, describe
@@ -129,30 +126,6 @@ def cluster(sentinels: SentinelGroup, tmp_path: Path) -> Iterator[Cluster]:
     started.stop()
 
 
-async def broker(node: GischatNode) -> dict[str, Any]:
-    async with httpx.AsyncClient(base_url=node.http_url, timeout=5) as http:
-        body = (await http.get("/status")).json()
-    assert isinstance(body["broker"], dict)
-    return body["broker"]
-
-
-@asynccontextmanager
-async def chatting(nodes: list[GischatNode]) -> AsyncIterator[list[Chatter]]:
-    """A room socket and a channel socket on each node, each sending 20 texts a second."""
-    tag = uuid.uuid4().hex[:4]
-    group = [
-        Chatter(f"ws://127.0.0.1:{node.port}", f"{dialect[0]}{tag}-{number}", dialect, interval=0.05)
-        for number, node in enumerate(nodes)
-        for dialect in ("room", "channel")
-    ]
-    tasks = [asyncio.get_running_loop().create_task(chatter.run()) for chatter in group]
-    try:
-        await asyncio.wait_for(asyncio.gather(*(chatter.registered.wait() for chatter in group)), 20)
-        yield group
-    finally:
-        await stop(group, tasks)
-
-
 async def failover_under_traffic(
     sentinels: SentinelGroup, cluster: Cluster, fail: Callable[[int], None], what: str
 ) -> None:
@@ -164,8 +137,8 @@ async def failover_under_traffic(
     )
     old = sentinels.primary_port()
     for node in (a_node, b_node):
-        assert (await broker(node))["primary"] == f"127.0.0.1:{old}"
-    async with chatting([a_node, b_node]) as chatters:
+        assert (await node.broker())["primary"] == f"127.0.0.1:{old}"
+    async with chatting([a_node.port, b_node.port]) as chatters:
         await traffic_for(chatters, 10)
         failed_at = time.monotonic()
         fail(old)
@@ -186,7 +159,7 @@ async def failover_under_traffic(
         )
         assert_delivered_once(result, chatters)
     for node in (a_node, b_node):
-        status = await broker(node)
+        status = await node.broker()
         assert (status["state"], status["primary"], status["kept"], status["dropped"]) == (
             "up",
             f"127.0.0.1:{new}",

@@ -79,12 +79,7 @@ class SentinelURL:
             raise ValueError(f"not a {SENTINEL_SCHEME}:// URL")
         rest, _, query = rest.partition("#")[0].partition("?")
         netloc, _, path = rest.partition("/")
-        userinfo, at, hosts = netloc.rpartition("@")
-        username = password = None
-        if at:
-            user, colon, secret = userinfo.partition(":")
-            username = unquote(user) or None
-            password = unquote(secret) if colon else None
+        username, password, hosts = _credentials(netloc)
         sentinels = [_address(entry, SENTINEL_PORT, SENTINEL_EXAMPLE) for entry in hosts.split(",")]
         parts = path.split("/") if path else []
         if not parts or not SERVICE_PATTERN.fullmatch(parts[0]) or len(parts) > 2:
@@ -117,6 +112,15 @@ class SentinelURL:
         return [value for value in values if value]
 
 
+def _credentials(netloc: str) -> tuple[str | None, str | None, str]:
+    """A URL's `[user][:password]@hosts` read: the user, the password (both unquoted), the hosts."""
+    userinfo, at, hosts = netloc.rpartition("@")
+    if not at:
+        return None, None, hosts
+    user, colon, secret = userinfo.partition(":")
+    return unquote(user) or None, unquote(secret) if colon else None, hosts
+
+
 def _address(entry: str, default_port: int, example: str) -> tuple[str, int]:
     match = HOST_PATTERN.fullmatch(entry.strip())
     port = int(match["port"]) if match and match["port"] else default_port
@@ -143,12 +147,7 @@ class ClusterURL:
         netloc, _, path = rest.partition("#")[0].partition("?")[0].partition("/")
         if path.strip("/") not in ("", "0"):
             raise ValueError("a Redis Cluster has one database: a redis+cluster:// URL names none")
-        userinfo, at, hosts = netloc.rpartition("@")
-        username = password = None
-        if at:
-            user, colon, secret = userinfo.partition(":")
-            username = unquote(user) or None
-            password = unquote(secret) if colon else None
+        username, password, hosts = _credentials(netloc)
         nodes = [_address(entry, REDIS_PORT, CLUSTER_EXAMPLE) for entry in hosts.split(",")]
         return cls(nodes, scheme == "rediss+cluster", username, password)
 
