@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 from typing import Any
 
 from gischat.broker.base import BrokerSettings, Envelope, Node
@@ -181,7 +182,10 @@ class Session:
             self._go_down(reason)
             if reached:
                 delay = FIRST_RETRY
-            await self.where.pause(delay)  # sooner if the sentinels name a new primary
+            # Between half the delay and all of it: the nodes that lost Redis together (a restart,
+            # a failover) do not all come back at the same instant. Sooner if the sentinels name a
+            # new primary.
+            await self.where.pause(delay * (0.5 + random.random() / 2))  # noqa: S311 (not a secret)
             delay = min(delay * 2, self.max_delay)
 
     async def _serve(self) -> bool:
