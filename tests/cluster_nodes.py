@@ -14,20 +14,18 @@ never for a fixed time. The processes are killed by `stop()`, and at exit if a t
 from __future__ import annotations
 
 import atexit
-import contextlib
 import os
 import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 import redis
 from redis_nodes import require_redis
+from sentinel_nodes import wait_until
 
 from conftest import free_port
 
@@ -35,8 +33,6 @@ NODE_TIMEOUT_MS = 1000  # a node silent this long is failing (Redis' default: 15
 SIZE = 6  # three primaries, one replica each
 SLOTS = 16384
 START_TIMEOUT = 30.0
-POLL = 0.02
-T = TypeVar("T")
 
 
 def cli_binary(server: str) -> str | None:
@@ -61,19 +57,6 @@ def require_cluster() -> tuple[str, str]:
             pytest.fail(reason)
         pytest.skip(reason)
     return server, cli
-
-
-def wait_until(condition: Callable[[], T | None], timeout: float, what: str) -> T:
-    """Ask `condition` again every POLL seconds until it answers something true; that answer."""
-    deadline = time.monotonic() + timeout
-    while True:
-        with contextlib.suppress(redis.RedisError, OSError):
-            value = condition()
-            if value:
-                return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout:g} s")
-        time.sleep(POLL)
 
 
 @dataclass(frozen=True)

@@ -20,10 +20,12 @@ from pathlib import Path
 
 import pytest
 from chatters import ROOM, assert_delivered_once, chatting, heard_since, settle, tally, traffic_for, until
-from cluster_nodes import ClusterServers, require_cluster, wait_until
+from cluster_nodes import ClusterServers, require_cluster
 from redis import Redis
 from redis_nodes import Cluster, GischatNode, RedisServer
+from sentinel_nodes import wait_until
 from test_broker_contract import Nodes, sample
+from test_sentinel import settings_accept
 
 from gischat.broker.redis.connection import ClusterURL, RedisTarget, describe
 from gischat.broker.redis.keys import NodeKeys
@@ -46,14 +48,6 @@ BAD = [
     "redis+cluster://:secret@h1:7000/3",
     "redis+cluster://:secret@h1 h2",
 ]
-
-
-def settings_accept(url: str) -> bool:
-    try:
-        load_settings(_env_file=None, broker_url=url)
-    except SettingsError:
-        return False
-    return True
 
 
 @pytest.mark.parametrize(("url", "nodes"), GOOD)
